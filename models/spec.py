@@ -102,6 +102,6 @@ STREAM = ModelSpec(
     (Tensor("tick", "float32", (1,)),),
     (FORECAST,),
     max_batch_size=256,
-    extra={"state": Tensor("state", "float32", (RESERVOIR_UNITS + 1,))},
+    extra={"state": Tensor("state", "float32", (RESERVOIR_UNITS,))},  # gpu: state_in -> state_out
 )
 MODELS[STREAM.name] = STREAM

@@ -1,0 +1,69 @@
+# Triton / TensorRT serving for three model families. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TARGET ?= cpu            # cpu: ONNX Runtime in the Python-based backend; gpu: TensorRT plans
+SIZE ?= full             # full: the sizes of DESIGN.md; small: tests and CI
+ARTIFACTS ?= artifacts
+REPO ?= model_repository
+# Versions move together (DESIGN.md): server 2.51.0 = NGC 24.10 = TensorRT 10.5.
+TRITONSERVER_IMAGE_VERSION ?= 24.10
+TRITONSERVER_IMAGE ?= nvcr.io/nvidia/tritonserver:$(TRITONSERVER_IMAGE_VERSION)-py3
+TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
+
+TEST_ROOT ?= build/test
+SOURCES := $(shell find models export calibration -name '*.py' 2>/dev/null) pyproject.toml
+STAMP := $(ARTIFACTS)/.export-$(strip $(SIZE))-$(strip $(TARGET)).stamp
+size_flag = $(if $(filter small,$(strip $(SIZE))),--small,)
+
+.PHONY: help venv export export-small serve demo test lint perf soak clean
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and exactly: any other torch requirement pulls gigabytes of CUDA packages
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed ## create the virtualenv with the pinned dependencies
+
+export: $(VENV)/.installed ## train, export ONNX, calibrate INT8, build TensorRT plans (TARGET=gpu), report
+	@$(MAKE) --no-print-directory $(STAMP)
+
+$(STAMP): $(SOURCES)
+	$(PY) -m serving.repository --repo $(REPO) --check-layout
+	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag)
+	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(REPO)
+	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(REPO)
+	$(PY) -m export.build_engine --artifacts $(ARTIFACTS) --repo $(REPO) --target $(strip $(TARGET))
+	$(PY) -m export.benchmark --artifacts $(ARTIFACTS) --repo $(REPO) $(size_flag)
+	$(PY) -m export.summary --artifacts $(ARTIFACTS) --repo $(REPO)
+	@touch $@
+
+export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_ROOT)
+	$(PY) -m serving.repository --repo model_repository --copy-configs-to $(TEST_ROOT)/model_repository
+	@$(MAKE) --no-print-directory export SIZE=small ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository
+
+serve: export ## start the local Triton (cpu target) on 127.0.0.1 until Ctrl-C
+	$(PY) -m serving.server --repo $(REPO)
+
+demo: export ## start Triton, call every model and ensemble over gRPC and HTTP, stop
+	$(PY) -m clients demo --repo $(REPO)
+
+test: export-small ## run the test suite against a real Triton (installs what it needs)
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean: ## remove generated artifacts (not the virtualenv)
+	rm -rf $(ARTIFACTS) build perf/results
+	find $(REPO) -path '*/1/*' ! -name .gitkeep ! -name model.py -delete
