@@ -1,0 +1,174 @@
+"""The model repository: layout checks, copying configs for a second repository, and the
+agreement between each config, its ONNX file and the ensemble steps.
+
+    python -m serving.repository --repo model_repository --check-layout
+    python -m serving.repository --repo model_repository --copy-configs-to build/test/model_repository
+    python -m serving.repository --repo model_repository --check-onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from models import spec
+
+DTYPES = {mc.TYPE_FP32: "float32", mc.TYPE_INT64: "int64", mc.TYPE_INT32: "int32", mc.TYPE_UINT64: "uint64"}
+CONFIG_FILES = ("config.pbtxt", "configs/cpu.pbtxt")
+
+
+def load_config(path: Path) -> mc.ModelConfig:
+    try:
+        return text_format.Parse(path.read_text(), mc.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def config_paths(repo: Path) -> list[Path]:
+    return sorted(p for p in repo.rglob("*.pbtxt") if "1" not in p.relative_to(repo).parts)
+
+
+def tensors(config_tensors) -> dict[str, tuple[str, tuple[int, ...]]]:
+    return {t.name: (DTYPES.get(t.data_type, str(t.data_type)), tuple(t.dims)) for t in config_tensors}
+
+
+def check_layout(repo: Path) -> list[str]:
+    """Every model of the spec has its configs, names match folders, tensors match the spec."""
+    problems = []
+    for name, model in spec.MODELS.items():
+        files = ("config.pbtxt",) if model.ensemble else CONFIG_FILES
+        for rel in files:
+            path = repo / name / rel
+            if not path.is_file():
+                problems.append(f"{path} is missing")
+                continue
+            try:
+                cfg = load_config(path)
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            if cfg.name != name:
+                problems.append(f"{path}: name {cfg.name!r} does not match its folder {name!r}")
+            if cfg.max_batch_size != model.max_batch_size:
+                problems.append(f"{path}: max_batch_size {cfg.max_batch_size} != spec {model.max_batch_size}")
+            want_in = {t.name: (t.dtype, t.dims) for t in model.inputs}
+            want_out = {t.name: (t.dtype, t.dims) for t in model.outputs}
+            if tensors(cfg.input) != want_in:
+                problems.append(f"{path}: inputs {tensors(cfg.input)} != spec {want_in}")
+            if tensors(cfg.output) != want_out:
+                problems.append(f"{path}: outputs {tensors(cfg.output)} != spec {want_out}")
+    return problems
+
+
+def check_ensembles(repo: Path) -> list[str]:
+    """Each ensemble step maps existing tensors of its model with matching dtype and dims."""
+    problems = []
+    for name, model in spec.MODELS.items():
+        if not model.ensemble:
+            continue
+        cfg = load_config(repo / name / "config.pbtxt")
+        available = tensors(cfg.input)
+        produced: dict[str, tuple[str, tuple[int, ...]]] = {}
+        for step in cfg.ensemble_scheduling.step:
+            for rel in CONFIG_FILES:
+                sub = load_config(repo / step.model_name / rel)
+                sub_in, sub_out = tensors(sub.input), tensors(sub.output)
+                for key, value in step.input_map.items():
+                    source = {**available, **produced}.get(value)
+                    if key not in sub_in:
+                        problems.append(f"{name}: step {step.model_name} has no input {key!r} ({rel})")
+                    elif source is None:
+                        problems.append(f"{name}: step {step.model_name} reads {value!r}, which nothing produces")
+                    elif source != sub_in[key]:
+                        problems.append(f"{name}: {value!r} is {source} but {step.model_name}.{key} wants {sub_in[key]}")
+                for key, value in step.output_map.items():
+                    if key not in sub_out:
+                        problems.append(f"{name}: step {step.model_name} has no output {key!r} ({rel})")
+                    else:
+                        produced[value] = sub_out[key]
+        for out_name, out in tensors(cfg.output).items():
+            if produced.get(out_name) != out:
+                problems.append(f"{name}: output {out_name!r} {out} is produced as {produced.get(out_name)}")
+    return problems
+
+
+def check_onnx(repo: Path, filename: str = spec.ONNX_FP32) -> list[str]:
+    """Config tensors agree with the exported ONNX file: names, dtypes, dims after the batch axis."""
+    import onnx
+
+    problems = []
+    elem = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
+    for name in (*spec.EXPORTED, spec.STREAM.name):
+        path = spec.version_dir(name, repo) / filename
+        if not path.is_file():
+            problems.append(f"{path} is missing: run `make export`")
+            continue
+        graph = onnx.load(str(path), load_external_data=False).graph
+        cfg = load_config(repo / name / "configs/cpu.pbtxt")
+
+        def shape(vi):
+            dims = vi.type.tensor_type.shape.dim
+            return elem.get(vi.type.tensor_type.elem_type, "?"), tuple(d.dim_value for d in dims[1:]), dims[0]
+
+        onnx_in = {vi.name: shape(vi) for vi in graph.input}
+        onnx_out = {vi.name: shape(vi) for vi in graph.output}
+        for kind, cfg_t, onnx_t in (("input", cfg.input, onnx_in), ("output", cfg.output, onnx_out)):
+            for t_name, (dtype, dims) in tensors(cfg_t).items():
+                if t_name in ("START", "END", "CORRID"):
+                    continue
+                if t_name not in onnx_t:
+                    problems.append(f"{path}: no {kind} {t_name!r} (has {sorted(onnx_t)})")
+                    continue
+                o_dtype, o_dims, batch = onnx_t[t_name]
+                if (o_dtype, o_dims) != (dtype, dims):
+                    problems.append(f"{path}: {kind} {t_name!r} is {o_dtype}{list(o_dims)}, config {dtype}{list(dims)}")
+                if batch.dim_value not in (0,) and not batch.dim_param:
+                    problems.append(f"{path}: {kind} {t_name!r} has a fixed batch axis {batch.dim_value}")
+    return problems
+
+
+def copy_configs(repo: Path, dest: Path) -> None:
+    """Copy configs (not artifacts) so a second repository (tests, small sizes) shares them."""
+    for name in spec.MODELS:
+        for rel in CONFIG_FILES:
+            src = repo / name / rel
+            if src.is_file():
+                target = dest / name / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists() or target.read_bytes() != src.read_bytes():
+                    shutil.copy2(src, target)
+        (dest / name / "1").mkdir(parents=True, exist_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="check or copy the Triton model repository")
+    p.add_argument("--repo", type=Path, default=spec.MODEL_REPOSITORY)
+    p.add_argument("--check-layout", action="store_true", help="configs parse and match models/spec.py")
+    p.add_argument("--check-onnx", action="store_true", help="configs match the exported ONNX files")
+    p.add_argument("--copy-configs-to", type=Path, metavar="DIR", help="copy every config into DIR")
+    args = p.parse_args(argv)
+    if not args.repo.is_dir():
+        p.error(f"model repository {args.repo} does not exist")
+    if not (args.check_layout or args.check_onnx or args.copy_configs_to):
+        p.error("nothing to do: give --check-layout, --check-onnx or --copy-configs-to")
+    problems = []
+    if args.check_layout:
+        problems += check_layout(args.repo) + check_ensembles(args.repo)
+    if args.check_onnx:
+        problems += check_onnx(args.repo)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    if problems:
+        return 1
+    if args.copy_configs_to:
+        copy_configs(args.repo, args.copy_configs_to)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

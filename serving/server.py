@@ -1,0 +1,282 @@
+"""Start a real Triton Inference Server (cpu target) from the nvidia-pytriton wheel.
+
+    python -m serving.server --repo model_repository          # until Ctrl-C / SIGTERM
+
+The wheel ships `tritonserver` 2.51.0, the python backend and the local response cache. This
+module assembles a backend directory (python backend + the stub for the running Python + the
+project's `onnxruntime_py` backend), sets PATH / LD_LIBRARY_PATH as DESIGN.md requires (without
+the virtualenv first on PATH the models silently received all-zero inputs), starts the server on
+127.0.0.1 with `--model-config-name=cpu`, and waits for readiness with a timeout.
+
+The model-repository (load/unload) and shared-memory APIs are restricted behind a key: clients
+send the header `triton-admin-key: <key>`. The key comes from `--admin-key-file` or the
+TRITON_ADMIN_KEY environment variable, else a random one is written (mode 0600) into the run
+directory; it is never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BACKEND_NAME = "onnxruntime_py"
+BACKEND_SOURCE = Path(__file__).resolve().parent / "backend" / "model.py"
+ADMIN_HEADER = "triton-admin-key"
+RESTRICTED = "model-repository,shared-memory"
+CACHE_BYTES = 256 * 1024 * 1024
+DEFAULT_RUN_DIR = Path("build/triton-run")
+
+
+class ServerError(RuntimeError):
+    """The server could not be started or did not become ready."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def pytriton_dir() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise ServerError("nvidia-pytriton is not installed: run `make venv` (it pins nvidia-pytriton==0.7.0)") from exc
+    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise ServerError(f"no tritonserver binary under {root}: reinstall nvidia-pytriton==0.7.0")
+    return root
+
+
+def assemble_backends(run_dir: Path) -> Path:
+    """python backend + stub for this Python + the project's backend, in one backend directory."""
+    triton = pytriton_dir()
+    backends = run_dir / "backends"
+    python_dir = backends / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for f in (triton / "backends" / "python").iterdir():
+        if f.is_file():
+            shutil.copy2(f, python_dir / f.name)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = triton / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the wheel has no python backend stub for Python {version} ({stub})")
+    shutil.copy2(stub, python_dir / stub.name)
+    ours = backends / BACKEND_NAME
+    ours.mkdir(exist_ok=True)
+    shutil.copy2(BACKEND_SOURCE, ours / "model.py")
+    return backends
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+    libs = [sysconfig.get_config_var("LIBDIR") or "", str(pytriton_dir().parent.parent / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(
+        os.pathsep
+    )
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def admin_key(run_dir: Path, key_file: Path | None) -> str:
+    if key_file is not None:
+        key = key_file.read_text().strip()
+        if not key:
+            raise ServerError(f"admin key file {key_file} is empty")
+        return key
+    if os.environ.get("TRITON_ADMIN_KEY"):
+        return os.environ["TRITON_ADMIN_KEY"]
+    path = run_dir / "admin.key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@dataclass
+class TritonServer:
+    repo: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    config_name: str = "cpu"
+    run_dir: Path = DEFAULT_RUN_DIR
+    admin_key_file: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+    key: str = ""
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "tritonserver.log"
+
+    def command(self, backends: Path) -> list[str]:
+        triton = pytriton_dir()
+        restricted = f"{RESTRICTED}:{ADMIN_HEADER}={self.key}"
+        return [
+            str(triton / "bin" / "tritonserver"),
+            f"--model-repository={self.repo.resolve()}",
+            f"--model-config-name={self.config_name}",
+            f"--backend-directory={backends.resolve()}",
+            f"--cache-directory={triton / 'caches'}",
+            f"--cache-config=local,size={CACHE_BYTES}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--metrics-config=summary_latencies=true",
+            f"--http-restricted-api={restricted}",
+            f"--grpc-restricted-protocol={restricted}",
+            "--exit-on-error=false",  # a broken model must not take the others down
+            "--strict-readiness=true",
+            "--log-verbose=0",
+            "--exit-timeout-secs=5",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 120.0) -> TritonServer:
+        if not (self.repo / "nhits").is_dir():
+            raise ServerError(f"{self.repo} is not this project's model repository")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.key = admin_key(self.run_dir, self.admin_key_file)
+        backends = assemble_backends(self.run_dir)
+        cmd = self.command(backends)
+        log.info("starting tritonserver on %s (http), %s (grpc), %s", self.http_url, self.grpc_url, self.metrics_url)
+        logfile = open(self.log_path, "wb")  # noqa: SIM115 - owned by the process lifetime
+        self.process = subprocess.Popen(
+            cmd, stdout=logfile, stderr=subprocess.STDOUT, env=server_env(), start_new_session=True
+        )
+        logfile.close()
+        self.wait_ready(timeout)
+        return self
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self.process.returncode}:\n{self.tail()}")
+            if self.ready():
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise ServerError(f"tritonserver not ready after {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no server log)"
+        return "\n".join(text[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repo", type=Path, default=Path("model_repository"), help="model repository")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--config-name", default="cpu", help="configs/<name>.pbtxt per model (default cpu)")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="backends, log and key go here")
+    p.add_argument("--admin-key-file", type=Path, help="key for the model-repository and shared-memory APIs")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    args = p.parse_args(argv)
+    if not args.repo.is_dir():
+        p.error(f"model repository {args.repo} does not exist")
+    if args.admin_key_file is not None and not args.admin_key_file.is_file():
+        p.error(f"admin key file {args.admin_key_file} does not exist")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    server = TritonServer(
+        args.repo, args.host, args.http_port, args.grpc_port, args.metrics_port, args.config_name, args.run_dir,
+        args.admin_key_file,
+    )
+    stop = {"now": False}
+
+    def on_signal(signum, _frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.start(args.timeout)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Triton ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+    print(f"log: {server.log_path}; model-repository and shared-memory APIs need header '{ADMIN_HEADER}'")
+    try:
+        while not stop["now"] and server.process.poll() is None:
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    if server.process.returncode not in (0, -signal.SIGTERM, None) and not stop["now"]:
+        print(f"error: tritonserver exited with code {server.process.returncode}:\n{server.tail()}", file=sys.stderr)
+        return 1
+    print("Triton stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
