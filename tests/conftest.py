@@ -1,0 +1,48 @@
+"""Shared fixtures: the small test artifacts and one real Triton server for the whole session.
+
+`make test` runs `make export-small` first, which trains and exports the models at test sizes
+into build/test/ (override with TEST_ROOT). Nothing here mocks Triton, ONNX Runtime or clients.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from models import spec
+from serving.server import TritonServer, free_port
+
+TEST_ROOT = Path(os.environ.get("TEST_ROOT", spec.ROOT / "build" / "test")).resolve()
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise pytest.UsageError(f"{path} is missing: run `make export-small` (or `make test`, which runs it) first")
+    return path
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    return _need(TEST_ROOT / "artifacts" / "checkpoints").parent
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return _need(TEST_ROOT / "model_repository" / "nhits" / "1" / spec.ONNX_FP32).parents[2]
+
+
+@pytest.fixture(scope="session")
+def triton(repo: Path):
+    """One real tritonserver (cpu target) on free loopback ports, shared by every server test."""
+    server = TritonServer(
+        repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        run_dir=TEST_ROOT / "triton-run",
+    )
+    server.start(timeout=180)
+    yield server
+    server.stop()
