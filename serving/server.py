@@ -162,15 +162,15 @@ class TritonServer:
             f"--http-restricted-api={restricted}",
             f"--grpc-restricted-protocol={restricted}",
             "--exit-on-error=false",  # a broken model must not take the others down
-            "--strict-readiness=true",
+            "--strict-readiness=false",  # ready while healthy models serve; failed ones are reported
             "--log-verbose=0",
             "--exit-timeout-secs=5",
             *self.extra_args,
         ]
 
     def start(self, timeout: float = 120.0) -> TritonServer:
-        if not (self.repo / "nhits").is_dir():
-            raise ServerError(f"{self.repo} is not this project's model repository")
+        if not self.repo.is_dir():
+            raise ServerError(f"model repository {self.repo} does not exist")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.key = admin_key(self.run_dir, self.admin_key_file)
         backends = assemble_backends(self.run_dir)
@@ -182,7 +182,20 @@ class TritonServer:
         )
         logfile.close()
         self.wait_ready(timeout)
+        for name, reason in self.unavailable_models().items():
+            log.warning("model %s is not ready: %s", name, reason)
         return self
+
+    def unavailable_models(self) -> dict[str, str]:
+        """Models in the repository that failed to load, with Triton's reason."""
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(self.http_url)
+        try:
+            index = client.get_model_repository_index(headers={ADMIN_HEADER: self.key})
+        finally:
+            client.close()
+        return {m["name"]: m.get("reason", "") or m.get("state", "") for m in index if m.get("state") != "READY"}
 
     def ready(self) -> bool:
         try:
