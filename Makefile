@@ -5,8 +5,10 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TARGET ?= cpu            # cpu: ONNX Runtime in the Python-based backend; gpu: TensorRT plans
-SIZE ?= full             # full: the sizes of DESIGN.md; small: tests and CI
+# TARGET: cpu = ONNX Runtime in the Python-based backend; gpu = also TensorRT plans
+TARGET ?= cpu
+# SIZE: full = the sizes of DESIGN.md; small = tests and CI
+SIZE ?= full
 ARTIFACTS ?= artifacts
 REPO ?= model_repository
 # Versions move together (DESIGN.md): server 2.51.0 = NGC 24.10 = TensorRT 10.5.
@@ -19,7 +21,7 @@ SOURCES := $(shell find models export calibration -name '*.py' 2>/dev/null) pypr
 STAMP := $(ARTIFACTS)/.export-$(strip $(SIZE))-$(strip $(TARGET)).stamp
 size_flag = $(if $(filter small,$(strip $(SIZE))),--small,)
 
-.PHONY: help venv export export-small serve demo test lint perf soak clean
+.PHONY: help venv system-deps export export-small serve demo test lint clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -57,7 +59,10 @@ serve: export ## start the local Triton (cpu target) on 127.0.0.1 until Ctrl-C
 demo: export ## start Triton, call every model and ensemble over gRPC and HTTP, stop
 	$(PY) -m clients demo --repo $(REPO)
 
-test: export-small ## run the test suite against a real Triton (installs what it needs)
+system-deps: ## install the Debian packages of .ci/apt-packages.txt that are missing
+	@scripts/install-system-deps.sh
+
+test: system-deps export-small ## run the test suite against a real Triton (installs what it needs)
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed ## ruff lint and format check
@@ -67,3 +72,6 @@ lint: $(VENV)/.installed ## ruff lint and format check
 clean: ## remove generated artifacts (not the virtualenv)
 	rm -rf $(ARTIFACTS) build perf/results
 	find $(REPO) -path '*/1/*' ! -name .gitkeep ! -name model.py -delete
+
+# Targets of perf/, deploy/ and reliability/ live beside their code.
+-include perf/perf.mk deploy/deploy.mk reliability/reliability.mk
