@@ -74,7 +74,11 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "forecast",
             (WINDOW,),
-            (FORECAST, Tensor("nhits_forecast", "float32", (HORIZON,)), Tensor("reservoir_forecast", "float32", (HORIZON,))),
+            (
+                FORECAST,
+                Tensor("nhits_forecast", "float32", (HORIZON,)),
+                Tensor("reservoir_forecast", "float32", (HORIZON,)),
+            ),
             max_batch_size=256,
             ensemble=True,
         ),

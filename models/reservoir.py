@@ -1,0 +1,207 @@
+"""Echo state network: leaky-integrator tanh reservoir with a ridge readout.
+
+    u_t = (log y_t - loc) / scale                                 fixed global transform (fitted on train)
+    x_t = (1 - a) x_{t-1} + a tanh(W_in u_t + W x_{t-1} + b)      x_0 = 0
+    r_t = W_out [1; u_t; x_t]                                      (H,) predicted u_{t+h} - u_t
+    forecast_{t+h} = exp(loc + scale (u_t + r_t))                 = y_t * exp(scale r_t)
+
+W (sparse, rescaled to a spectral radius), W_in and b are drawn from a seed and never
+trained; only W_out is fitted, in closed form, on states of zero-start windows. The
+transform is per tick and stateless, so a server can feed one tick at a time and keep
+only x (`ReservoirStream`), and get the same forecast as the windowed model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import spec
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-6  # ticks are clamped to this before the log (prices and sales are positive)
+
+
+@dataclass(frozen=True)
+class ReservoirConfig:
+    units: int = spec.RESERVOIR_UNITS
+    window: int = spec.INPUT_SIZE
+    horizon: int = spec.HORIZON
+    spectral_radius: float = 0.9
+    leak: float = 0.3
+    input_scaling: float = 0.5
+    bias_scaling: float = 0.2
+    density: float = 0.01  # about 10 recurrent connections per unit
+    seed: int = 0
+
+
+def make_weights(cfg: ReservoirConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(W (N, N) sparse-valued dense array at the configured spectral radius, W_in (N,), b (N,)), float32."""
+    rng = np.random.default_rng([cfg.seed, 17])
+    n = cfg.units
+    w = np.where(rng.random((n, n)) < cfg.density, rng.uniform(-1.0, 1.0, (n, n)), 0.0)
+    radius = np.max(np.abs(np.linalg.eigvals(w)))
+    w *= cfg.spectral_radius / radius
+    w_in = rng.uniform(-1.0, 1.0, n) * cfg.input_scaling
+    b = rng.uniform(-1.0, 1.0, n) * cfg.bias_scaling
+    return w.astype(np.float32), w_in.astype(np.float32), b.astype(np.float32)
+
+
+class Reservoir(nn.Module):
+    """forward(window (B, T) float32) -> forecast (B, H): T steps from x = 0, readout at the last step."""
+
+    def __init__(self, cfg: ReservoirConfig, weights: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
+        super().__init__()
+        self.cfg = cfg
+        w, w_in, b = weights if weights is not None else make_weights(cfg)
+        n, h = cfg.units, cfg.horizon
+        self.register_buffer("w", torch.from_numpy(w))  # (N, N), dense: one MatMul per step in ONNX
+        self.register_buffer("w_in", torch.from_numpy(w_in))  # (N,)
+        self.register_buffer("bias", torch.from_numpy(b))  # (N,)
+        self.register_buffer("in_loc", torch.tensor(0.0))
+        self.register_buffer("in_scale", torch.tensor(1.0))
+        self.register_buffer("readout_bias", torch.zeros(h))  # (H,)
+        self.register_buffer("readout_u", torch.zeros(h))  # (H,)
+        self.register_buffer("readout_x", torch.zeros(h, n))  # (H, N)
+
+    # one tick ------------------------------------------------------------------
+    def encode(self, y: torch.Tensor) -> torch.Tensor:
+        return (torch.log(torch.clamp(y, min=EPS)) - self.in_loc) / self.in_scale
+
+    def step(self, u_t: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """u_t (B, 1), x (B, N) or None for the zero state -> new x (B, N)."""
+        a = self.cfg.leak
+        if x is None:  # W @ 0 = 0: the same numbers as the general step, without a zeros tensor in the graph
+            return a * torch.tanh(self.bias + u_t * self.w_in)
+        return (1.0 - a) * x + a * torch.tanh(F.linear(x, self.w, self.bias) + u_t * self.w_in)
+
+    def readout(self, u_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """u_t (B, 1), x (B, N) -> forecast (B, H) in raw units."""
+        r = F.linear(x, self.readout_x, self.readout_bias) + u_t * self.readout_u  # (B, H)
+        return torch.exp(self.in_loc + self.in_scale * (u_t + r))
+
+    # windows -------------------------------------------------------------------
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        u = self.encode(window)  # (B, T)
+        x = None
+        for t in range(self.cfg.window):
+            x = self.step(u[:, t : t + 1], x)
+        return self.readout(u[:, -1:], x)
+
+    def run(self, series: torch.Tensor) -> torch.Tensor:
+        """series (B, T) -> (B, T, H): the readout after every tick, from the zero state."""
+        u = self.encode(series)
+        x = None
+        out = []
+        for t in range(series.shape[1]):
+            x = self.step(u[:, t : t + 1], x)
+            out.append(self.readout(u[:, t : t + 1], x))
+        return torch.stack(out, dim=1)
+
+    # fitting -------------------------------------------------------------------
+    def readout_matrix(self) -> np.ndarray:
+        """(H, N + 2) readout over features [1; u_t; x_t]."""
+        return torch.cat([self.readout_bias[:, None], self.readout_u[:, None], self.readout_x], dim=1).numpy()
+
+    def set_readout(self, w_out: np.ndarray) -> None:
+        w_out = torch.as_tensor(np.asarray(w_out, dtype=np.float32))
+        self.readout_bias.copy_(w_out[:, 0])
+        self.readout_u.copy_(w_out[:, 1])
+        self.readout_x.copy_(w_out[:, 2:])
+
+    def fit_transform(self, train_series: np.ndarray) -> None:
+        """Global affine transform of log values, fitted once on the train split."""
+        logs = np.log(np.maximum(train_series.astype(np.float64), EPS))
+        self.in_loc.fill_(float(logs.mean()))
+        self.in_scale.fill_(float(logs.std()))
+
+    @torch.no_grad()
+    def final_states(self, u: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+        """u (B, T) encoded windows -> x_T (B, N), from zero state; sparse W and (N, B) layout for speed."""
+        w = self.w.to_sparse_csr()
+        a = self.cfg.leak
+        w_in, b = self.w_in[:, None], self.bias[:, None]
+        out = []
+        for i in range(0, u.shape[0], batch):
+            ub = u[i : i + batch].T.contiguous()  # (T, b)
+            x = a * torch.tanh(b + w_in * ub[0:1])  # (N, b)
+            for t in range(1, ub.shape[0]):
+                pre = torch.sparse.mm(w, x).add_(b).add_(w_in * ub[t : t + 1])
+                x = x.mul_(1.0 - a).add_(torch.tanh_(pre).mul_(a))
+            out.append(x.T.contiguous())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def predict(self, windows: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Same numbers as forward (up to float rounding), through the sparse state path: for big batches."""
+        u = self.encode(torch.as_tensor(windows, dtype=torch.float32))
+        return self.readout(u[:, -1:], self.final_states(u))
+
+    def features(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Readout features [1; u_T; x_T] (B, N + 2) float64 and u (B, T) float64 of raw windows (B, T)."""
+        with torch.no_grad():
+            u = self.encode(torch.as_tensor(windows, dtype=torch.float32))
+            x = self.final_states(u)
+        feats = np.concatenate([np.ones((len(u), 1)), u[:, -1:].numpy(), x.numpy()], axis=1)
+        return feats.astype(np.float64), u.numpy().astype(np.float64)
+
+    def targets(self, u_last: np.ndarray, future: np.ndarray) -> np.ndarray:
+        """Readout targets u_{t+h} - u_t (B, H) for raw future values (B, H)."""
+        u_future = (np.log(np.maximum(future.astype(np.float64), EPS)) - float(self.in_loc)) / float(self.in_scale)
+        return u_future - u_last[:, None]
+
+    def predict_from_features(self, feats: np.ndarray, w_out: np.ndarray) -> np.ndarray:
+        r = feats @ w_out.T
+        return np.exp(float(self.in_loc) + float(self.in_scale) * (feats[:, 1:2] + r))
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+
+def ridge(feats: np.ndarray, targets: np.ndarray, lam: float, gram: np.ndarray | None = None) -> np.ndarray:
+    """Closed-form ridge (S^T S + lam I)^-1 S^T Y, returned as (H, F)."""
+    g = feats.T @ feats if gram is None else gram
+    return np.linalg.solve(g + lam * np.eye(g.shape[0]), feats.T @ targets).T
+
+
+class ReservoirStream(nn.Module):
+    """forward(tick (B, 1), state (B, N)) -> (forecast (B, H), new_state (B, N)); start from state = 0."""
+
+    def __init__(self, reservoir: Reservoir):
+        super().__init__()
+        self.core = reservoir
+
+    def forward(self, tick: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.core.encode(tick)  # (B, 1)
+        x = self.core.step(u, state)  # (B, N)
+        return self.core.readout(u, x), x
+
+
+@torch.no_grad()
+def mackey_glass_nrmse(
+    model: Reservoir, series: np.ndarray, washout: int = 200, n_train: int = 2000, lam: float = 1e-8
+) -> float:
+    """One-step-ahead NRMSE on Mackey-Glass with the model's own W, W_in, b (readout refitted, continuous run)."""
+    s = series.astype(np.float64)
+    mu, sd = s[: washout + n_train].mean(), s[: washout + n_train].std()
+    u = torch.as_tensor((s - mu) / sd, dtype=torch.float32)
+    w = model.w.to_sparse_csr()
+    a = model.cfg.leak
+    x = torch.zeros(model.cfg.units, 1)
+    states = np.empty((len(s) - 1, model.cfg.units + 2))
+    for t in range(len(s) - 1):
+        pre = torch.sparse.mm(w, x)[:, 0] + model.bias + model.w_in * u[t]
+        x = ((1 - a) * x[:, 0] + a * torch.tanh(pre))[:, None]
+        states[t, 0], states[t, 1], states[t, 2:] = 1.0, float(u[t]), x[:, 0].numpy()
+    target = u[1:].numpy().astype(np.float64)[:, None]
+    tr = slice(washout, washout + n_train)
+    te = slice(washout + n_train, len(s) - 1)
+    w_out = ridge(states[tr], target[tr], lam)
+    pred = states[te] @ w_out.T
+    return float(np.sqrt(np.mean((pred - target[te]) ** 2)) / target[te].std())
