@@ -1,0 +1,711 @@
+"""Calibration sets and INT8 Q/DQ ONNX models, with an accuracy report against FP32.
+
+    python -m calibration.calibrate --artifacts artifacts --repo model_repository [--models nhits,similarity]
+
+1. Calibration sets come from the TRAIN split only, drawn with a fixed seed, and are
+   stored as `<artifacts>/calibration/<model>.npz` (keys = ONNX input names) with a
+   manifest (count, split, seed, sha256 per file).
+2. `model.onnx` -> `model.int8.onnx` beside it with ONNX Runtime's `quantize_static`
+   in QDQ format: INT8 symmetric activations (per tensor) and weights (per output
+   channel), so every zero point is 0 -- the explicit-quantization form TensorRT
+   builds INT8 engines from. Only GEMM inputs are quantized (MatMul / Gemm), and
+   `POLICIES` keeps numerically sensitive GEMMs in FP32 (see the report). The output
+   graph is scanned: a non-zero zero point is an error.
+3. INT8 vs FP32 on the TEST split -> `<artifacts>/reports/calibration.json`:
+   forecasters by MAE against the true future (goal: INT8 MAE within 1 % of FP32),
+   similarity by recall@10 against the exact FP32 search (goal >= 0.98). A missed
+   goal is reported (and logged) with its reason; it does not fail the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from export import common
+from export.common import CliError
+from models import spec
+
+log = logging.getLogger("calibration.calibrate")
+
+PROG = "calibration.calibrate"
+SEED = 1234
+SPLIT = "train"
+FEED_BATCH = 32
+POOL_FACTOR = 4
+GEMM_OPS = ("MatMul", "Gemm")
+QUANT_OPS = {"QuantizeLinear", "DequantizeLinear"}
+MAE_GOAL = 0.01  # INT8 MAE may exceed FP32 MAE by at most 1 % (relative)
+RECALL_GOAL = 0.98
+RERANK_FACTOR = 4  # similarity: INT8 shortlist of 4 * k items, reranked in FP32
+MAX_EVAL_WINDOWS = 1024  # the reservoir costs 168 GEMMs of (B, 1000) x (1000, 1000) per window batch
+N_EVAL_QUERIES = 1024
+
+
+# ----------------------------------------------------------------------------- what to quantize
+
+
+def recurrent_gemms(graph: onnx.GraphProto) -> dict[str, str]:
+    """GEMMs upstream of a Tanh: the reservoir's recurrent state update. Each step's error feeds the
+    next of up to 168 tanh steps (and, streaming, every later request), so they stay FP32."""
+    producer = {o: n for n in graph.node for o in n.output}
+    seen: set[str] = set()
+    stack = [n for n in graph.node if n.op_type == "Tanh"]
+    while stack:
+        node = stack.pop()
+        for name in node.input:
+            p = producer.get(name)
+            if p is not None and p.name not in seen:
+                seen.add(p.name)
+                stack.append(p)
+    return {
+        n.name: "recurrent state update feeding tanh: error compounds over the 168-step loop"
+        for n in graph.node
+        if n.op_type in GEMM_OPS and n.name in seen
+    }
+
+
+RESERVOIR_FALLBACK = (
+    "INT8 readout missed the MAE goal (attempt below): the ridge readout sums ~1000 large, mostly cancelling "
+    "terms, so INT8 steps of the state (1/127 of its range) do not cancel; and the readout is <0.1 % of the "
+    "arithmetic (the 168 recurrent GEMMs stay FP32 anyway), so INT8 would buy no speed. model.int8.onnx is an "
+    "explicit FP32 copy"
+)
+
+
+def add_fp32_rerank(int8_path: Path, fp32_path: Path, factor: int | None = None) -> dict[str, Any]:
+    """Turn the INT8 top-k search into an INT8 shortlist of factor * k items reranked with exact FP32 scores.
+
+    query -> normalise -> q (B, D) -> Q/DQ -> MatMul(INT8 catalog) -> TopK(factor * k) -> cand (B, c)
+    rows = Gather(FP32 catalog (N, D), cand) (B, c, D);  exact = rows @ q (B, c)
+    scores, pos = TopK(exact, k);  ids = GatherElements(cand, pos)
+    """
+    factor = factor or RERANK_FACTOR
+    model = onnx.load(str(int8_path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    topk = next(n for n in graph.node if n.op_type == "TopK")
+    matmul = producer[topk.input[0]]
+    dq = producer[matmul.input[0]]
+    quant = producer[dq.input[0]] if dq.op_type == "DequantizeLinear" else None
+    if matmul.op_type != "MatMul" or quant is None or quant.op_type != "QuantizeLinear":
+        raise CliError("similarity: expected normalise -> Q/DQ -> MatMul -> TopK in the INT8 graph")
+    q_norm = quant.input[0]  # the FP32 normalised query
+    inits = _initializers(graph)
+    k = int(numpy_helper.to_array(inits[topk.input[1]]).reshape(-1)[0])
+
+    fp32 = onnx.load(str(fp32_path))
+    fp32_inits = {t.name: t for t in fp32.graph.initializer}
+    fp32_matmul = next(n for n in fp32.graph.node if n.op_type == "MatMul")
+    catalog_t = numpy_helper.to_array(fp32_inits[fp32_matmul.input[1]])  # (D, N)
+    shortlist = min(factor * k, catalog_t.shape[1])
+    scores_out, ids_out = topk.output
+    topk.output[0], topk.output[1] = "rerank/shortlist_scores", "rerank/shortlist_ids"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.ascontiguousarray(catalog_t.T), "rerank/catalog_rows"),  # (N, D) FP32
+            numpy_helper.from_array(np.array([shortlist], np.int64), "rerank/shortlist_k"),
+            numpy_helper.from_array(np.array([k], np.int64), "rerank/k"),
+            numpy_helper.from_array(np.array([2], np.int64), "rerank/axis2"),
+        ]
+    )
+    topk.input[1] = "rerank/shortlist_k"
+    h = onnx.helper
+    graph.node.extend(
+        [
+            h.make_node(
+                "Gather", ["rerank/catalog_rows", "rerank/shortlist_ids"], ["rerank/rows"], "rerank/Gather", axis=0
+            ),
+            h.make_node("Unsqueeze", [q_norm, "rerank/axis2"], ["rerank/q_col"], "rerank/Unsqueeze"),
+            h.make_node("MatMul", ["rerank/rows", "rerank/q_col"], ["rerank/exact3"], "rerank/MatMul"),
+            h.make_node("Squeeze", ["rerank/exact3", "rerank/axis2"], ["rerank/exact"], "rerank/Squeeze"),
+            h.make_node(
+                "TopK",
+                ["rerank/exact", "rerank/k"],
+                [scores_out, "rerank/pos"],
+                "rerank/TopK",
+                axis=1,
+                largest=1,
+                sorted=1,
+            ),
+            h.make_node(
+                "GatherElements", ["rerank/shortlist_ids", "rerank/pos"], [ids_out], "rerank/GatherElements", axis=1
+            ),
+        ]
+    )
+    onnx.save(model, str(int8_path), save_as_external_data=False)
+    return {"rerank": {"shortlist": shortlist, "k": k, "fp32_catalog_bytes": int(catalog_t.nbytes)}}
+
+
+@dataclass(frozen=True)
+class Policy:
+    quantize: bool
+    why: str
+    count: int = 512  # calibration samples
+    exclude: Callable[[onnx.GraphProto], dict[str, str]] | None = None
+    fp32_ops_note: dict[str, str] = field(default_factory=dict)
+    # When the quantized model misses its accuracy goal: keep the attempt in the report and serve an FP32 copy.
+    fallback_fp32: str = ""
+    # Graph change after quantization: (int8 path, fp32 path) -> report entry.
+    post: Callable[[Path, Path], dict[str, Any]] | None = None
+
+
+POLICIES: dict[str, Policy] = {
+    "nhits": Policy(
+        True,
+        "MLP blocks (Gemm) are >99 % of the arithmetic: INT8 GEMM inputs, per-channel weights",
+        fp32_ops_note={
+            "ReduceMean/Sub/Div/Sqrt/Pow/Clip/Mul/Add": "per-window scaling and its inverse stay FP32 "
+            "(not GEMMs; quantizing raw prices of very different levels would lose the small ones)",
+            "MaxPool/Resize/Slice": "pooling and knot interpolation stay FP32",
+        },
+    ),
+    "reservoir": Policy(
+        True,
+        "only the readout GEMM may be quantized; the recurrent loop stays FP32",
+        count=256,
+        exclude=recurrent_gemms,
+        fp32_ops_note={"Log/Tanh/Exp/Mul/Add": "input transform, tanh chain and exp of the readout stay FP32"},
+        fallback_fp32=RESERVOIR_FALLBACK,
+    ),
+    "reservoir_stream": Policy(
+        True,
+        "only the readout GEMM may be quantized; the state update stays FP32 so the carried state is never INT8",
+        count=256,
+        exclude=recurrent_gemms,
+        fp32_ops_note={"Log/Tanh/Exp/Mul/Add": "input transform, state update and exp of the readout stay FP32"},
+        fallback_fp32=RESERVOIR_FALLBACK,
+    ),
+    "similarity": Policy(
+        True,
+        "the catalog GEMM (D x n_items, per-item scales) is quantized and shortlists RERANK_FACTOR * k items, "
+        "which an FP32 rerank (Gather of the FP32 rows + exact dot products + TopK) orders: INT8 score errors "
+        "(~1e-3) exceed the typical gap between the 10th and 11th score, so INT8-only top-10 misses the recall goal",
+        fp32_ops_note={
+            "ReduceL2/Div/Clip/Expand": "query L2 normalisation stays FP32",
+            "TopK": "top-k selection; the final top-k runs on exact FP32 scores",
+            "Gather/MatMul (rerank)": "exact FP32 scores of the shortlisted items",
+        },
+        post=lambda int8, fp32: add_fp32_rerank(int8, fp32),
+    ),
+    "forecast_blend": Policy(
+        False,
+        "not quantized: 48 multiply-adds per sample, no GEMM; Q/DQ would cost more than the layer and perturb "
+        "the ensemble's final output. model.int8.onnx is an explicit FP32 copy",
+    ),
+    "user_embedding": Policy(
+        False,
+        "not quantized: a table lookup (Gather) has no arithmetic for INT8 to speed up; an INT8 table would "
+        "only save memory at the cost of perturbing every query the similarity search receives. "
+        "model.int8.onnx is an explicit FP32 copy",
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- calibration data
+
+
+def calibration_dir(artifacts: Path) -> Path:
+    return artifacts / "calibration"
+
+
+def make_calibration_set(name: str, artifacts: Path, count: int, seed: int = SEED) -> dict[str, np.ndarray]:
+    """`count` train-split samples for every ONNX input of `name`: a seeded draw from a pool four times larger."""
+    from models import registry
+
+    pool = registry.example_inputs(name, artifacts, SPLIT, POOL_FACTOR * count)
+    pick = np.sort(np.random.default_rng(seed).choice(len(pool[0]), size=count, replace=False))
+    names, _ = common.io_names(name)
+    return {n: np.ascontiguousarray(t.detach().cpu().numpy()[pick]) for n, t in zip(names, pool, strict=True)}
+
+
+def feeds(path: Path, batch: int = FEED_BATCH) -> Iterator[dict[str, np.ndarray]]:
+    """Calibration data as a generator of feed dicts (input name -> (b, ...) array), Polygraphy style."""
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    n = len(next(iter(arrays.values())))
+    for i in range(0, n, batch):
+        yield {k: v[i : i + batch] for k, v in arrays.items()}
+
+
+def _reader(make: Callable[[], Iterator[dict[str, np.ndarray]]]) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class FeedReader(CalibrationDataReader):
+        """onnxruntime's CalibrationDataReader over a re-startable feed generator."""
+
+        def __init__(self) -> None:
+            self._it = make()
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+        def rewind(self) -> None:
+            self._it = make()
+
+    return FeedReader()
+
+
+def write_calibration_sets(artifacts: Path, names: Sequence[str], seed: int) -> dict[str, Any]:
+    out = calibration_dir(artifacts)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    manifest = common.read_json(manifest_path) if manifest_path.is_file() else {}
+    manifest.update({"split": SPLIT, "seed": seed})
+    sets = manifest.setdefault("sets", {})
+    for name in names:
+        policy = POLICIES[name]
+        if not policy.quantize:
+            sets.pop(name, None)
+            continue
+        arrays = make_calibration_set(name, artifacts, policy.count, seed)
+        path = out / f"{name}.npz"
+        np.savez(path, **arrays)
+        sets[name] = {
+            "file": path.name,
+            "split": SPLIT,
+            "seed": seed,
+            "count": int(len(next(iter(arrays.values())))),
+            "inputs": {k: list(v.shape[1:]) for k, v in arrays.items()},
+            "sha256": common.sha256_file(path),
+        }
+        log.info("%s: %d calibration samples from the %s split -> %s", name, sets[name]["count"], SPLIT, path)
+    common.write_json(manifest_path, manifest)
+    return manifest
+
+
+# ----------------------------------------------------------------------------- quantization
+
+
+def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    inits = {t.name: t for t in graph.initializer}
+    for n in graph.node:  # Constant nodes count as initializers too
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    inits[n.output[0]] = a.t
+    return inits
+
+
+def scan_qdq(model: onnx.ModelProto) -> dict[str, Any]:
+    """Zero points, scale layouts and which GEMMs run in INT8, read back from a Q/DQ graph."""
+    graph = model.graph
+    inits = _initializers(graph)
+    nonzero: list[str] = []
+    not_int8: list[str] = []
+    per_channel, per_tensor_weights, activations = 0, [], 0
+    dq_outputs: dict[str, onnx.NodeProto] = {}
+    for n in graph.node:
+        if n.op_type not in QUANT_OPS:
+            continue
+        if n.op_type == "DequantizeLinear":
+            dq_outputs[n.output[0]] = n
+        if len(n.input) > 2 and n.input[2]:
+            zp = inits.get(n.input[2])
+            if zp is None:
+                nonzero.append(f"{n.name}: zero point {n.input[2]} is not a constant")
+                continue
+            arr = numpy_helper.to_array(zp)
+            if arr.dtype != np.int8:
+                not_int8.append(f"{n.name}: {arr.dtype}")
+            if np.any(arr != 0):
+                nonzero.append(f"{n.name}: {n.input[2]}")
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:  # a weight
+            scale = numpy_helper.to_array(inits[n.input[1]])
+            if scale.ndim == 1 and scale.size > 1:
+                per_channel += 1
+            else:
+                per_tensor_weights.append(n.input[0])
+        elif n.op_type == "QuantizeLinear":
+            activations += 1
+    int8_gemms, fp32_gemms = [], []
+    for n in graph.node:
+        if n.op_type in GEMM_OPS:
+            (int8_gemms if all(i in dq_outputs for i in n.input[:2]) else fp32_gemms).append(n.name)
+    return {
+        "zero_points_all_zero": not nonzero,
+        "nonzero_zero_points": nonzero,
+        "zero_point_types_not_int8": not_int8,
+        "per_channel_weights": per_channel,
+        "per_tensor_weights": per_tensor_weights,
+        "quantized_activations": activations,
+        "int8_gemms": int8_gemms,
+        "fp32_gemms": fp32_gemms,
+    }
+
+
+def preprocess(src: Path, dst: Path) -> str:
+    """ONNX Runtime's quantization pre-processing (symbolic shape inference + graph optimisation)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_optimization=False, skip_symbolic_shape=False)
+        return "quant_pre_process"
+    except Exception as e:  # noqa: BLE001 - the raw graph quantizes too; record why
+        log.warning("quant_pre_process failed on %s (%s); quantizing the graph as exported", src, e)
+        shutil.copyfile(src, dst)
+        return f"none (quant_pre_process failed: {type(e).__name__}: {e})"
+
+
+def quantize(name: str, fp32_path: Path, int8_path: Path, calib_path: Path, work: Path) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    policy = POLICIES[name]
+    pre = work / f"{name}.pre.onnx"
+    pre_note = preprocess(fp32_path, pre)
+    graph = onnx.load(str(pre)).graph
+    excluded = policy.exclude(graph) if policy.exclude else {}
+    quantize_static(
+        str(pre),
+        str(int8_path),
+        _reader(lambda: feeds(calib_path)),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(GEMM_OPS),
+        nodes_to_exclude=sorted(excluded),
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        # (CalibMaxIntermediateOutputs would bound memory, but ORT 1.32 drops the ranges it collected so far)
+        # Biases stay FP32: TensorRT fuses them into the INT8 GEMM itself and has no INT32-bias Q/DQ form.
+        # GEMM outputs stay FP32 (Q/DQ on GEMM inputs only, TensorRT's recommended placement): an INT8 output
+        # would round similarity scores to 255 levels before TopK and N-HiTS' theta before the backcast.
+        extra_options={
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "OpTypesToExcludeOutputQuantization": list(GEMM_OPS),
+        },
+    )
+    op_types = sorted({n.op_type for n in graph.node} - set(GEMM_OPS) - {"Constant"})
+    return {
+        "preprocessing": pre_note,
+        "op_types_to_quantize": list(GEMM_OPS),
+        "nodes_kept_fp32": excluded,
+        "op_types_kept_fp32": op_types,
+        "fp32_notes": policy.fp32_ops_note,
+    }
+
+
+def finish_int8(name: str, fp32_path: Path, int8_path: Path, extra_meta: dict[str, str]) -> dict[str, Any]:
+    """Carry the FP32 model's metadata into the INT8 file, save it as one file and scan it."""
+    src = onnx.load(str(fp32_path), load_external_data=False)
+    model = onnx.load(str(int8_path))
+    meta = {p.key: p.value for p in src.metadata_props} | extra_meta
+    onnx.helper.set_model_props(model, meta)
+    onnx.save(model, str(int8_path), save_as_external_data=False)
+    onnx.checker.check_model(str(int8_path))
+    scan = scan_qdq(model)
+    want_in, want_out = common.io_names(name)
+    got_in, got_out = [i.name for i in model.graph.input], [o.name for o in model.graph.output]
+    if (got_in, got_out) != (want_in, want_out):
+        raise CliError(f"{name}: INT8 graph tensors {got_in} -> {got_out} differ from {want_in} -> {want_out}")
+    if scan["nonzero_zero_points"] or scan["zero_point_types_not_int8"]:
+        raise CliError(
+            f"{name}: INT8 model is not symmetric INT8 (TensorRT needs zero points of 0): "
+            f"{(scan['nonzero_zero_points'] + scan['zero_point_types_not_int8'])[:3]}"
+        )
+    if scan["per_tensor_weights"]:
+        raise CliError(f"{name}: weights quantized per tensor, expected per channel: {scan['per_tensor_weights'][:3]}")
+    return scan
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+def _run(sess: Any, feeds_: dict[str, np.ndarray], batch: int = 256) -> list[np.ndarray]:
+    n = len(next(iter(feeds_.values())))
+    parts = [sess.run(None, {k: v[i : i + batch] for k, v in feeds_.items()}) for i in range(0, n, batch)]
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+
+def _eval_windows(artifacts: Path) -> tuple[np.ndarray, np.ndarray]:
+    from models import data
+
+    x, y = data.load_windows(artifacts, "test")
+    if len(x) > MAX_EVAL_WINDOWS:  # evenly spaced, deterministic
+        idx = np.linspace(0, len(x) - 1, MAX_EVAL_WINDOWS).round().astype(int)
+        x, y = x[idx], y[idx]
+    return x, y
+
+
+def _mae_entry(pred32: np.ndarray, pred8: np.ndarray, y: np.ndarray, what: str) -> dict[str, Any]:
+    mae32 = float(np.mean(np.abs(pred32.astype(np.float64) - y)))
+    mae8 = float(np.mean(np.abs(pred8.astype(np.float64) - y)))
+    change = (mae8 - mae32) / max(mae32, common.TINY)
+    met = change <= MAE_GOAL
+    return {
+        "metric": "MAE vs true future, test split",
+        "evaluated": what,
+        "n": int(len(y)),
+        "mae_fp32": mae32,
+        "mae_int8": mae8,
+        "mae_rel_change": change,
+        "int8_vs_fp32_rel_err": common.relative_error(pred8, pred32),
+        "goal": f"mae_rel_change <= {MAE_GOAL:g}",
+        "met": bool(met),
+        "reason": "" if met else f"INT8 MAE is {100 * change:.2f} % above FP32 (goal {100 * MAE_GOAL:g} %)",
+    }
+
+
+class Evaluator:
+    """FP32 and INT8 predictions on test data, each computed once; an INT8 file that is an FP32 copy reuses
+    the FP32 predictions."""
+
+    def __init__(self, artifacts: Path, repo: Path):
+        self.artifacts, self.repo = artifacts, repo
+        self._cache: dict[tuple[str, str], list[np.ndarray]] = {}
+        self._windows: tuple[np.ndarray, np.ndarray] | None = None
+        self._copies: dict[str, bool] = {}
+
+    def windows(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._windows is None:
+            self._windows = _eval_windows(self.artifacts)
+        return self._windows
+
+    def path(self, name: str, precision: str) -> Path:
+        return spec.version_dir(name, self.repo) / (spec.ONNX_INT8 if precision == "int8" else spec.ONNX_FP32)
+
+    def is_copy(self, name: str) -> bool:
+        if name not in self._copies:
+            self._copies[name] = onnx_metadata(self.path(name, "int8")).get("int8.scheme") == "fp32-copy"
+        return self._copies[name]
+
+    def forget(self, name: str) -> None:
+        """Drop cached INT8 predictions of `name` (its INT8 file was replaced)."""
+        self._copies.pop(name, None)
+        self._cache = {k: v for k, v in self._cache.items() if not (k[0].startswith(f"{name}:") and k[1] == "int8")}
+
+    def predict(self, name: str, precision: str, feeds_: dict[str, np.ndarray], key: str = "") -> list[np.ndarray]:
+        if precision == "int8" and self.is_copy(name):
+            precision = "fp32"
+        k = (f"{name}:{key}", precision)
+        if k not in self._cache:
+            sess = common.ort_session(self.path(name, precision))
+            self._cache[k] = _run(sess, feeds_)
+        return self._cache[k]
+
+    def forecasts(self, name: str, precision: str) -> np.ndarray:
+        x, _ = self.windows()
+        return self.predict(name, precision, {"window": x}, "test")[0]
+
+    def stream(self, precision: str, n: int = 256) -> np.ndarray:
+        """Forecast after feeding n test windows one tick at a time from the zero state."""
+        name = spec.STREAM.name
+        if precision == "int8" and self.is_copy(name):
+            precision = "fp32"
+        k = (f"{name}:stream", precision)
+        if k not in self._cache:
+            xs = self.windows()[0][:n]
+            sess = common.ort_session(self.path(name, precision))
+            state = np.zeros((len(xs), spec.RESERVOIR_UNITS), np.float32)
+            forecast = None
+            for t in range(xs.shape[1]):
+                forecast, state = sess.run(None, {"tick": xs[:, t : t + 1], common.STREAM_STATE_IN: state})
+            self._cache[k] = [forecast]
+        return self._cache[k][0]
+
+
+def evaluate(names: Sequence[str], artifacts: Path, repo: Path, ev: Evaluator | None = None) -> dict[str, Any]:
+    """INT8 vs FP32 on the test split, per model (forecast_blend: the forecast ensemble as a whole)."""
+    from models import data
+
+    ev = ev or Evaluator(artifacts, repo)
+    results: dict[str, Any] = {}
+    for name in ("nhits", "reservoir"):
+        if name in names:
+            x, y = ev.windows()
+            results[name] = _mae_entry(
+                ev.forecasts(name, "fp32"), ev.forecasts(name, "int8"), y, f"{len(x)} test windows"
+            )
+    if "forecast_blend" in names:
+        _, y = ev.windows()
+        blended = [
+            ev.predict(
+                "forecast_blend",
+                p,
+                {"nhits_forecast": ev.forecasts("nhits", p), "reservoir_forecast": ev.forecasts("reservoir", p)},
+                f"ensemble-{p}",
+            )[0]
+            for p in ("fp32", "int8")
+        ]
+        results["forecast_blend"] = _mae_entry(*blended, y, "forecast ensemble: nhits + reservoir + blend, each INT8")
+    if spec.STREAM.name in names:
+        f32, f8 = ev.stream("fp32"), ev.stream("int8")
+        y = ev.windows()[1][: len(f32)]
+        results[spec.STREAM.name] = _mae_entry(f32, f8, y, f"{len(y)} test windows fed one tick per call")
+    if "similarity" in names:
+        q = data.load_queries(artifacts, "test", N_EVAL_QUERIES)
+        _, ids32 = ev.predict("similarity", "fp32", {"query": q}, "test")
+        _, ids8 = ev.predict("similarity", "int8", {"query": q}, "test")
+        results["similarity"] = _recall_entry(ids32, ids8)
+    if "user_embedding" in names:
+        ids = (np.arange(1024, dtype=np.int64) % _n_users(repo))[:, None]
+        err = common.relative_error(
+            ev.predict("user_embedding", "int8", {"user_id": ids})[0],
+            ev.predict("user_embedding", "fp32", {"user_id": ids})[0],
+        )
+        results["user_embedding"] = {
+            "metric": "relative error of the INT8 file against the FP32 file, 1024 user ids",
+            "rel_err": err,
+            "goal": "rel_err == 0 (FP32 copy)",
+            "met": err == 0.0,
+            "reason": "" if err == 0.0 else "model.int8.onnx differs from model.onnx",
+        }
+    return results
+
+
+def _recall_entry(ids_ref: np.ndarray, ids: np.ndarray) -> dict[str, Any]:
+    k = ids_ref.shape[1]
+    recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids_ref, ids, strict=True)]))
+    met = recall >= RECALL_GOAL
+    return {
+        "metric": f"recall@{k} against the exact FP32 search, test-split queries",
+        "n": int(len(ids_ref)),
+        "recall_at_k": recall,
+        "goal": f"recall_at_k >= {RECALL_GOAL:g}",
+        "met": bool(met),
+        "reason": "" if met else f"recall@{k} {recall:.4f} < {RECALL_GOAL:g}",
+    }
+
+
+def _int8_only_accuracy(name: str, fp32: Path, int8_only: Path, artifacts: Path) -> dict[str, Any]:
+    """Accuracy of the plain quantized graph, before any FP32 post-processing (similarity: INT8 top-k)."""
+    from models import data
+
+    if name != "similarity":
+        return {}
+    q = data.load_queries(artifacts, "test", N_EVAL_QUERIES)
+    ids32 = _run(common.ort_session(fp32), {"query": q})[1]
+    ids8 = _run(common.ort_session(int8_only), {"query": q})[1]
+    return _recall_entry(ids32, ids8)
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """metadata_props of an ONNX file (what onnxruntime's custom_metadata_map returns)."""
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _n_users(repo: Path) -> int:
+    props = onnx_metadata(spec.version_dir("user_embedding", repo) / spec.ONNX_FP32)
+    lo_hi = props.get("valid_range.user_id", f"0,{spec.N_USERS}")
+    return int(lo_hi.split(",")[1])
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> common.OneLineParser:
+    p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--artifacts", type=Path, required=True, help="training artifacts (data/, checkpoints/)")
+    p.add_argument("--repo", type=Path, required=True, help="model repository holding <model>/1/model.onnx")
+    p.add_argument("--models", help=f"comma-separated subset of {','.join(common.ALL_MODELS)} (default: all)")
+    p.add_argument("--seed", type=int, default=SEED, help="calibration sampling seed (default %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    names = common.parse_models(args.models)
+    common.require_dir(
+        args.artifacts, "artifacts directory", f"train with `python -m models.train --out {args.artifacts}`"
+    )
+    common.require_dir(args.repo, "model repository")
+    needed = set(names) | ({"nhits", "reservoir"} if "forecast_blend" in names else set())
+    for name in sorted(needed):
+        path = spec.version_dir(name, args.repo) / spec.ONNX_FP32
+        if not path.is_file():
+            raise CliError(
+                f"{name}: {path} is missing; "
+                f"run `python -m export.onnx_export --artifacts {args.artifacts} --repo {args.repo}` first"
+            )
+    common.setup_logging(args.verbose)
+
+    t0 = time.perf_counter()
+    manifest = write_calibration_sets(args.artifacts, names, args.seed)
+    manifest_path = calibration_dir(args.artifacts) / "manifest.json"
+    manifest_sha = common.sha256_file(manifest_path)
+    report_path = common.reports_dir(args.artifacts) / "calibration.json"
+    report = common.read_json(report_path) if report_path.is_file() else {}
+    report.update(
+        {
+            "calibration_manifest": str(manifest_path),
+            "calibration_manifest_sha256": manifest_sha,
+            "scheme": "QDQ, INT8 symmetric: activations per tensor (MinMax), weights per output channel, biases FP32",
+            "goals": {"forecast_mae_rel_change": MAE_GOAL, "similarity_recall_at_10": RECALL_GOAL},
+        }
+    )
+    models_report = report.setdefault("models", {})
+    calib_s = time.perf_counter() - t0
+    ev = Evaluator(args.artifacts, args.repo)
+    with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
+        for name in names:
+            t1 = time.perf_counter()
+            policy = POLICIES[name]
+            fp32 = spec.version_dir(name, args.repo) / spec.ONNX_FP32
+            int8 = fp32.with_name(spec.ONNX_INT8)
+            entry: dict[str, Any] = {"quantized": policy.quantize, "why": policy.why}
+            meta = {"int8.source_onnx_sha256": common.sha256_file(fp32)}
+            if policy.quantize:
+                calib = calibration_dir(args.artifacts) / manifest["sets"][name]["file"]
+                entry.update(quantize(name, fp32, int8, calib, Path(tmp)))
+                entry["calibration_set"] = manifest["sets"][name]
+                meta |= {"int8.calibration_manifest_sha256": manifest_sha, "int8.scheme": "qdq-symmetric-int8"}
+                if policy.post is not None:
+                    only = Path(tmp) / f"{name}.int8-only.onnx"
+                    shutil.copyfile(int8, only)
+                    entry.update(policy.post(int8, fp32))
+                    entry["int8_only"] = {"file": "not kept", **_int8_only_accuracy(name, fp32, only, args.artifacts)}
+                entry["qdq"] = finish_int8(name, fp32, int8, meta)
+                if policy.fallback_fp32:
+                    attempt = evaluate([name], args.artifacts, args.repo, ev)[name]
+                    if not attempt["met"]:
+                        ev.forget(name)
+                        log.warning(
+                            "%s: INT8 attempt missed its goal (%s); serving an FP32 copy", name, attempt["reason"]
+                        )
+                        entry = {
+                            "quantized": False,
+                            "why": policy.fallback_fp32,
+                            "int8_attempt": {**entry, "accuracy": attempt},
+                        }
+            if not entry["quantized"]:
+                shutil.copyfile(fp32, int8)
+                meta = {"int8.source_onnx_sha256": meta["int8.source_onnx_sha256"], "int8.scheme": "fp32-copy"}
+                entry["qdq"] = finish_int8(name, fp32, int8, meta)
+            entry["onnx_bytes"] = fp32.stat().st_size
+            entry["int8_onnx_bytes"] = int8.stat().st_size
+            entry["seconds"] = round(time.perf_counter() - t1, 3)
+            models_report[name] = entry
+            log.info("%s: %s (%.1fs)", name, int8, entry["seconds"])
+
+    t2 = time.perf_counter()
+    accuracy = evaluate(names, args.artifacts, args.repo, ev)
+    for name, acc in accuracy.items():
+        models_report[name]["accuracy"] = acc
+        if not acc["met"]:
+            log.warning("%s: INT8 accuracy goal missed: %s", name, acc["reason"])
+    report["seconds"] = {"calibration_sets": round(calib_s, 3), "evaluate": round(time.perf_counter() - t2, 3)}
+    common.write_json(report_path, report)
+    missed = [n for n, a in accuracy.items() if not a["met"]]
+    print(
+        f"INT8 Q/DQ models for {', '.join(names)}; goals "
+        + (f"MISSED by {', '.join(missed)}" if missed else "met by all")
+        + f"; report {report_path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    common.run_main(PROG, main)

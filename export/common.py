@@ -1,0 +1,168 @@
+"""Plumbing shared by the export, calibration, engine and report stages.
+
+Everything here is about files and command lines: tensor names per model, hashes,
+JSON reports, the one-line CLI error convention. No stage logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from models import spec
+
+log = logging.getLogger(__name__)
+
+# Every model with an ONNX file of its own: the served models plus the streaming reservoir.
+ALL_MODELS: tuple[str, ...] = (*spec.EXPORTED, spec.STREAM.name)
+# Inputs / outputs of the streaming reservoir as exported: the state travels as state_in -> state_out
+# (TensorRT backend implicit state on the gpu target; a per-sequence dictionary on the cpu target).
+STREAM_STATE_IN = "state_in"
+STREAM_STATE_OUT = "state_out"
+TINY = 1e-12  # denominator floor of the relative error
+
+
+class CliError(Exception):
+    """A problem with the user's input or environment: printed as one line, never as a traceback."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line on stderr (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def io_names(model: str) -> tuple[list[str], list[str]]:
+    """ONNX input and output tensor names of `model`, in forward() argument / return order."""
+    s = spec.MODELS[model]
+    inputs = [t.name for t in s.inputs]
+    outputs = [t.name for t in s.outputs]
+    if model == spec.STREAM.name:
+        inputs.append(STREAM_STATE_IN)
+        outputs.append(STREAM_STATE_OUT)
+    return inputs, outputs
+
+
+def io_tensors(model: str) -> tuple[list[spec.Tensor], list[spec.Tensor]]:
+    """Like io_names, with dtype and per-sample dims."""
+    s = spec.MODELS[model]
+    inputs, outputs = list(s.inputs), list(s.outputs)
+    if model == spec.STREAM.name:
+        state: spec.Tensor = s.extra["state"]
+        inputs.append(spec.Tensor(STREAM_STATE_IN, state.dtype, state.dims))
+        outputs.append(spec.Tensor(STREAM_STATE_OUT, state.dtype, state.dims))
+    return inputs, outputs
+
+
+def parse_models(text: str | None, allowed: Sequence[str] = ALL_MODELS) -> list[str]:
+    """`--models a,b` -> ["a", "b"]; None -> every allowed model. Unknown names raise CliError."""
+    if text is None:
+        return list(allowed)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise CliError(f"unknown model name(s) {', '.join(unknown) or repr(text)}; choose from {', '.join(allowed)}")
+    return names
+
+
+def require_dir(path: Path, what: str, hint: str = "") -> Path:
+    if not path.is_dir():
+        raise CliError(f"{what} {path} is not a directory{'; ' + hint if hint else ''}")
+    return path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_files(paths: Iterable[Path]) -> str:
+    """One hash over several files (names and contents), in sorted order."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
+    """max|actual - reference| / max(max|reference|, TINY): one number per output tensor."""
+    a = np.asarray(actual, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    if a.shape != r.shape:
+        return float("inf")
+    if r.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - r)) / max(float(np.max(np.abs(r))), TINY))
+
+
+def reports_dir(artifacts: Path) -> Path:
+    d = artifacts / "reports"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically so a reader never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def ort_session(path: Path, threads: int | None = None) -> Any:
+    """A CPU ONNX Runtime session with a bounded thread count (the machines are shared)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> NoReturn:
+    """Run a stage's main(); a CliError becomes one line on stderr and exit status 1."""
+    try:
+        code = main(argv)
+    except CliError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
