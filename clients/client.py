@@ -275,21 +275,25 @@ class _Base:
     def _attempts(self, op: Op, timeout: float | None) -> _Attempts:
         return _Attempts(op.name, self.endpoints, self.policy, timeout or self.timeout, self.attempt_timeout)
 
-    def _chunks(self, op: Op, arrays: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
-        if self.validate:  # the whole batch at once, so a bad row is named by its index in the caller's array
-            unlimited = replace(op.spec, max_batch_size=0)
-            check(unlimited, arrays, self.ranges, op.step)
+    def _whole(self, op: Op, inputs: tuple) -> dict[str, np.ndarray]:
+        """A batch about to be split, checked as a whole: a bad row is named by its index in the caller's array."""
+        arrays = op.encode(*inputs)
+        if self.validate:
+            check(replace(op.spec, max_batch_size=0), arrays, self.ranges, op.step)
+        return arrays
+
+    @staticmethod
+    def _cut(arrays: dict[str, np.ndarray], size: int) -> list[dict[str, np.ndarray]]:
         n = len(next(iter(arrays.values())))
         return [{k: v[i : i + size] for k, v in arrays.items()} for i in range(0, max(n, 1), size)]
 
-    def _batch_size(self, op: Op, batch_size: int | str | None, limits: tuple[int, list[int]]) -> int:
-        max_batch, preferred = limits
+    def _batch_size(self, op: Op, batch_size: int | str | None, limits) -> int:
+        """`limits()` -> (max_batch_size, preferred sizes) is only asked when the size is not given as an int."""
         if isinstance(batch_size, int):
-            size = batch_size
-        elif batch_size in (None, "preferred"):
-            size = max(preferred) if preferred else max_batch
-        elif batch_size == "max":
-            size = max_batch
+            size, max_batch = batch_size, op.spec.max_batch_size
+        elif batch_size in (None, "preferred", "max"):
+            max_batch, preferred = limits()
+            size = max_batch if batch_size == "max" or not preferred else max(preferred)
         else:
             raise ValueError(f"batch_size must be an int, 'preferred' or 'max', got {batch_size!r}")
         if size <= 0 or (max_batch and size > max_batch):
@@ -412,9 +416,8 @@ class Client(_Base):
         'max' for max_batch_size, or an int), sent `concurrency` at a time, results joined in input order.
         `timeout` is the deadline of each request."""
         op = op_for(model)
-        arrays = op.encode(*inputs)
-        size = self._batch_size(op, batch_size, self.limits(op))
-        chunks = self._chunks(op, arrays, size)
+        arrays = self._whole(op, inputs)
+        chunks = self._cut(arrays, self._batch_size(op, batch_size, lambda: self.limits(op)))
         start = time.monotonic()
         if len(chunks) == 1:
             return self._send(op, chunks[0], timeout)
@@ -543,9 +546,9 @@ class AsyncClient(_Base):
         self, model: str | Op, *inputs: Any, batch_size: int | str | None = None, timeout: float | None = None
     ) -> Answer:
         op = op_for(model)
-        arrays = op.encode(*inputs)
-        size = self._batch_size(op, batch_size, await self.limits(op))
-        chunks = self._chunks(op, arrays, size)
+        arrays = self._whole(op, inputs)
+        limits = None if isinstance(batch_size, int) else await self.limits(op)
+        chunks = self._cut(arrays, self._batch_size(op, batch_size, lambda: limits))
         start = time.monotonic()
         if len(chunks) == 1:
             return await self._send(op, chunks[0], timeout)

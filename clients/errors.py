@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 
 from tritonclient.utils import InferenceServerException
 
@@ -75,10 +76,7 @@ def from_exception(exc: BaseException, where: str, timeout: float | None = None)
         return DeadlineExceededError(f"{where}: no answer within the deadline{limit}")
     if isinstance(exc, OSError):
         return ServerUnavailableError(f"{where}: {exc.strerror or exc}")
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - tritonclient[all] ships aiohttp
-        aiohttp = None
+    aiohttp = sys.modules.get("aiohttp")  # only loaded when an async HTTP client is in use
     if aiohttp is not None and isinstance(exc, aiohttp.ClientConnectionError):
         return ServerUnavailableError(f"{where}: {exc}")
     return InferenceServerError(f"{where}: {type(exc).__name__}: {exc}")

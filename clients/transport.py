@@ -16,9 +16,7 @@ from typing import Any
 import gevent
 import numpy as np
 import tritonclient.grpc as grpcclient
-import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
-import tritonclient.http.aio as httpaio
 from tritonclient.utils import np_to_triton_dtype
 
 from clients.errors import ClientError, DeadlineExceededError, from_exception
@@ -169,8 +167,12 @@ class AsyncTransport:
     def client(self):
         if self._client is None:  # created inside the running loop: aio channels bind to it
             if self.protocol == "grpc":
+                import tritonclient.grpc.aio as grpcaio  # imported on first use: aiohttp & co. cost ~0.5 s
+
                 self._client = grpcaio.InferenceServerClient(self.hostport)
             else:
+                import tritonclient.http.aio as httpaio
+
                 self._client = httpaio.InferenceServerClient(self.hostport, conn_timeout=HTTP_SOCKET_TIMEOUT_S)
         return self._client
 

@@ -1,0 +1,53 @@
+"""System shared memory: same answers as plain transfer, regions registered once, none left after close."""
+
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from clients import Client
+from clients.shm import SharedMemoryClient, admin_headers, compare
+from models import spec
+
+
+def server_regions(triton) -> list[str]:
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    status = client.get_system_shared_memory_status(headers=admin_headers("grpc", triton.key), as_json=True)
+    client.close()
+    return sorted(status.get("regions", {}))
+
+
+def test_shared_memory_results_equal_plain_results_for_large_batches(triton, url, protocol, samples):
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((spec.MODELS["similarity"].max_batch_size, spec.EMBED_DIM), dtype=np.float32)
+    with Client(url) as plain, SharedMemoryClient(url, key=triton.key, protocol=protocol) as fast:
+        a, b = plain.nhits(samples["windows_1000"]), fast.nhits(samples["windows_1000"])
+        np.testing.assert_array_equal(a.values, b.values)
+        assert b.endpoint == url and b.values.shape == (1000, spec.HORIZON)
+        a, b = plain.similarity(queries), fast.similarity(queries)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        small = fast.nhits(samples["window"][:3])  # a smaller batch reuses the same regions
+        np.testing.assert_array_equal(small.values, plain.nhits(samples["window"][:3]).values)
+
+
+def test_regions_are_registered_once_reused_and_unregistered_on_close(triton, url, protocol, samples):
+    with SharedMemoryClient(url, key=triton.key, protocol=protocol) as fast:
+        for _ in range(3):
+            fast.nhits(samples["window"])
+        ours = fast.region_names()
+        assert len(ours) == 2  # one input and one output region for nhits, whatever the number of calls
+        assert set(ours) <= set(server_regions(triton))
+        first = fast.nhits(samples["window"]).values
+        np.testing.assert_array_equal(first, fast.nhits(samples["window"]).values)
+    assert not [r for r in server_regions(triton) if r.startswith(fast.prefix)]
+    assert server_regions(triton) == []
+
+
+def test_the_shm_benchmark_reports_both_transfers_for_both_cases(triton):
+    report = compare(triton.grpc_url, 2, key=triton.key, warmup=1)
+    assert set(report["models"]) == {"nhits", "similarity"}
+    for row in report["models"].values():
+        assert row["plain_ms"]["p50"] > 0 and row["shm_ms"]["p50"] > 0 and row["max_abs_diff"] == 0.0
+    assert report["models"]["nhits"]["rows"] == 1000 and report["models"]["similarity"]["rows"] == 256
+    assert server_regions(triton) == []
