@@ -1,0 +1,67 @@
+"""docker/compose.yaml: schema, GPU reservation, and the files it mounts."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.deploy.support import COMPOSE, DOCKER, METRICS_PORT, check, load_yaml, promtool, tool
+
+
+def services() -> dict:
+    return load_yaml(COMPOSE)["services"]
+
+
+def test_compose_file_matches_the_compose_specification():
+    validator = tool("check-jsonschema", "pip install check-jsonschema (pyproject's test extra)")
+    check([validator, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)])
+
+
+def test_triton_reserves_a_gpu_and_publishes_its_three_ports():
+    triton = services()["triton"]
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert {p.split(":")[-1] for p in triton["ports"]} == {"8000", "8001", "8002"}
+    assert triton["build"]["dockerfile"] == "docker/Dockerfile"
+    assert (DOCKER / triton["build"]["context"]).resolve() == DOCKER.parent
+
+
+def _bind_mounts(service: dict) -> list[tuple[Path, str]]:
+    out = []
+    for volume in service["volumes"]:
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            out.append(((DOCKER / source).resolve(), target))
+    return out
+
+
+def test_every_bind_mount_source_exists():
+    for name, service in services().items():
+        for source, target in _bind_mounts(service):
+            assert source.exists(), f"{name}: {source} (mounted at {target}) does not exist"
+
+
+def test_prometheus_config_is_valid_as_mounted_in_the_container(tmp_path):
+    """Lay the mounts out as the container sees them, then `promtool check config` (rules included)."""
+    root = tmp_path / "container"
+    for source, target in _bind_mounts(services()["prometheus"]):
+        dest = root / target.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, dest)
+    config = root / "etc" / "prometheus" / "prometheus.yml"
+    out = check([promtool(), "check", "config", str(config)])
+    assert "SUCCESS: 1 rule files found" in out
+    scrape = {job["job_name"]: job for job in load_yaml(config)["scrape_configs"]}
+    static = scrape["triton"]["static_configs"][0]
+    assert static["targets"] == [f"triton:{METRICS_PORT}"]
+    assert static["labels"] == {"target": "gpu"}
+
+
+def test_grafana_provisioning_points_at_the_mounted_dashboards():
+    grafana = dict((target, source) for source, target in _bind_mounts(services()["grafana"]))
+    provisioning = grafana["/etc/grafana/provisioning"]
+    provider = load_yaml(provisioning / "dashboards" / "triton.yaml")["providers"][0]
+    dashboards_dir = grafana[provider["options"]["path"]]
+    assert (dashboards_dir / "triton.json").is_file()
+    datasource = load_yaml(provisioning / "datasources" / "prometheus.yaml")["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090" and "prometheus" in services()

