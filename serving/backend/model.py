@@ -13,7 +13,7 @@ What it does per execution:
 - for a model with `sequence_batching` (reservoir_stream), keeps one state vector per
   correlation id: START resets it, END releases it, idle sequences are evicted after the
   config's `max_sequence_idle_microseconds` (the python backend of Triton 2.51 accepts a
-  `state` section but never delivers the state input, see DESIGN.md).
+  `state` section but never carries the state: state_in always holds the initial state).
 
 Parameters (config `parameters`): `precision` = fp32 | int8 (model.onnx or model.int8.onnx),
 `intra_op_threads` (ONNX Runtime threads per instance, 0 = ONNX Runtime's default).
@@ -109,6 +109,20 @@ class TritonPythonModel:
             self.idle_s = int(seq.get("max_sequence_idle_microseconds", 60_000_000)) / 1e6
             self.states: dict[int, np.ndarray] = {}
             self.last_seen: dict[int, float] = {}
+            self.live_family = self.live_gauge = None  # sequences holding a state: an eviction probe
+            if hasattr(pb_utils, "MetricFamily"):
+                self.live_family = pb_utils.MetricFamily(
+                    name="onnxruntime_py_sequence_states",
+                    description="Sequences whose state the onnxruntime_py backend holds",
+                    kind=pb_utils.MetricFamily.GAUGE,
+                )
+                self.live_gauge = self.live_family.Metric(
+                    labels={
+                        "model": self.name,
+                        "version": str(args["model_version"]),
+                        "instance": args["model_instance_name"],
+                    }
+                )
         log.info("%s: loaded %s (%s, %d intra-op threads)", self.name, path, precision, threads)
 
     # -- validation ---------------------------------------------------------------------------
@@ -152,6 +166,9 @@ class TritonPythonModel:
             problem = self._check(feed)
             if problem is not None:
                 responses[i] = _error(f"{self.name}: {problem}")
+                if self.stateful and (self._control(request, "START") or self._control(request, "END")):
+                    # Triton started or ended the sequence anyway: an old state must not live on.
+                    self._forget(self._control(request, "CORRID"))
                 continue
             good.append(i)
             arrays.append(feed)
@@ -161,6 +178,8 @@ class TritonPythonModel:
                 self._execute_stateful(requests, good, arrays, responses)
             else:
                 self._execute_batch(good, arrays, responses)
+        if self.stateful and self.live_gauge is not None:
+            self.live_gauge.set(len(self.states))
         return responses
 
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -191,20 +210,28 @@ class TritonPythonModel:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         return int(tensor.as_numpy().reshape(-1)[0]) if tensor is not None else 0
 
+    def _forget(self, corrid: int) -> None:
+        self.states.pop(corrid, None)
+        self.last_seen.pop(corrid, None)
+
     def _execute_stateful(self, requests, good, arrays, responses) -> None:
         now = time.monotonic()
-        # Free sequences that went quiet: Triton's sequence batcher has already released them.
-        for corrid in [c for c, t in self.last_seen.items() if now - t > self.idle_s]:
-            self.states.pop(corrid, None)
-            self.last_seen.pop(corrid, None)
+        corrids = [self._control(requests[i], "CORRID") for i in good]
+        # Free sequences that went quiet: Triton's sequence batcher has already released them. One
+        # with a tick in this batch is live, however long that tick waited in Triton's queue.
+        in_batch = set(corrids)
+        for corrid in [c for c, t in self.last_seen.items() if now - t > self.idle_s and c not in in_batch]:
+            self._forget(corrid)
 
         batch_ids, rows, ends = [], [], []
         for k, i in enumerate(good):
             request = requests[i]
-            corrid = self._control(request, "CORRID")
+            corrid = corrids[k]
             start, end = self._control(request, "START"), self._control(request, "END")
             if arrays[k][self.inputs[0][0]].shape[0] != 1:
                 responses[i] = _error(f"{self.name}: a sequence request carries exactly one tick (batch 1)")
+                if start or end:  # Triton started or ended the sequence anyway
+                    self._forget(corrid)
                 continue
             if start:
                 self.states[corrid] = np.zeros((1, self.state_dim), np.float32)
@@ -229,8 +256,7 @@ class TritonPythonModel:
             return
         for k, ((i, corrid), end) in enumerate(zip(batch_ids, ends, strict=True)):
             if end:
-                self.states.pop(corrid, None)
-                self.last_seen.pop(corrid, None)
+                self._forget(corrid)
             else:
                 self.states[corrid] = new_state[k : k + 1].copy()
                 self.last_seen[corrid] = now
@@ -243,3 +269,4 @@ class TritonPythonModel:
     def finalize(self) -> None:
         if self.stateful:
             self.states.clear()
+            self.live_gauge = self.live_family = None  # the Metric goes before its MetricFamily

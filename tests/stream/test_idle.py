@@ -1,0 +1,74 @@
+"""Idle sequences are released by Triton and their state is freed by the backend.
+
+The session server keeps the shipped 60 s idle timeout, too long to wait for in a test, so this
+module starts its own server over a one-model repository: the real reservoir_stream ONNX file and
+the shipped cpu config with only max_sequence_idle_microseconds shortened.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from clients.stream import replay, replay_many
+from models import data, spec
+from serving.server import TritonServer, free_port
+
+from .probes import live_states
+
+IDLE_S = 2.0  # long enough for 300 sequences x 3 ticks on two busy cores, short enough to wait for
+N_SEQUENCES = 300
+
+
+@pytest.fixture(scope="module")
+def short_idle(repo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stream-idle")
+    model = root / "repo" / spec.STREAM.name
+    (model / "configs").mkdir(parents=True)
+    (model / "1").mkdir()
+    config, n = re.subn(
+        r"max_sequence_idle_microseconds: \d+",
+        f"max_sequence_idle_microseconds: {int(IDLE_S * 1e6)}",
+        (repo / spec.STREAM.name / "configs" / "cpu.pbtxt").read_text(),
+    )
+    assert n == 1, "the cpu config of reservoir_stream no longer sets max_sequence_idle_microseconds"
+    (model / "configs" / "cpu.pbtxt").write_text(config)
+    (model / "1" / spec.ONNX_FP32).symlink_to(spec.version_dir(spec.STREAM.name, repo) / spec.ONNX_FP32)
+    server = TritonServer(
+        root / "repo",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        run_dir=root / "run",
+    )
+    server.start(timeout=120)
+    yield server
+    server.stop()
+
+
+def test_idle_sequences_are_released_and_their_state_freed(short_idle, artifacts):
+    series = data.load_series(artifacts, "test")
+    rows = series[np.arange(N_SEQUENCES) % series.shape[0], :3]
+    replay_many(short_idle.grpc_url, rows, first_sequence_id=1, end=False)  # 300 sequences left open
+    assert live_states(short_idle) == N_SEQUENCES
+
+    time.sleep(IDLE_S * 2 + 0.5)
+    # Triton has released them: a tick that continues one (no START) is refused ...
+    raw = grpcclient.InferenceServerClient(short_idle.grpc_url)
+    tick = grpcclient.InferInput("tick", [1, 1], "FP32")
+    tick.set_data_from_numpy(rows[6, :1].reshape(1, 1))
+    try:
+        with pytest.raises(InferenceServerException, match="must specify the START flag"):
+            raw.infer(spec.STREAM.name, [tick], sequence_id=7, client_timeout=30)
+    finally:
+        raw.close()
+    # ... and the backend drops their 300 states at its next execution: a new sequence 7 from START.
+    again, _ = replay(short_idle.grpc_url, rows[6], sequence_id=7)
+    assert live_states(short_idle) == 0, "idle states were not evicted"
+    fresh, _ = replay(short_idle.grpc_url, rows[6], sequence_id=N_SEQUENCES + 1)
+    np.testing.assert_allclose(again, fresh, rtol=1e-5)

@@ -1,0 +1,192 @@
+"""The stateful streaming reservoir served by the session's real Triton (cpu target: the backend keeps
+one state per correlation id), driven by clients.stream: parity with the windowed model and the
+PyTorch reference, isolation between sequences, START / END semantics, and many sequences at once.
+
+Tolerance: every comparison is per element relative, max |a - b| / |b| <= RTOL = 1e-4. The forecast
+is exp(loc + scale * (u + r)) > 0, so this is an absolute bound of 1e-4 on log(forecast), the scaled
+space the readout works in, at every tick and horizon step. The stream runs the same FP32 recursion
+as `Reservoir.run` (ONNX Runtime instead of PyTorch, batch rows that change with the traffic), and
+the leaky tanh reservoir (spectral radius 0.9, leak 0.3) contracts, so rounding does not pile up:
+measured on the small test export, stream vs PyTorch stays at 1.4e-5 over all 672 test ticks (the
+first 100 ticks and the last 100 alike), stream vs the windowed model and batched vs alone at 7e-6.
+A leaked, stale or lost state is off by 1e-2 and more.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from clients.errors import InvalidInputError
+from clients.stream import StreamClient, StreamError, model_counts, replay, replay_many
+from models import data, registry, spec
+
+from .probes import live_states
+
+RTOL = 1e-4
+_ids = itertools.count(0x5EED_0000)  # sequence ids of this module, apart from other tests' ids
+
+
+def new_id(count: int = 1) -> int:
+    """The first of `count` consecutive sequence ids nobody in this session has used."""
+    first = next(_ids)
+    for _ in range(count - 1):
+        next(_ids)
+    return first
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    """Largest per-element relative error (forecasts are positive)."""
+    want = np.asarray(want, np.float64)
+    return float((np.abs(np.asarray(got, np.float64) - want) / np.maximum(np.abs(want), 1e-12)).max())
+
+
+@pytest.fixture(scope="module")
+def series(artifacts) -> np.ndarray:
+    """(S, L) test-split series: the ticks a live feed would deliver."""
+    return data.load_series(artifacts, "test")
+
+
+@pytest.fixture(scope="module")
+def reservoir(artifacts):
+    return registry.load_model("reservoir", artifacts)
+
+
+def reference_run(reservoir, rows: np.ndarray) -> np.ndarray:
+    """PyTorch readouts after every tick from the zero state: (B, T) -> (B, T, HORIZON)."""
+    with torch.no_grad():
+        return reservoir.run(torch.from_numpy(np.ascontiguousarray(rows, np.float32))).numpy()
+
+
+def served_window(triton, window: np.ndarray) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        x = grpcclient.InferInput("window", [1, spec.INPUT_SIZE], "FP32")
+        x.set_data_from_numpy(window.reshape(1, -1).astype(np.float32))
+        return client.infer("reservoir", [x], client_timeout=60).as_numpy("forecast")[0]
+    finally:
+        client.close()
+
+
+def test_streaming_168_ticks_equals_the_windowed_reservoir_and_pytorch_at_every_tick(triton, series, reservoir):
+    ticks = series[0, : spec.INPUT_SIZE]
+    forecasts, latencies = replay(triton.grpc_url, ticks, new_id())
+    assert forecasts.shape == (spec.INPUT_SIZE, spec.HORIZON) and latencies.shape == (spec.INPUT_SIZE,)
+    assert np.isfinite(forecasts).all() and (latencies > 0).all()
+
+    err = rel_err(forecasts[-1], served_window(triton, ticks))
+    assert err <= RTOL, f"last streamed readout vs windowed reservoir: {err:.2e}"
+    want = reference_run(reservoir, ticks[None])[0]
+    err = rel_err(forecasts, want)
+    assert err <= RTOL, f"stream vs Reservoir.run over {len(ticks)} ticks: {err:.2e}"
+
+
+def test_streaming_over_http_gives_the_grpc_readouts(triton, series):
+    ticks = series[1, :48]
+    over_grpc, _ = replay(triton.grpc_url, ticks, new_id(), protocol="grpc")
+    over_http, _ = replay(triton.http_url, ticks, new_id(), protocol="http")
+    assert rel_err(over_http, over_grpc) <= RTOL
+
+
+def test_interleaved_sequences_do_not_leak_state(triton, series):
+    a, b = series[2, :40], series[3, :40] * 3.0  # different levels: any mixing shows
+    alone_a, _ = replay(triton.grpc_url, a, new_id())
+    alone_b, _ = replay(triton.grpc_url, b, new_id())
+    got_a, got_b = [], []
+    with StreamClient(triton.grpc_url) as ca, StreamClient(triton.grpc_url, protocol="grpc") as cb:
+        ca.open(new_id())
+        cb.open(new_id())
+        for t in range(len(a)):
+            last = t == len(a) - 1
+            got_a.append(ca.send(a[t], end=last))
+            got_b.append(cb.send(b[t], end=last))
+    assert rel_err(np.stack(got_a), alone_a) <= RTOL
+    assert rel_err(np.stack(got_b), alone_b) <= RTOL
+
+
+def test_start_resets_the_state_of_a_live_sequence(triton, series):
+    a, b = series[4, :30], series[5, :20]
+    fresh_b, _ = replay(triton.grpc_url, b, new_id())
+    with StreamClient(triton.grpc_url) as client:
+        client.open(new_id())
+        for tick in a:
+            client.send(tick)
+        client.reset()  # START on the same, still open, sequence id
+        again = np.stack([client.send(tick) for tick in b])
+    assert rel_err(again, fresh_b) <= RTOL
+    continued, _ = replay(triton.grpc_url, np.concatenate([a, b]), new_id())  # the same ticks, no reset
+    assert rel_err(continued[len(a) :], fresh_b) > 100 * RTOL, "the test cannot tell a reset from none"
+
+
+def test_a_tick_for_an_unknown_or_ended_sequence_is_a_clear_error(triton, series):
+    raw = grpcclient.InferenceServerClient(triton.grpc_url)
+    tick = grpcclient.InferInput("tick", [1, 1], "FP32")
+    tick.set_data_from_numpy(series[0, :1].reshape(1, 1))
+    try:
+        with pytest.raises(InferenceServerException, match="must specify the START flag"):
+            raw.infer(spec.STREAM.name, [tick], sequence_id=new_id(), client_timeout=30)  # never started
+
+        ended = new_id()
+        raw.infer(spec.STREAM.name, [tick], sequence_id=ended, sequence_start=True, sequence_end=True)
+        with pytest.raises(InferenceServerException, match="must specify the START flag"):
+            raw.infer(spec.STREAM.name, [tick], sequence_id=ended, client_timeout=30)
+    finally:
+        raw.close()
+
+    # Through the client: the same reason, as an InvalidInputError naming the model and the sequence.
+    with StreamClient(triton.grpc_url) as client:
+        client.open(ended)
+        client.send(series[0, 0], end=True)  # an ended id may start over, with START
+        with pytest.raises(StreamError, match="no open sequence"):
+            client.send(series[0, 1])
+    sequence_id = new_id()
+    with StreamClient(triton.grpc_url) as first, StreamClient(triton.grpc_url) as second:
+        first.open(sequence_id)
+        first.send(series[0, 0])
+        second.open(sequence_id)  # a second client takes the id over and ends the sequence
+        second.send(series[0, 0], end=True)
+        with pytest.raises(InvalidInputError, match=f"{spec.STREAM.name} sequence {sequence_id}: .*START flag"):
+            first.send(series[0, 1])  # first still believes its sequence is open
+        assert not first.is_open, "a sequence the server does not hold stays open in the client"
+    with StreamClient(triton.grpc_url) as client, pytest.raises(InvalidInputError, match=r"\[1, 2\*\*64\)"):
+        client.open(0)
+
+
+def test_a_rejected_tick_carrying_end_still_frees_the_sequence(triton, series):
+    sequence_id = new_id()
+    raw = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        good = grpcclient.InferInput("tick", [1, 1], "FP32")
+        good.set_data_from_numpy(series[0, :1].reshape(1, 1))
+        raw.infer(spec.STREAM.name, [good], sequence_id=sequence_id, sequence_start=True)
+        held = live_states(triton)
+        bad = grpcclient.InferInput("tick", [1, 1], "FP32")
+        bad.set_data_from_numpy(np.array([[np.nan]], np.float32))
+        with pytest.raises(InferenceServerException, match="NaN or Inf"):
+            raw.infer(spec.STREAM.name, [bad], sequence_id=sequence_id, sequence_end=True)
+        assert live_states(triton) == held - 1
+    finally:
+        raw.close()
+
+
+def test_300_concurrent_sequences_are_batched_and_each_equals_its_reference(triton, series, reservoir):
+    n, steps = 300, 12
+    rows = series[np.arange(n) % series.shape[0], :steps] * (1.0 + np.arange(n)[:, None] / n)  # all distinct
+    rows = rows.astype(np.float32)
+    held = live_states(triton)
+    before = model_counts(triton.grpc_url)
+    forecasts, latencies = replay_many(triton.grpc_url, rows, first_sequence_id=new_id(n))
+    after = model_counts(triton.grpc_url)
+
+    assert forecasts.shape == (n, steps, spec.HORIZON) and latencies.shape == (n, steps)
+    err = rel_err(forecasts, reference_run(reservoir, rows))
+    assert err <= RTOL, f"300 interleaved sequences vs Reservoir.run: {err:.2e}"
+    inferences, executions = after.inferences - before.inferences, after.executions - before.executions
+    assert inferences == n * steps
+    assert executions < inferences / 4, f"{inferences} ticks took {executions} executions: not batched"
+    assert live_states(triton) == held, "END did not free every sequence's state"
