@@ -255,8 +255,9 @@ def compare(
     """Time plain vs system-shared-memory transfer for nhits at 1,000 x 168 and similarity at 256 x 384.
 
     Returns {"url", "protocol", "n_iter", "models": {model: {"rows", "input_bytes", "plain_ms", "shm_ms",
-    "speedup_p50", "max_abs_diff"}}}; *_ms hold mean, p50, p95 of the client-side round trip (input check,
-    transfer, inference, output read-back). Plain and shm calls alternate, each on inputs of its own never
+    "speedup_p50", "client_cpu_ms", "max_abs_diff"}}}; plain_ms / shm_ms hold mean, p50, p95 of the round trip
+    seen by the client (input check, transfer, inference, output read-back); client_cpu_ms the mean CPU time
+    this process spent per call (serialising, copying), which other load on the machine does not inflate. Plain and shm calls alternate, each on inputs of its own never
     sent before (similarity has the response cache on: a repeat would be answered from it). max_abs_diff
     compares both transfers on the warm-up inputs. `key`: the server's admin key (default $TRITON_ADMIN_KEY).
     """
@@ -277,13 +278,15 @@ def compare(
                 diff = max(diff, float(np.abs(a[first] - b[first]).max()))
             batches = _inputs(model, rows, 2 * n_iter, seed + 1)
             times: dict[str, list[float]] = {"plain": [], "shm": []}
+            cpu: dict[str, list[float]] = {"plain": [], "shm": []}
             for i in range(n_iter):
                 order = ("plain", "shm") if i % 2 == 0 else ("shm", "plain")
                 for j, name in enumerate(order):
                     x = batches[2 * i + j]
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     clients[name].infer(model, x)
                     times[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.process_time() - c0)
             plain_s, shm_s = _stats(times["plain"]), _stats(times["shm"])
             report["models"][model] = {
                 "rows": rows,
@@ -291,6 +294,7 @@ def compare(
                 "plain_ms": plain_s,
                 "shm_ms": shm_s,
                 "speedup_p50": plain_s["p50"] / shm_s["p50"],
+                "client_cpu_ms": {k: float(np.mean(v) * 1e3) for k, v in cpu.items()},
                 "max_abs_diff": diff,
             }
     return report
