@@ -137,12 +137,13 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def ort_session(path: Path, threads: int | None = None) -> Any:
-    """A CPU ONNX Runtime session with a bounded thread count (the machines are shared)."""
+def ort_session(path: Path, threads: int = 1) -> Any:
+    """A CPU ONNX Runtime session. One thread by default: the 2-core machines are shared, and under load a
+    second thread was measured slower than one (ORT and PyTorch alike)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

@@ -25,15 +25,17 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import torch
 
 from export import common
 from export.common import CliError
 from models import spec
+
+if TYPE_CHECKING:  # torch is imported where it is used: a bad command line fails in a second, not ten
+    import torch
 
 log = logging.getLogger("export.onnx_export")
 
@@ -80,6 +82,8 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def _outputs(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    import torch
+
     with torch.inference_mode():
         out = model(*inputs)
     if isinstance(out, torch.Tensor):
@@ -89,6 +93,8 @@ def _outputs(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[n
 
 def valid_ranges(name: str, model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     """Integer inputs and the half-open range of ids the model can look up (from its embedding table)."""
+    import torch
+
     inputs, _ = common.io_tensors(name)
     int_inputs = [t.name for t in inputs if t.dtype.startswith("int")]
     if not int_inputs:
@@ -117,6 +123,8 @@ def torch_export(
     (If / Loop): the tracer emits those where it loses a static per-sample dim (N-HiTS' squeeze after
     interpolation), and TensorRT would build them as run-time conditionals. The dynamo exporter keeps
     every per-sample dim static and is used instead."""
+    import torch
+
     dynamic_axes = {n: {0: "batch"} for n in (*inputs, *outputs)}
     try:
         with warnings.catch_warnings():
@@ -205,6 +213,8 @@ def random_inputs(
     name: str, real: tuple[torch.Tensor, ...], ranges: dict[str, tuple[int, int]], batch: int, seed: int
 ) -> tuple[torch.Tensor, ...]:
     """Fresh inputs of the real inputs' scale: normal draws with their mean / std, ids across the valid range."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     names, _ = common.io_names(name)
     out = []
@@ -287,6 +297,8 @@ def failures(name: str, checks: dict[str, Any]) -> list[str]:
 
 
 def export_one(name: str, artifacts: Path, repo: Path, force: bool, source_hash: str) -> dict[str, Any]:
+    import torch
+
     from models import registry
 
     ckpts = checkpoint_files(name, artifacts)
@@ -388,12 +400,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     common.require_dir(args.repo, "model repository")
     common.setup_logging(args.verbose)
+    import torch
+
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     for name in names:
         checkpoint_files(name, args.artifacts)  # fail before any work when one is missing
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # shared 2-core machines: PyTorch's OpenMP regions stall under load with 2
     source_hash = exporter_source_hash()
     report_path = common.reports_dir(args.artifacts) / "export.json"
     report = common.read_json(report_path) if report_path.is_file() else {}
