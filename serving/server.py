@@ -42,6 +42,12 @@ CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_RUN_DIR = Path("build/triton-run")
 
 
+def admin_headers(key: str, protocol: str = "http") -> dict[str, str]:
+    """Headers that unlock the restricted APIs. gRPC metadata carries Triton's protocol prefix."""
+    name = ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"
+    return {name: key}
+
+
 class ServerError(RuntimeError):
     """The server could not be started or did not become ready."""
 
@@ -63,6 +69,15 @@ def pytriton_dir() -> Path:
     return root
 
 
+def _install(src: Path, dest: Path) -> None:
+    """Copy unless an identical file is there (a running stub must not be overwritten: ETXTBSY)."""
+    if dest.is_file() and dest.stat().st_size == src.stat().st_size and dest.read_bytes() == src.read_bytes():
+        return
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dest)
+
+
 def assemble_backends(run_dir: Path) -> Path:
     """python backend + stub for this Python + the project's backend, in one backend directory."""
     triton = pytriton_dir()
@@ -71,15 +86,15 @@ def assemble_backends(run_dir: Path) -> Path:
     python_dir.mkdir(parents=True, exist_ok=True)
     for f in (triton / "backends" / "python").iterdir():
         if f.is_file():
-            shutil.copy2(f, python_dir / f.name)
+            _install(f, python_dir / f.name)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = triton / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         raise ServerError(f"the wheel has no python backend stub for Python {version} ({stub})")
-    shutil.copy2(stub, python_dir / stub.name)
+    _install(stub, python_dir / stub.name)
     ours = backends / BACKEND_NAME
     ours.mkdir(exist_ok=True)
-    shutil.copy2(BACKEND_SOURCE, ours / "model.py")
+    _install(BACKEND_SOURCE, ours / "model.py")
     return backends
 
 

@@ -15,7 +15,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from models import registry, spec
-from serving.server import ADMIN_HEADER
+from serving.server import admin_headers
 
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
 RTOL_SERVED = 1e-5  # same ONNX file, same ONNX Runtime: only batch composition may differ
@@ -35,12 +35,13 @@ def infer(triton, protocol: str, model: str, inputs: dict[str, np.ndarray]) -> d
         t = mod.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         t.set_data_from_numpy(array)
         tensors.append(t)
-    outputs = [mod.InferRequestedOutput(t.name) for t in spec.MODELS[model].outputs]
+    known = spec.MODELS.get(model)
+    outputs = [mod.InferRequestedOutput(t.name) for t in known.outputs] if known else None
     c = client(triton, protocol)
     try:
         timeout = {"client_timeout": 60} if protocol == "grpc" else {}
         result = c.infer(model, tensors, outputs=outputs, **timeout)
-        return {t.name: result.as_numpy(t.name) for t in spec.MODELS[model].outputs}
+        return {t.name: result.as_numpy(t.name) for t in known.outputs}
     finally:
         c.close()
 
@@ -212,7 +213,7 @@ def test_model_repository_api_is_refused_without_the_admin_key(triton):
     try:
         with pytest.raises(InferenceServerException, match="(?i)restricted|unauthori|forbidden|key"):
             c.get_model_repository_index()
-        index = c.get_model_repository_index(headers={ADMIN_HEADER: triton.key})
+        index = c.get_model_repository_index(headers=admin_headers(triton.key, "http"))
     finally:
         c.close()
     assert {m["name"] for m in index} >= set(spec.MODELS)
@@ -220,7 +221,7 @@ def test_model_repository_api_is_refused_without_the_admin_key(triton):
     try:
         with pytest.raises(InferenceServerException):
             g.get_model_repository_index()
-        assert g.get_model_repository_index(headers={ADMIN_HEADER: triton.key}) is not None
+        assert g.get_model_repository_index(headers=admin_headers(triton.key, "grpc")) is not None
     finally:
         g.close()
 
