@@ -1,0 +1,325 @@
+"""perf_analyzer 2.51.0 (from the tritonclient wheel): find it, run one measurement point, parse its CSV.
+
+One `Point` is one perf_analyzer invocation at one concurrency or one request rate. `run_point` writes
+the raw CSV (`-f ... --verbose-csv`) and a JSON record (the command with the admin key redacted, the
+parsed row, the server-side batch statistics, stdout) beside it.
+
+The binary needs Debian's libb64-0d and libcudart.so.12 from the nvidia-cuda-runtime-cu12 wheel; both
+are checked once, with the command that fixes a missing one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+UNSTABLE = "Failed to obtain stable measurement"
+REDACTED = "<admin-key>"
+
+
+class AnalyzerError(RuntimeError):
+    """perf_analyzer cannot run or a measurement failed."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    interval_ms: int = 1000  # one measurement window
+    stability: int = 50  # % spread allowed between the last 3 windows (the 2 shared cores are noisy)
+    max_trials: int = 4  # windows before perf_analyzer gives up on stability; then one retry that accepts any 3
+
+    def scaled(self, factor: float) -> Measurement:
+        return Measurement(max(200, int(self.interval_ms * factor)), self.stability, max(3, self.max_trials // 2))
+
+
+@dataclass
+class Point:
+    model: str
+    label: str  # scenario/run name, used in file names
+    protocol: str = "grpc"
+    concurrency: int | None = None
+    request_rate: float | None = None
+    batch_size: int = 1
+    input_data: str | None = None  # perf_analyzer --input-data JSON file
+    shared_memory: str = "none"
+    async_mode: bool = False
+    sequence_length: int | None = None
+    sequence_id_range: tuple[int, int] | None = None
+    measurement: Measurement = field(default_factory=Measurement)
+
+    @property
+    def x(self) -> str:
+        if self.request_rate is not None:
+            return f"r{self.request_rate:g}"
+        return f"c{self.concurrency}"
+
+    @property
+    def stem(self) -> str:
+        return f"{self.label}-{self.protocol}-b{self.batch_size}-{self.x}"
+
+
+# ----------------------------------------------------------------------------------- binary
+
+
+def binary() -> Path:
+    found = Path(sys.executable).parent / "perf_analyzer"
+    if found.is_file():
+        return found
+    other = shutil.which("perf_analyzer")
+    if other:
+        return Path(other)
+    raise AnalyzerError("perf_analyzer is not installed: `pip install tritonclient[all]==2.51.0` ships it")
+
+
+def cuda_runtime_dir() -> Path | None:
+    try:
+        import nvidia.cuda_runtime as cr  # the nvidia-cuda-runtime-cu12 wheel
+    except ImportError:
+        return None
+    for root in cr.__path__:
+        lib = Path(root) / "lib"
+        if (lib / "libcudart.so.12").exists():
+            return lib
+    return None
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    lib = cuda_runtime_dir()
+    if lib is not None:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib), env.get("LD_LIBRARY_PATH", "")) if p)
+    return env
+
+
+def version() -> str:
+    """'2.51.0', or AnalyzerError naming the missing library and how to install it."""
+    try:
+        out = subprocess.run(
+            [str(binary()), "--version"], env=environment(), capture_output=True, text=True, timeout=30
+        )
+    except OSError as exc:
+        raise AnalyzerError(f"cannot run perf_analyzer: {exc}") from exc
+    text = out.stdout + out.stderr
+    if "libb64" in text:
+        raise AnalyzerError(
+            "perf_analyzer needs Debian's libb64-0d: `apt-get install libb64-0d` (or `make system-deps`)"
+        )
+    if "libcudart" in text:
+        raise AnalyzerError("perf_analyzer needs libcudart.so.12: `pip install nvidia-cuda-runtime-cu12==12.6.77`")
+    for line in text.splitlines():
+        if line.startswith("Perf Analyzer Version"):
+            return line.split()[3]
+    raise AnalyzerError(f"perf_analyzer --version said: {text.strip()[:300]}")
+
+
+# ----------------------------------------------------------------------------------- command
+
+
+def admin_header(protocol: str, key: str) -> str:
+    from serving.server import ADMIN_HEADER
+
+    # Over gRPC, Triton reads a restricted protocol's key from the metadata `triton-grpc-protocol-<header>`.
+    name = ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"
+    return f"{name}:{key}"
+
+
+def command(point: Point, url: str, csv_path: Path, key: str | None = None, stability: int | None = None) -> list[str]:
+    m = point.measurement
+    cmd = [
+        str(binary()),
+        "-m",
+        point.model,
+        "-u",
+        url,
+        "-i",
+        point.protocol,
+        "-b",
+        str(point.batch_size),
+        "--measurement-interval",
+        str(m.interval_ms),
+        "--stability-percentage",
+        str(stability if stability is not None else m.stability),
+        "--max-trials",
+        str(m.max_trials),
+        "-f",
+        str(csv_path),
+        "--verbose-csv",
+    ]
+    if point.request_rate is not None:
+        cmd += ["--request-rate-range", f"{point.request_rate:g}", "--request-distribution", "poisson"]
+    elif point.concurrency is not None:
+        cmd += ["--concurrency-range", str(point.concurrency)]
+    else:
+        raise AnalyzerError(f"{point.stem}: a point needs a concurrency or a request rate")
+    if point.async_mode:
+        cmd.append("--async")
+    if point.input_data:
+        cmd += ["--input-data", str(point.input_data)]
+    if point.sequence_length:
+        cmd += ["--sequence-length", str(point.sequence_length)]
+    if point.sequence_id_range:
+        lo, hi = point.sequence_id_range
+        cmd += ["--sequence-id-range", f"{lo}:{hi}"]
+    if point.shared_memory != "none":
+        if not key:
+            raise AnalyzerError("shared memory needs the server's admin key (the shared-memory API is restricted)")
+        cmd += ["--shared-memory", point.shared_memory, "-H", admin_header(point.protocol, key)]
+    return cmd
+
+
+def redact(cmd: list[str]) -> list[str]:
+    out = list(cmd)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "-H":
+            out[i + 1] = out[i + 1].split(":", 1)[0] + ":" + REDACTED
+    return out
+
+
+# ----------------------------------------------------------------------------------- parsing
+
+# perf_analyzer CSV columns (microseconds) -> our names
+BREAKDOWN = {
+    "Client Send": "client_send",
+    "Network+Server Send/Recv": "network",
+    "Server Queue": "queue",
+    "Server Compute Input": "compute_input",
+    "Server Compute Infer": "compute_infer",
+    "Server Compute Output": "compute_output",
+    "Client Recv": "client_recv",
+}
+
+
+def parse_csv(path: Path) -> list[dict]:
+    """Rows of a perf_analyzer `-f` CSV as {mode, x, throughput, p50_ms ... p99_ms, avg_ms, breakdown_us}."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        if "Concurrency" in row:
+            mode, x = "concurrency", float(row["Concurrency"])
+        elif "Request Rate" in row:
+            mode, x = "request_rate", float(row["Request Rate"])
+        else:
+            raise AnalyzerError(f"{path}: neither a Concurrency nor a Request Rate column: {list(row)}")
+
+        def ms(col: str, row=row) -> float | None:
+            value = row.get(col)
+            return float(value) / 1000.0 if value not in (None, "") else None
+
+        out.append(
+            {
+                "mode": mode,
+                "x": x,
+                "throughput": float(row["Inferences/Second"]),
+                "p50_ms": ms("p50 latency"),
+                "p90_ms": ms("p90 latency"),
+                "p95_ms": ms("p95 latency"),
+                "p99_ms": ms("p99 latency"),
+                "avg_ms": ms("Avg latency"),
+                "breakdown_us": {
+                    ours: float(row[col]) for col, ours in BREAKDOWN.items() if row.get(col) not in (None, "")
+                },
+            }
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------- stats
+
+
+def model_stats(http_url: str, model: str) -> dict[str, int]:
+    """Cumulative counters of one model from Triton's statistics extension."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as r:
+        body = json.load(r)
+    s = body["model_stats"][0]
+    inf = s.get("inference_stats", {})
+    return {
+        "inference_count": int(s.get("inference_count", 0)),
+        "execution_count": int(s.get("execution_count", 0)),
+        "cache_hits": int(inf.get("cache_hit", {}).get("count", 0)),
+        "queue_ns": int(inf.get("queue", {}).get("ns", 0)),
+        "compute_infer_ns": int(inf.get("compute_infer", {}).get("ns", 0)),
+        "success_count": int(inf.get("success", {}).get("count", 0)),
+    }
+
+
+def stats_delta(before: dict, after: dict) -> dict:
+    d = {k: after[k] - before[k] for k in before}
+    execs = d["execution_count"]
+    d["avg_batch"] = d["inference_count"] / execs if execs else None
+    return d
+
+
+# ----------------------------------------------------------------------------------- running
+
+
+def run_point(
+    point: Point,
+    urls: dict[str, str],
+    out_dir: Path,
+    *,
+    key: str | None = None,
+    stats_models: tuple[str, ...] = (),
+) -> dict:
+    """Run perf_analyzer once; write <stem>.csv and <stem>.json under out_dir; return the JSON record."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / f"{point.stem}.csv"
+    url = urls[point.protocol]
+    models = stats_models or (point.model,)
+    before = {m: model_stats(urls["http"], m) for m in models}
+    m = point.measurement
+    limit = 120 + (m.max_trials + 4) * m.interval_ms / 1000.0 * 3
+    record: dict = {"point": asdict(point), "stable": True}
+    t0 = time.monotonic()
+    for attempt, stability in enumerate((None, 1000)):
+        cmd = command(point, url, csv_path, key, stability)
+        csv_path.unlink(missing_ok=True)
+        try:
+            proc = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=limit)
+        except subprocess.TimeoutExpired as exc:
+            raise AnalyzerError(f"{point.stem}: perf_analyzer ran past {limit:.0f} s") from exc
+        text = proc.stdout + proc.stderr
+        if proc.returncode == 0 and csv_path.is_file():
+            break
+        if UNSTABLE in text and attempt == 0:
+            log.info(
+                "%s: no stable measurement at %d %%; measuring again without the stability check",
+                point.stem,
+                m.stability,
+            )
+            record["stable"] = False
+            continue
+        raise AnalyzerError(f"{point.stem}: perf_analyzer exited {proc.returncode}: {text.strip()[-1500:]}")
+    after = {mm: model_stats(urls["http"], mm) for mm in models}
+    rows = parse_csv(csv_path)
+    record.update(
+        {
+            "command": redact(cmd),
+            "seconds": round(time.monotonic() - t0, 2),
+            "row": rows[0],
+            "server": {mm: stats_delta(before[mm], after[mm]) for mm in models},
+            "stdout_tail": "\n".join(proc.stdout.strip().splitlines()[-25:]),
+        }
+    )
+    (out_dir / f"{point.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    r = rows[0]
+    log.info(
+        "%-40s %9.1f infer/s  p50 %7.2f ms  p99 %7.2f ms  avg batch %s",
+        point.stem,
+        r["throughput"],
+        r["p50_ms"] or float("nan"),
+        r["p99_ms"] or float("nan"),
+        f"{record['server'][point.model]['avg_batch']:.1f}" if record["server"][point.model]["avg_batch"] else "-",
+    )
+    return record

@@ -1,0 +1,127 @@
+"""Regression gate: compare a run's ratios with the committed perf/baseline.json.
+
+    python -m perf.gate                                   # perf/results/latest vs perf/baseline.json
+    python -m perf.gate --run perf/results/<id> --tolerance 0.3
+    python -m perf.gate --update                          # write the latest run's ratios as the new baseline
+
+Only ratios are compared (served / PyTorch eager, dynamic batching on / off, served / in-process ONNX
+Runtime, INT8 speed-up, stream / windowed throughput), never absolute times: both sides of each ratio
+are measured in the same run, so a slower or busier machine moves them far less than it moves the
+times. All ratios are "higher is better". A ratio fails when it falls below baseline x (1 - tolerance),
+or when the run did not measure it. Exit status 0: no regression; 1: regression; 2: bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from models import spec
+
+DEFAULT_BASELINE = spec.ROOT / "perf" / "baseline.json"
+DEFAULT_RUN = spec.ROOT / "perf" / "results" / "latest"
+DEFAULT_TOLERANCE = 0.35  # the 2-core machine is shared: a 35 % drop of a same-run ratio is a regression
+
+
+def load_ratios(run: Path) -> tuple[dict[str, float], dict]:
+    """Ratios of a run directory (its summary.json, recomputed if absent) or of a summary.json file."""
+    run = Path(run)
+    if run.is_file():
+        summary = json.loads(run.read_text())
+    elif (run / "summary.json").is_file():
+        summary = json.loads((run / "summary.json").read_text())
+    elif (run / "runs").is_dir():
+        from perf import analysis
+
+        summary = analysis.summarize(run)
+    else:
+        raise FileNotFoundError(f"{run} is neither a run directory nor a summary.json: run `make perf` first")
+    return summary["ratios"], summary
+
+
+def compare(baseline: dict, ratios: dict[str, float], tolerance: float | None = None) -> list[dict]:
+    """One row per baseline ratio: name, baseline, value, floor, ok, why."""
+    default = float(baseline.get("tolerance", DEFAULT_TOLERANCE)) if tolerance is None else tolerance
+    per = baseline.get("tolerances", {}) if tolerance is None else {}
+    rows = []
+    for name, base in baseline["ratios"].items():
+        tol = float(per.get(name, default))
+        floor = base * (1.0 - tol)
+        value = ratios.get(name)
+        if value is None:
+            rows.append(
+                {"name": name, "baseline": base, "value": None, "floor": floor, "ok": False, "why": "not measured"}
+            )
+            continue
+        ok = value >= floor
+        why = "" if ok else f"fell {100 * (1 - value / base):.0f} % (tolerance {100 * tol:.0f} %)"
+        rows.append({"name": name, "baseline": base, "value": value, "floor": floor, "ok": ok, "why": why})
+    return rows
+
+
+def baseline_from(summary: dict, tolerance: float) -> dict:
+    run, mach = summary.get("run", {}), summary.get("machine", {})
+    return {
+        "about": "Ratios of one `make perf` run (same-run baselines, never absolute times); "
+        "`python -m perf.gate` fails when a ratio falls by more than `tolerance`.",
+        "tolerance": tolerance,
+        "measured": {
+            "run": run.get("id"),
+            "command": run.get("command"),
+            "quick": run.get("quick"),
+            "machine": f"{mach.get('nproc')} cores, {mach.get('cpu_model')}",
+            "written": time.strftime("%Y-%m-%d"),
+        },
+        "ratios": dict(sorted(summary["ratios"].items())),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m perf.gate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE, help="committed ratios (perf/baseline.json)")
+    p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run directory or summary.json (default latest)")
+    p.add_argument(
+        "--tolerance", type=float, help=f"allowed relative drop (default: the baseline's, {DEFAULT_TOLERANCE})"
+    )
+    p.add_argument("--update", action="store_true", help="write the run's ratios as the baseline instead of comparing")
+    args = p.parse_args(argv)
+    if args.tolerance is not None and not 0 <= args.tolerance < 1:
+        p.error("--tolerance must be in [0, 1)")
+    try:
+        ratios, summary = load_ratios(args.run)
+    except (FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.update:
+        if summary.get("run", {}).get("quick"):
+            print("error: a --quick run is not a baseline: run `make perf` in full first", file=sys.stderr)
+            return 2
+        body = baseline_from(summary, args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE)
+        args.baseline.write_text(json.dumps(body, indent=2) + "\n")
+        print(f"wrote {len(body['ratios'])} ratios to {args.baseline}")
+        return 0
+    if not args.baseline.is_file():
+        print(f"error: no baseline {args.baseline}: write one with `python -m perf.gate --update`", file=sys.stderr)
+        return 2
+    baseline = json.loads(args.baseline.read_text())
+    rows = compare(baseline, ratios, args.tolerance)
+    width = max((len(r["name"]) for r in rows), default=10)
+    for r in rows:
+        value = "missing" if r["value"] is None else f"{r['value']:.3f}"
+        state = "ok  " if r["ok"] else "FAIL"
+        print(
+            f"{state} {r['name']:{width}s} {value:>9s}  baseline {r['baseline']:.3f}  floor {r['floor']:.3f}  {r['why']}"
+        )
+    failed = [r for r in rows if not r["ok"]]
+    print(
+        f"perf gate: {len(rows) - len(failed)}/{len(rows)} ratios within tolerance"
+        + (" - REGRESSION" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

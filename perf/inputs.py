@@ -1,0 +1,104 @@
+"""perf_analyzer `--input-data` JSON files made from the project's own data, never random noise.
+
+    kind            what each request carries                                  source
+    windows         one 168-hour price window (nhits, reservoir, forecast)     test-split windows
+    queries         one 384-d session query (similarity)                       test-split queries (noisy user vectors)
+    user_ids        one user id (user_embedding, recommend)                    test-split user ids
+    blend           the nhits + reservoir forecasts of one window              FP32 ONNX outputs on test windows
+    tick_streams    one hourly tick; one stream = one asset's sequence         test-split series, one per stream
+
+Values are written as the shortest decimal that reads back to the same float32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from models import data, spec
+
+log = logging.getLogger(__name__)
+
+KINDS = ("windows", "queries", "user_ids", "blend", "tick_streams")
+# The tensors each kind fills: a scenario's model must take exactly these inputs.
+TENSORS = {
+    "windows": ("window",),
+    "queries": ("query",),
+    "user_ids": ("user_id",),
+    "blend": ("nhits_forecast", "reservoir_forecast"),
+    "tick_streams": ("tick",),
+}
+
+
+def _spread(total: int, n: int) -> np.ndarray:
+    """n row indices spread evenly over `total` rows (every asset represented), deterministic."""
+    return (np.arange(n) * total) // n if n <= total else np.arange(n) % total
+
+
+def _floats(a: np.ndarray) -> list:
+    return [float(np.format_float_positional(v, unique=True, trim="-")) for v in np.asarray(a, np.float32).ravel()]
+
+
+def _entry(arrays: dict[str, np.ndarray], row: int) -> dict:
+    out = {}
+    for name, a in arrays.items():
+        v = a[row]
+        content = [int(i) for i in v.ravel()] if np.issubdtype(v.dtype, np.integer) else _floats(v)
+        out[name] = {"content": content, "shape": list(v.shape)}
+    return out
+
+
+def arrays_for(kind: str, artifacts: Path, repo: Path, n: int) -> dict[str, np.ndarray]:
+    """(n, ...) arrays per input tensor for a batch kind; tick_streams is handled by `streams_for`."""
+    if kind == "windows":
+        x, _ = data.load_windows(artifacts, "test")
+        return {"window": x[_spread(len(x), n)]}
+    if kind == "queries":
+        return {"query": data.load_queries(artifacts, "test", n).astype(np.float32)}
+    if kind == "user_ids":
+        return {"user_id": data.load_user_ids(artifacts, "test", n).reshape(n, 1).astype(np.int64)}
+    if kind == "blend":
+        import onnxruntime as ort
+
+        x = arrays_for("windows", artifacts, repo, n)["window"]
+        out = {}
+        for name in ("nhits", "reservoir"):
+            sess = ort.InferenceSession(
+                str(spec.version_dir(name, repo) / spec.ONNX_FP32), providers=["CPUExecutionProvider"]
+            )
+            out[f"{name}_forecast"] = sess.run(["forecast"], {"window": x})[0].astype(np.float32)
+        return out
+    raise ValueError(f"unknown input kind {kind!r}: expected one of {', '.join(KINDS)}")
+
+
+def streams_for(artifacts: Path, streams: int, length: int) -> np.ndarray:
+    """(streams, length) hourly ticks: the start of the test split of `streams` different assets."""
+    series = data.load_series(artifacts, "test")
+    if length > series.shape[1]:
+        raise ValueError(f"tick_streams length {length} is longer than the test split ({series.shape[1]} ticks)")
+    return series[_spread(len(series), streams), :length].astype(np.float32)
+
+
+def write(kind: str, artifacts: Path, repo: Path, out: Path, n: int = 512, length: int = spec.INPUT_SIZE) -> Path:
+    """Write one --input-data file; `n` entries (or `n` streams of `length` ticks for tick_streams)."""
+    if kind == "tick_streams":
+        ticks = streams_for(artifacts, n, length)
+        body = {"data": [[{"tick": {"content": _floats(v), "shape": [1]}} for v in s] for s in ticks]}
+    else:
+        arrays = arrays_for(kind, artifacts, repo, n)
+        body = {"data": [_entry(arrays, i) for i in range(n)]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(body, separators=(",", ":")))
+    log.info("input data %s: %s x %d -> %s", kind, "streams" if kind == "tick_streams" else "entries", n, out)
+    return out
+
+
+def tensors_in(path: Path) -> set[str]:
+    """Input tensor names a written --input-data file fills."""
+    body = json.loads(path.read_text())
+    first = body["data"][0]
+    first = first[0] if isinstance(first, list) else first
+    return set(first)

@@ -1,0 +1,151 @@
+"""Temporary copies of the model repository with edited configs, and real servers over them.
+
+The copies hold rewritten configs and symbolic links to the version folders' files, so a copy of the
+full-size repository costs nothing. Every measurement server is `serving.server.TritonServer` (the
+real tritonserver 2.51.0 of the pytriton wheel) on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from serving.repository import load_config
+from serving.server import ServerError, TritonServer, free_port
+
+log = logging.getLogger(__name__)
+
+Edit = Callable[[str, mc.ModelConfig], None]
+
+
+def models_in(repo: Path) -> list[str]:
+    return sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
+
+
+def copy_repository(
+    src: Path,
+    dst: Path,
+    models: Iterable[str] | None = None,
+    edit: Edit | None = None,
+    variants: dict[str, tuple[str, Edit | None]] | None = None,
+) -> Path:
+    """Copy configs of `models` (default all) from src to dst, apply `edit(name, cfg)` to the config each
+    model is served with (configs/cpu.pbtxt, or config.pbtxt for ensembles), link the version files.
+    `variants` adds models served from another one's config: {new_name: (source_name, edit)}."""
+    src, dst = Path(src).resolve(), Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    wanted = list(models) if models is not None else models_in(src)
+    jobs = [(name, name, edit) for name in wanted] + [(n, s, e) for n, (s, e) in (variants or {}).items()]
+    for name, source, fn in jobs:
+        sdir, ddir = src / source, dst / name
+        (ddir / "1").mkdir(parents=True)
+        for f in sorted((sdir / "1").iterdir()) if (sdir / "1").is_dir() else []:
+            if f.is_file() and f.name != ".gitkeep":
+                os.symlink(f.resolve(), ddir / "1" / f.name)
+        served = "configs/cpu.pbtxt" if (sdir / "configs" / "cpu.pbtxt").is_file() else "config.pbtxt"
+        for rel in ("config.pbtxt", "configs/cpu.pbtxt"):
+            if not (sdir / rel).is_file():
+                continue
+            (ddir / rel).parent.mkdir(parents=True, exist_ok=True)
+            if rel == served and (fn is not None or name != source):
+                cfg = load_config(sdir / rel)
+                cfg.name = name
+                if fn is not None:
+                    fn(name, cfg)
+                (ddir / rel).write_text(text_format.MessageToString(cfg))
+            else:
+                shutil.copy2(sdir / rel, ddir / rel)
+    return dst
+
+
+# ----------------------------------------------------------------------------------- edits
+
+
+def cache_off(_name: str, cfg: mc.ModelConfig) -> None:
+    if cfg.HasField("response_cache"):
+        cfg.response_cache.enable = False
+
+
+def cache_on(_name: str, cfg: mc.ModelConfig) -> None:
+    cfg.response_cache.enable = True
+
+
+def batching_off(name: str, cfg: mc.ModelConfig) -> None:
+    cache_off(name, cfg)
+    cfg.ClearField("dynamic_batching")
+
+
+def set_parameter(cfg: mc.ModelConfig, key: str, value: str) -> None:
+    cfg.parameters[key].string_value = value
+
+
+# ----------------------------------------------------------------------------------- servers
+
+
+def wait_models(server: TritonServer, models: Iterable[str], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(models)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for m in pending:
+            try:
+                with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{m}/ready", timeout=2) as r:
+                    if r.status != 200:
+                        still.append(m)
+            except OSError:
+                still.append(m)
+        pending = still
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        raise ServerError(f"models not ready after {timeout:.0f} s: {pending}\n{server.tail()}")
+
+
+@contextlib.contextmanager
+def serve(repo: Path, run_dir: Path, timeout: float = 300.0, tries: int = 3) -> Iterator[TritonServer]:
+    """A real tritonserver over `repo` on free ports, every model ready; stopped on exit.
+
+    A free port can be taken between choosing and binding it (other servers run on this machine): the
+    server then exits, and it is started again on new ports."""
+    last: Exception | None = None
+    for _ in range(tries):
+        server = TritonServer(
+            repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), run_dir=run_dir
+        )
+        try:
+            server.start(timeout)
+            time.sleep(0.5)
+            if server.process.poll() is not None:
+                raise ServerError(f"tritonserver exited right after readiness:\n{server.tail()}")
+            wait_models(server, models_in(repo), timeout)
+            if server.process.poll() is not None:
+                raise ServerError(f"tritonserver exited while its models loaded:\n{server.tail()}")
+        except ServerError as exc:
+            server.stop()
+            last = exc
+            log.warning("tritonserver did not start (%s); trying new ports", str(exc).splitlines()[0])
+            continue
+        try:
+            yield server
+        finally:
+            server.stop()
+        return
+    raise ServerError(f"tritonserver did not start in {tries} tries: {last}")
+
+
+def server_version(http_url: str) -> str:
+    import json
+
+    with urllib.request.urlopen(f"http://{http_url}/v2", timeout=5) as r:
+        return json.load(r).get("version", "?")
