@@ -104,8 +104,9 @@ class CircuitBreaker:
         with self._lock:
             if self.state == self.CLOSED:
                 return self.CLOSED
-            if self.state == self.OPEN and time.monotonic() - self.opened_at >= self.cooldown_s:
-                self.state = self.HALF_OPEN
+            # open and cooled down, or a probe that never reported back (its caller died) is as old as a cooldown
+            if time.monotonic() - self.opened_at >= self.cooldown_s:
+                self.state, self.opened_at = self.HALF_OPEN, time.monotonic()
                 return self.HALF_OPEN
             return None  # open and cooling down, or another caller's probe is in flight
 
@@ -230,6 +231,8 @@ def _unavailable_probe(ep: Endpoint, model: str) -> ServerUnavailableError:
 
 
 class _Base:
+    _asynchronous = False
+
     def __init__(
         self,
         endpoints: str | Sequence[str],
@@ -245,7 +248,6 @@ class _Base:
         ranges: Ranges | None = None,
         validate: bool = True,
         concurrency: int = 4,
-        asynchronous: bool = False,
     ):
         urls = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not urls:
@@ -253,7 +255,7 @@ class _Base:
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 s, got {timeout}")
         self.endpoints = [
-            Endpoint(u, protocol, CircuitBreaker(failure_threshold, cooldown_s), asynchronous) for u in urls
+            Endpoint(u, protocol, CircuitBreaker(failure_threshold, cooldown_s), self._asynchronous) for u in urls
         ]
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
@@ -264,6 +266,8 @@ class _Base:
         self.validate = validate
         self.concurrency = concurrency
         self._limits: dict[str, tuple[int, list[int]]] = {}
+        self._pool: ThreadPoolExecutor | None = None  # sync batching only
+        self._pool_lock = threading.Lock()
 
     def _prepare(self, model: str | Op, args: tuple) -> tuple[Op, dict[str, np.ndarray]]:
         op = op_for(model)
@@ -311,11 +315,6 @@ class _Base:
 class Client(_Base):
     """Blocking client; thread-safe. `endpoints`: 'host:port', 'grpc://host:port' or 'http://host:port', or a list
     of them in failover order."""
-
-    def __init__(self, endpoints: str | Sequence[str], **options: Any):
-        super().__init__(endpoints, **options)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
 
     # -- models -------------------------------------------------------------------------------
     def nhits(self, window: Any, *, timeout: float | None = None) -> Forecast:
@@ -454,8 +453,7 @@ class Client(_Base):
 class AsyncClient(_Base):
     """asyncio client with the same methods and arguments as `Client` (await them). Use from one event loop."""
 
-    def __init__(self, endpoints: str | Sequence[str], **options: Any):
-        super().__init__(endpoints, asynchronous=True, **options)
+    _asynchronous = True
 
     async def nhits(self, window: Any, *, timeout: float | None = None) -> Forecast:
         """window (B, 168) float32 -> Forecast (B, 24)."""
