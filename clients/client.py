@@ -262,7 +262,7 @@ class _Base:
         self.policy = RetryPolicy(retries=retries, backoff_s=backoff_s)
         self.ranges: Ranges = dict(ranges or {})
         if n_users is not None:
-            self.ranges["user_id"] = (0, int(n_users))
+            self.ranges[user_embedding.MODEL.inputs[0].name] = (0, int(n_users))
         self.validate = validate
         self.concurrency = concurrency
         self._limits: dict[str, tuple[int, list[int]]] = {}

@@ -5,15 +5,20 @@ A flat list of ids is accepted and given the trailing axis. Ids are checked by t
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
 from clients.op import Op, as_ids
 from clients.results import TopK
 from models import spec
 
 MODEL = spec.MODELS["recommend"]
+SCORES, IDS = (t.name for t in MODEL.outputs)
 
 
-def decode(outputs, **answer) -> TopK:
-    return TopK(outputs["ids"], outputs["scores"], **answer)
+def decode(outputs: dict[str, np.ndarray], **answer: Any) -> TopK:
+    return TopK(outputs[IDS], outputs[SCORES], **answer)
 
 
 OP = Op(MODEL, decode, step="user_embedding", prepare=as_ids)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
 from clients.op import Op
 from clients.results import Forecast
 from models import spec
 
 MODEL = spec.MODELS["reservoir"]
+FORECAST = MODEL.outputs[0].name  # "forecast"
 
 
-def decode(outputs, **answer) -> Forecast:
-    return Forecast(outputs["forecast"], **answer)
+def decode(outputs: dict[str, np.ndarray], **answer: Any) -> Forecast:
+    return Forecast(outputs[FORECAST], **answer)
 
 
 OP = Op(MODEL, decode)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
 from clients.op import Op
 from clients.results import TopK
 from models import spec
 
 MODEL = spec.MODELS["similarity"]
+SCORES, IDS = (t.name for t in MODEL.outputs)
 
 
-def decode(outputs, **answer) -> TopK:
-    return TopK(outputs["ids"], outputs["scores"], **answer)
+def decode(outputs: dict[str, np.ndarray], **answer: Any) -> TopK:
+    return TopK(outputs[IDS], outputs[SCORES], **answer)
 
 
 OP = Op(MODEL, decode)

@@ -4,6 +4,9 @@ Order and wording follow Triton core (request normalisation: batch axis, batch s
 the project's backend (`serving/backend/model.py` `_check`: empty batch, NaN/Inf, id range). For an ensemble the
 value checks are reported the way Triton relays the failing step: "in ensemble 'recommend', user_embedding: ...".
 
+In the `forecast` ensemble nhits and reservoir check the window in parallel and Triton relays whichever step
+fails first; the client names nhits, the first step.
+
 Two deliberate differences: a batch of 0 rows gets the backend's "has an empty batch" (Triton core reports a
 byte-size mismatch), and with several inputs of different batch sizes the client names the first input whose
 batch differs from the first input's (Triton core names whichever input its hash map visits first).
