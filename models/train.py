@@ -27,7 +27,10 @@ from models.similarity import Similarity, UserEmbedding
 
 log = logging.getLogger(__name__)
 
-RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+RIDGE_GRID = tuple(10.0**e for e in range(-10, 2))
+# The strongest ridge within this fraction of the best validation MAE: smaller readout weights, so the
+# forecast is less sensitive to the rounding of FP16 / INT8 engines, for a negligible loss of accuracy.
+RIDGE_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Profile:
     nhits_steps: int
     nhits_batch: int
     val_every: int
+    mackey_glass_train: int = 2000  # one-step readout fitted on this many ticks, tested on the next 1000
 
 
 FULL = Profile(
@@ -51,7 +55,14 @@ FULL = Profile(
     val_every=100,
 )
 SMALL = Profile(
-    n_series=100, n_items=2_000, n_users=5_000, reservoir_windows=2048, nhits_steps=200, nhits_batch=128, val_every=50
+    n_series=100,
+    n_items=2_000,
+    n_users=5_000,
+    reservoir_windows=2048,
+    nhits_steps=200,
+    nhits_batch=128,
+    val_every=50,
+    mackey_glass_train=1000,
 )
 
 
@@ -66,8 +77,13 @@ def smape(pred: np.ndarray, y: np.ndarray) -> float:
 # ---------------------------------------------------------------- reservoir
 
 
-def fit_reservoir(train: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, n_windows: int, seed: int) -> Reservoir:
-    model = Reservoir(ReservoirConfig(seed=seed))
+def fit_reservoir(
+    cfg: ReservoirConfig, train: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, n_windows: int
+) -> Reservoir:
+    """Fixed random reservoir; transform fitted on train; ridge readout on final states of zero-start train
+    windows, its strength chosen by validation MAE."""
+    seed = cfg.seed
+    model = Reservoir(cfg)
     model.fit_transform(train)
     x, y = data.windows_from_series(train)
     pick = np.sort(np.random.default_rng([seed, 3]).permutation(len(x))[:n_windows])
@@ -79,15 +95,14 @@ def fit_reservoir(train: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, n_win
         "reservoir states: %d train + %d validation windows in %.1fs", len(pick), len(val_x), time.perf_counter() - t0
     )
     gram = feats.T @ feats
-    best = None
+    scores = {}
     for lam in RIDGE_GRID:
-        w_out = ridge(feats, targets, lam, gram=gram)
-        score = mae(model.predict_from_features(vfeats, w_out), val_y)
-        log.info("reservoir ridge lambda=%g validation MAE=%.4f", lam, score)
-        if best is None or score < best[0]:
-            best = (score, lam, w_out)
-    _, lam, w_out = best
-    log.info("reservoir ridge lambda=%g chosen on validation", lam)
+        scores[lam] = mae(model.predict_from_features(vfeats, ridge(feats, targets, lam, gram=gram)), val_y)
+        log.info("reservoir ridge lambda=%g validation MAE=%.4f", lam, scores[lam])
+    best = min(scores.values())
+    lam = max(lam for lam, score in scores.items() if score <= best * (1 + RIDGE_TOLERANCE))
+    log.info("reservoir ridge lambda=%g chosen on validation (MAE %.4f, best %.4f)", lam, scores[lam], best)
+    w_out = ridge(feats, targets, lam, gram=gram)
     model.set_readout(w_out)
     model.ridge_lambda = lam
     return model.eval()
@@ -146,7 +161,7 @@ def run(out: Path, profile: Profile, seed: int) -> dict:
 
     cfg = data.SeriesConfig(n_series=profile.n_series, seed=seed)
     splits = data.split_series(data.make_series(cfg), cfg)
-    mg = data.mackey_glass(seed=seed)
+    mg = data.mackey_glass(n=200 + profile.mackey_glass_train + 1000, seed=seed)
     catalog, users = data.make_embeddings(profile.n_items, profile.n_users, seed=seed)
     data.save_all(out, cfg, splits, mg, catalog, users)
     windows = {s: data.windows_from_series(v) for s, v in splits.items()}
@@ -154,9 +169,9 @@ def run(out: Path, profile: Profile, seed: int) -> dict:
 
     t = time.perf_counter()
     val_x, val_y = windows["validation"]
-    reservoir = fit_reservoir(splits["train"], val_x, val_y, profile.reservoir_windows, seed)
+    reservoir = fit_reservoir(ReservoirConfig(seed=seed), splits["train"], val_x, val_y, profile.reservoir_windows)
     registry.save_checkpoint(out, "reservoir", reservoir.config_dict(), reservoir)
-    mg_nrmse = mackey_glass_nrmse(reservoir, mg)
+    mg_nrmse = mackey_glass_nrmse(reservoir, mg, washout=200, n_train=profile.mackey_glass_train)
     log.info("reservoir Mackey-Glass one-step NRMSE %.3e", mg_nrmse)
     timings["reservoir"] = time.perf_counter() - t
 
