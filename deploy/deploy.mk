@@ -16,17 +16,17 @@ PERF_MODELS ?= nhits reservoir similarity forecast recommend
 PERF_SMOKE_DIR ?= perf/results/smoke
 COMPOSE = TRITONSERVER_IMAGE=$(TRITONSERVER_IMAGE) SERVER_IMAGE=$(SERVER_IMAGE) $(DOCKER) compose -f docker/compose.yaml
 
-.PHONY: docker-build-export docker-export docker-build docker-run compose-up compose-down k8s-render k8s-apply perf-smoke gpu-smoke check-deploy
+.PHONY: export-image docker-export docker-build docker-run compose-up compose-down k8s-render k8s-apply perf-smoke gpu-smoke check-deploy
 
-docker-build-export: ## build the export image on $(TENSORRT_IMAGE)
+export-image: ## build the export image (EXPORT_IMAGE) on NVIDIA's TensorRT image (TENSORRT_IMAGE)
 	$(DOCKER) build -f docker/Dockerfile.export --build-arg TENSORRT_IMAGE=$(TENSORRT_IMAGE) -t $(EXPORT_IMAGE) .
 
-docker-export: docker-build-export ## make export TARGET=gpu inside the TensorRT container, on a GPU (writes plans into $(REPO))
+docker-export: export-image ## make export TARGET=gpu inside the TensorRT container, on a GPU (plans land in REPO)
 	$(DOCKER) run --gpus all --rm --user $$(id -u):$$(id -g) -e HOME=/tmp \
 		-v $(CURDIR):/workspace/project -w /workspace/project $(EXPORT_IMAGE) \
 		make -o /opt/venv/.installed export TARGET=gpu VENV=/opt/venv SIZE=$(strip $(SIZE))
 
-docker-build: ## build the serving image $(SERVER_IMAGE) from the exported $(REPO)
+docker-build: ## build the serving image (SERVER_IMAGE) with the exported REPO baked in
 	@find $(REPO) -path '*/1/*' \( -name '*.plan' -o -name '*.onnx' \) | grep -q . || \
 		{ echo "$(REPO) holds no exported model: run 'make docker-export' (gpu) or 'make export' (cpu) first" >&2; exit 1; }
 	$(DOCKER) build -f docker/Dockerfile --build-arg TRITONSERVER_IMAGE=$(TRITONSERVER_IMAGE) -t $(SERVER_IMAGE) .
@@ -72,5 +72,5 @@ gpu-smoke: ## docker-build, start the server on the GPU, wait until ready, perf-
 		$(MAKE) --no-print-directory perf-smoke; \
 		curl -fsS http://localhost:8002/metrics | grep -E '^nv_(inference_count|gpu_utilization)' 
 
-check-deploy: $(VENV)/.installed ## the deployment checks: hadolint, promtool, kustomize + schemas, live Prometheus scrape
+check-deploy: system-deps export-small ## the deployment checks: hadolint, promtool, kustomize + schemas, live Prometheus scrape
 	$(PY) -m pytest -q tests/deploy
