@@ -1,0 +1,635 @@
+"""Triton on the GPU: serve the models with the torch_py backend, check them, measure them with perf_analyzer.
+
+    python -m perf.gpu.serve --preflight                                     # what this machine has
+    python -m perf.gpu.serve --artifacts artifacts --out perf/results/gpu_serving.json     # GPU machine
+    python -m perf.gpu.serve --synthesize --config torch_cpu --quick --out /tmp/serving.json   # CPU, here
+
+Steps: assemble a repository (perf.gpu.repository) -> start tritonserver 2.51.0 from the
+nvidia-pytriton wheel with `--model-config-name=torch_gpu` (KIND_GPU, CUDA graphs) or `torch_cpu` ->
+check every model's served outputs against PyTorch FP32 on the CPU (HTTP, plain JSON) -> run
+perf_analyzer over gRPC per model and ensemble at each concurrency -> JSON matching
+perf.gpu.schema.SERVING_SCHEMA and a table on stdout.
+
+Works without the client Python packages: pytriton is located without importing it (its
+`__init__` pulls pyzmq, sh and the tritonclient HTTP stack, which the GPU image lacks), readiness and
+checks use urllib, and perf_analyzer is a binary (from PATH, --perf-analyzer, or the carried
+build/gpu-carry/perf_analyzer.xz). perf_analyzer's libcudart.so.12 and libb64.so.0d are linked from
+the pytriton wheel's own libraries when the system has none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import logging
+import lzma
+import os
+import platform
+import shutil
+import site
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from models import spec
+from serving import server as serving_server
+from serving.server import ADMIN_HEADER, ServerError, TritonServer, free_port
+
+log = logging.getLogger("perf.gpu.serve")
+
+BACKEND_NAME = "torch_py"
+BACKEND_SOURCE = Path(__file__).resolve().parent / "torch_backend.py"
+CARRY = spec.ROOT / "build" / "gpu-carry"
+RUN_DIR = spec.ROOT / "build" / "gpu" / "triton-run"
+MODELS = ("nhits", "reservoir", "forecast_blend", "similarity", "user_embedding", "forecast", "recommend")
+HALF_TOL, FP32_TOL = 1e-2, 1e-4
+
+
+# ------------------------------------------------------------------------------ locating things
+
+
+def locate_pytriton() -> Path:
+    """<site>/pytriton/tritonserver, found without running pytriton/__init__.py."""
+    found = importlib.util.find_spec("pytriton")
+    if found is None or not found.submodule_search_locations:
+        raise ServerError(
+            "nvidia-pytriton is not importable: `make venv` here; on a GPU machine unpack the carried bundle "
+            "(docs/GPU.md) and put its folder on PYTHONPATH"
+        )
+    root = Path(next(iter(found.submodule_search_locations))) / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise ServerError(f"no tritonserver binary under {root}")
+    return root
+
+
+def wheel_libs() -> Path:
+    return locate_pytriton().parent.parent / "nvidia_pytriton.libs"
+
+
+@contextmanager
+def pytriton_lookup():
+    """serving.server finds pytriton by importing it; here it is found without importing."""
+    saved = serving_server.pytriton_dir
+    serving_server.pytriton_dir = locate_pytriton
+    try:
+        yield
+    finally:
+        serving_server.pytriton_dir = saved
+
+
+def missing_libs(binary: Path, env: dict[str, str]) -> list[str]:
+    try:
+        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=env, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [f"ldd failed: {exc}"]
+    return [line.split("=>")[0].strip() for line in out.splitlines() if "not found" in line]
+
+
+def lib_shim(run_dir: Path) -> Path:
+    """A folder of the sonames perf_analyzer asks for, linked to the wheel's renamed copies."""
+    shim = run_dir / "lib"
+    shim.mkdir(parents=True, exist_ok=True)
+    for soname, pattern in (("libcudart.so.12", "libcudart-*.so.12*"), ("libb64.so.0d", "libb64-*.so.0d")):
+        found = sorted(wheel_libs().glob(pattern))
+        target = shim / soname
+        if found and not target.exists():
+            target.symlink_to(found[0])
+    return shim
+
+
+def perf_analyzer_path(explicit: Path | None, run_dir: Path) -> Path | None:
+    if explicit is not None:
+        return explicit
+    for candidate in (shutil.which("perf_analyzer"), Path(sys.executable).parent / "perf_analyzer"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    packed = CARRY / "perf_analyzer.xz"
+    if packed.is_file():
+        target = run_dir / "bin" / "perf_analyzer"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(lzma.decompress(packed.read_bytes()))
+            target.chmod(0o755)
+        return target
+    return None
+
+
+def perf_analyzer_env(run_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(lib_shim(run_dir)), env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+    return env
+
+
+def server_pythonpath(stub_site: Path | None) -> str:
+    """What the python backend stub must import: the stub's numpy (optional), the repository, this Python's packages."""
+    parts = [str(stub_site)] if stub_site else []
+    parts += [str(spec.ROOT), *site.getsitepackages()]
+    parts += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(parts))
+
+
+# ------------------------------------------------------------------------------ server
+
+
+class GpuTritonServer(TritonServer):
+    """serving.server.TritonServer plus the torch_py backend, without importing pytriton or tritonclient."""
+
+    stub_site: Path | None = None
+
+    def start(self, timeout: float = 300.0) -> GpuTritonServer:
+        saved = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = server_pythonpath(self.stub_site)
+        try:
+            with pytriton_lookup():
+                backends = serving_server.assemble_backends(self.run_dir)
+                (backends / BACKEND_NAME).mkdir(exist_ok=True)
+                shutil.copy2(BACKEND_SOURCE, backends / BACKEND_NAME / "model.py")
+                super().start(timeout)
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
+        return self
+
+    def unavailable_models(self) -> dict[str, str]:
+        req = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/index",
+            data=b"{}",
+            method="POST",
+            headers={ADMIN_HEADER: self.key, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            index = json.loads(r.read())
+        return {m["name"]: m.get("reason", "") or m.get("state", "") for m in index if m.get("state") != "READY"}
+
+
+DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+
+
+def http_infer(url: str, model: str, arrays: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    """One inference over Triton's HTTP/REST v2 protocol with JSON tensors."""
+    body = {
+        "inputs": [
+            {"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype], "data": a.reshape(-1).tolist()}
+            for n, a in arrays.items()
+        ],
+        "outputs": [{"name": n} for n in outputs],
+    }
+    req = urllib.request.Request(
+        f"http://{url}/v2/models/{model}/infer",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            reply = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{model}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:300]}") from exc
+    dtype = {"FP32": np.float32, "INT64": np.int64}
+    return {o["name"]: np.asarray(o["data"], dtype=dtype[o["datatype"]]).reshape(o["shape"]) for o in reply["outputs"]}
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def reference_modules(repo: Path, models: tuple[str, ...]):
+    """The served checkpoints as FP32 CPU modules (ensembles composed in process)."""
+    from models import registry
+    from perf.gpu import weights
+
+    base = {}
+    for name in weights.BASE:
+        if any(name == m or name in deps(m) for m in models):
+            base[name] = registry.load_model(name, repo / name / "1")
+    mods = {m: base[m] for m in models if m in base}
+    if "forecast" in models:
+        mods["forecast"] = weights.Forecast(base["nhits"], base["reservoir"], base["forecast_blend"]).eval()
+    if "recommend" in models:
+        mods["recommend"] = weights.Recommend(base["user_embedding"], base["similarity"]).eval()
+    return mods
+
+
+def deps(model: str) -> tuple[str, ...]:
+    return {"forecast": ("nhits", "reservoir", "forecast_blend"), "recommend": ("user_embedding", "similarity")}.get(
+        model, ()
+    )
+
+
+def check(server: GpuTritonServer, repo: Path, models: tuple[str, ...], precision: str) -> list[dict]:
+    import torch
+
+    from perf.gpu import weights
+
+    mods = reference_modules(repo, models)
+    out = []
+    tol = FP32_TOL if precision == "fp32" else HALF_TOL
+    for model in models:
+        m_spec = spec.MODELS[model]
+        record = {"model": model, "status": "ok", "reason": None, "rows": 0, "rel_err": None, "topk_agreement": None}
+        try:
+            n_users = int(mods["user_embedding"].table.shape[0]) if "user_embedding" in mods else spec.N_USERS
+            n_items = int(mods["similarity"].catalog_t.shape[1]) if "similarity" in mods else spec.N_ITEMS
+            xs = weights.inputs(model, 16, 1, n_items, n_users)[0]
+            arrays = {t.name: x for t, x in zip(m_spec.inputs, xs, strict=True)}
+            got = http_infer(server.http_url, model, arrays, [t.name for t in m_spec.outputs])
+            with torch.inference_mode():
+                ref = mods[model](*(torch.from_numpy(x) for x in xs))
+            ref = ref if isinstance(ref, tuple) else (ref,)
+            ref_by_name = {t.name: r.numpy() for t, r in zip(m_spec.outputs, ref, strict=False)}
+            floats = [n for n, r in ref_by_name.items() if r.dtype == np.float32]
+            diff = np.concatenate([(got[n] - ref_by_name[n]).ravel() for n in floats]).astype(np.float64)
+            norm = np.concatenate([ref_by_name[n].ravel() for n in floats]).astype(np.float64)
+            record["rows"] = int(xs[0].shape[0])
+            record["rel_err"] = float(f"{np.linalg.norm(diff) / max(np.linalg.norm(norm), 1e-30):.3e}")
+            if "ids" in ref_by_name:
+                hits = [
+                    len(set(a) & set(b)) for a, b in zip(got["ids"].tolist(), ref_by_name["ids"].tolist(), strict=True)
+                ]
+                record["topk_agreement"] = round(sum(hits) / ref_by_name["ids"].size, 4)
+            if not np.isfinite(record["rel_err"]) or record["rel_err"] > tol:
+                record.update(status="failed", reason=f"relative error {record['rel_err']} above {tol:g}")
+            elif record["topk_agreement"] is not None and record["topk_agreement"] < (
+                0.99 if precision == "fp32" else 0.95
+            ):
+                record.update(status="failed", reason=f"top-k agreement {record['topk_agreement']} too low")
+        except Exception as exc:  # a failed check is a result, not a crash
+            record.update(status="failed", reason=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+        log.info(
+            "check %-15s %s rel_err=%s topk=%s %s",
+            model,
+            record["status"],
+            record["rel_err"],
+            record["topk_agreement"],
+            record["reason"] or "",
+        )
+        out.append(record)
+    return out
+
+
+# ------------------------------------------------------------------------------ perf_analyzer
+
+
+def input_data(model: str, path: Path, n_items: int, n_users: int, rows: int = 64) -> Path:
+    """perf_analyzer --input-data JSON: `rows` single-row requests from the project's data generators."""
+    from perf.gpu import weights
+
+    xs = weights.inputs(model, rows, 1, n_items, n_users, seed=7)[0]
+    names = [t.name for t in spec.MODELS[model].inputs]
+    entries = [
+        {n: {"content": x[i].reshape(-1).tolist(), "shape": list(x.shape[1:])} for n, x in zip(names, xs, strict=True)}
+        for i in range(rows)
+    ]
+    path.write_text(json.dumps({"data": entries}))
+    return path
+
+
+COLUMNS = {
+    "queue": "Server Queue",
+    "compute_input": "Server Compute Input",
+    "compute_infer": "Server Compute Infer",
+    "compute_output": "Server Compute Output",
+}
+
+
+def parse_csv(path: Path) -> dict:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise RuntimeError(f"perf_analyzer wrote no rows to {path}")
+    r = rows[-1]
+    latency = {k: float(r[f"{k} latency"]) for k in ("p50", "p90", "p95", "p99")}
+    latency["avg"] = float(r["Avg latency"]) if r.get("Avg latency") else latency["p50"]
+    return {
+        "throughput_per_s": float(r["Inferences/Second"]),
+        "latency_us": latency,
+        "server_us": {k: float(r[c]) for k, c in COLUMNS.items() if r.get(c) not in (None, "")},
+    }
+
+
+def run_scenario(args, server: GpuTritonServer, pa: Path, model: str, batch: int, concurrency: int, data: Path) -> dict:
+    rec = {
+        "model": model,
+        "protocol": "grpc",
+        "batch": batch,
+        "concurrency": concurrency,
+        "status": "ok",
+        "reason": None,
+        "throughput_per_s": None,
+        "latency_us": None,
+        "server_us": None,
+    }
+    csv_path = args.run_dir / f"pa_{model}_b{batch}_c{concurrency}.csv"
+    for stability in (args.stability, 999):  # second try: accept whatever three windows give
+        options = (
+            f"-m {model} -u {server.grpc_url} -i grpc -b {batch} --concurrency-range {concurrency}:{concurrency} "
+            f"--measurement-interval {args.interval_ms} --max-trials {args.max_trials} "
+            f"--stability-percentage {stability} --verbose-csv"
+        )
+        cmd = [str(pa), *options.split(), "--input-data", str(data), "-f", str(csv_path)]
+        try:
+            proc = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                env=perf_analyzer_env(args.run_dir),
+                timeout=args.scenario_timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            rec.update(status="failed", reason=f"perf_analyzer ran past {args.scenario_timeout_s:.0f} s")
+            return rec
+        (args.run_dir / f"pa_{model}_b{batch}_c{concurrency}.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode == 0 and csv_path.is_file():
+            relaxed = None if stability == args.stability else f"accepted at --stability-percentage {stability}"
+            rec.update(status="ok", reason=relaxed, **parse_csv(csv_path))
+            return rec
+        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        rec.update(status="failed", reason=(tail[-1] if tail else f"exit code {proc.returncode}")[:300])
+        if "stable" not in rec["reason"]:
+            break
+    return rec
+
+
+# ------------------------------------------------------------------------------ preflight
+
+
+def preflight(args) -> tuple[dict, list[str]]:
+    facts: dict = {"python": sys.executable, "python_version": platform.python_version()}
+    problems: list[str] = []
+    try:
+        import torch
+
+        facts["torch"] = torch.__version__
+        facts["cuda_available"] = torch.cuda.is_available()
+        facts["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError as exc:
+        problems.append(f"torch: {exc}")
+    facts["numpy"] = np.__version__
+    try:
+        root = locate_pytriton()
+        facts["tritonserver"] = str(root / "bin" / "tritonserver")
+        with pytriton_lookup():
+            env = serving_server.server_env()
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+        facts["stub"] = str(stub) if stub.is_file() else None
+        if not stub.is_file():
+            problems.append(f"the wheel has no python backend stub for Python {version}")
+        else:
+            missing = missing_libs(stub, env)
+            facts["stub_missing_libs"] = missing
+            if missing:
+                problems.append(f"the python backend stub cannot load {missing} (LD_LIBRARY_PATH from serving.server)")
+        missing = missing_libs(root / "bin" / "tritonserver", env)
+        if missing:
+            problems.append(f"tritonserver cannot load {missing}")
+    except ServerError as exc:
+        problems.append(str(exc))
+    pa = None
+    try:
+        pa = perf_analyzer_path(args.perf_analyzer, args.run_dir)
+    except OSError as exc:
+        problems.append(f"perf_analyzer: {exc}")
+    facts["perf_analyzer"] = str(pa) if pa else None
+    if pa is None:
+        problems.append(
+            "no perf_analyzer: pip install tritonclient[all]==2.51.0, or carry build/gpu-carry/perf_analyzer.xz"
+        )
+    elif not problems or "nvidia-pytriton" not in problems[0]:
+        missing = missing_libs(pa, perf_analyzer_env(args.run_dir))
+        facts["perf_analyzer_missing_libs"] = missing
+        if missing:
+            problems.append(f"perf_analyzer cannot load {missing}")
+    facts["stub_numpy"], problem = stub_numpy(args.stub_site)
+    if problem:
+        problems.append(problem)
+    return facts, problems
+
+
+STUB_PROBE = (
+    "import numpy, torch; a = torch.from_numpy(numpy.arange(4.0)); assert float(a.sum()) == 6.0; "
+    "assert a.numpy().tolist() == [0.0, 1.0, 2.0, 3.0]; print(numpy.__version__)"
+)
+
+
+def stub_numpy(stub_site: Path | None) -> tuple[str | None, str | None]:
+    """(numpy version the stub's Python path gives, problem): torch and numpy must work together there."""
+    env = dict(os.environ, PYTHONPATH=server_pythonpath(stub_site))
+    proc = subprocess.run([sys.executable, "-c", STUB_PROBE], capture_output=True, text=True, env=env, timeout=120)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return None, f"torch and numpy do not work together on the stub's path ({stub_site}): {tail}"
+    return proc.stdout.strip(), None
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preflight", action="store_true", help="only report what is there and what is missing")
+    p.add_argument("--artifacts", type=Path, help="directory holding checkpoints/<model>.pt")
+    p.add_argument("--synthesize", action="store_true", help="same-shape stand-ins for missing checkpoints")
+    p.add_argument("--config", choices=("torch_gpu", "torch_cpu"), default="torch_gpu")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
+    p.add_argument("--models", default=",".join(MODELS), help="comma list of models and ensembles to serve")
+    p.add_argument("--perf-models", help="comma list to measure (default: all served); 'none' to skip perf_analyzer")
+    p.add_argument("--concurrency", default="1,8,32", help="comma list")
+    p.add_argument("--batch", type=int, default=1, help="rows per request (the dynamic batcher forms larger batches)")
+    p.add_argument("--interval-ms", type=int, default=2000, help="perf_analyzer measurement window")
+    p.add_argument("--max-trials", type=int, default=6)
+    p.add_argument("--stability", type=int, default=15, help="perf_analyzer --stability-percentage")
+    p.add_argument("--scenario-timeout-s", type=float, default=90.0)
+    p.add_argument("--quick", action="store_true", help="CPU smoke: concurrency 1, 400 ms windows, 3 trials")
+    p.add_argument("--perf-analyzer", type=Path, help="perf_analyzer binary")
+    p.add_argument("--stub-site", type=Path, help="folder put first on the stub's PYTHONPATH (numpy<2 for the stub)")
+    p.add_argument("--repo-out", type=Path, default=spec.ROOT / "build" / "gpu" / "model_repository")
+    p.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per CPU instance (torch_cpu)")
+    p.add_argument("--n-items", type=int, default=spec.N_ITEMS, help="--synthesize: catalog rows")
+    p.add_argument("--n-users", type=int, default=spec.N_USERS, help="--synthesize: user table rows")
+    p.add_argument("--out", type=Path, default=Path("perf/results/gpu_serving.json"))
+    args = p.parse_args(argv)
+    args.models = tuple(m for m in args.models.split(",") if m)
+    bad = [m for m in args.models if m not in MODELS]
+    if bad:
+        p.error(f"unknown model(s) {bad}: expected some of {', '.join(MODELS)}")
+    if args.perf_models == "none":
+        args.perf_models = ()
+    elif args.perf_models:
+        args.perf_models = tuple(m for m in args.perf_models.split(",") if m)
+        if not set(args.perf_models) <= set(args.models):
+            p.error("--perf-models must be served too (--models)")
+    else:
+        args.perf_models = args.models
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    if args.quick:
+        args.concurrency, args.interval_ms, args.max_trials, args.stability = [1], 400, 3, 50
+    if not args.preflight and args.artifacts is None and not args.synthesize:
+        p.error("give --artifacts DIR (checkpoints) or --synthesize")
+    if args.artifacts is not None and not args.artifacts.is_dir():
+        p.error(f"artifacts directory {args.artifacts} does not exist")
+    if args.stub_site is not None and not args.stub_site.is_dir():
+        p.error(f"--stub-site {args.stub_site} does not exist")
+    args.run_dir = args.run_dir.resolve()
+    return args
+
+
+def document(args, status: str, reason: str | None, sources, checks, scenarios, started: float) -> dict:
+    import torch
+
+    from perf import gpu_probe
+    from perf.gpu import schema
+
+    on_gpu = args.config == "torch_gpu"
+    vers = gpu_probe.versions()
+    try:
+        from importlib.metadata import version
+
+        vers["nvidia_pytriton"] = version("nvidia-pytriton")
+    except Exception:  # noqa: BLE001 - a missing dist-info only loses a version string
+        vers["nvidia_pytriton"] = None
+    vers["tritonserver"] = "2.51.0"
+    doc = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "kind": "gpu_serving",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m perf.gpu.serve", *sys.argv[1:]]),
+        "machine": gpu_probe.machine(torch.device("cuda" if on_gpu and torch.cuda.is_available() else "cpu")),
+        "versions": vers,
+        "config_name": args.config,
+        "instance_kind": "KIND_GPU" if on_gpu else "KIND_CPU",
+        "precision": args.precision if on_gpu else "fp32",
+        "cuda_graphs": bool(args.cuda_graphs and on_gpu),
+        "weights": sources,
+        "status": status,
+        "reason": reason,
+        "checks": checks,
+        "scenarios": scenarios,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    schema.validate(doc, schema.SERVING_SCHEMA)
+    return doc
+
+
+def print_table(doc: dict) -> None:
+    print(
+        f"\nTriton {doc['config_name']} ({doc['instance_kind']}, {doc['precision']}, graphs {doc['cuda_graphs']}) "
+        f"on {doc['machine']['device']}: {doc['status']} {doc['reason'] or ''}"
+    )
+    for c in doc["checks"]:
+        print(
+            f"  check {c['model']:<15} {c['status']:<7} rel_err {c['rel_err']}  top-k {c['topk_agreement']}  "
+            f"{c['reason'] or ''}"
+        )
+    print(
+        f"{'model':<15} {'batch':>5} {'conc':>5} {'items/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'queue ms':>9} "
+        f"{'infer ms':>9}"
+    )
+    for s in doc["scenarios"]:
+        if s["status"] != "ok":
+            print(f"{s['model']:<15} {s['batch']:>5} {s['concurrency']:>5} failed: {s['reason']}")
+            continue
+        lat, srv = s["latency_us"], s["server_us"] or {}
+        print(
+            f"{s['model']:<15} {s['batch']:>5} {s['concurrency']:>5} {s['throughput_per_s']:>10.1f} "
+            f"{lat['p50'] / 1e3:>8.3f} {lat['p99'] / 1e3:>8.3f} {srv.get('queue', 0) / 1e3:>9.3f} "
+            f"{srv.get('compute_infer', 0) / 1e3:>9.3f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    if args.preflight:
+        facts, problems = preflight(args)
+        for k, v in facts.items():
+            print(f"{k:>28}: {v}")
+        for line in problems:
+            print(f"problem: {line}")
+        print("preflight: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+        return 1 if problems else 0
+
+    from perf.gpu import repository
+
+    started = time.perf_counter()
+    status, reason, checks, scenarios = "ok", None, [], []
+    sources = repository.assemble(
+        args.repo_out,
+        args.artifacts,
+        args.models,
+        args.precision,
+        args.cuda_graphs,
+        args.synthesize,
+        args.threads,
+        args.n_items,
+        args.n_users,
+    )
+    server = GpuTritonServer(
+        args.repo_out,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        config_name=args.config,
+        run_dir=args.run_dir,
+    )
+    server.stub_site = args.stub_site
+    try:
+        server.start(timeout=600)
+        down = server.unavailable_models()
+        served = tuple(m for m in args.models if m not in down)
+        if down:
+            status, reason = "failed", "; ".join(f"{m}: {r}" for m, r in down.items())[:600]
+            for m, r in down.items():
+                log.error("%s did not load: %s", m, r)
+        checks = check(server, args.repo_out, served, args.precision if args.config == "torch_gpu" else "fp32")
+        pa = perf_analyzer_path(args.perf_analyzer, args.run_dir) if args.perf_models else None
+        if args.perf_models and pa is None:
+            status, reason = "failed", "no perf_analyzer (see --preflight)"
+        n_users = args.n_users if args.synthesize else spec.N_USERS
+        if "user_embedding" in served:
+            from models import registry
+
+            n_users = int(registry.load_model("user_embedding", args.repo_out / "user_embedding" / "1").table.shape[0])
+        for model in (m for m in args.perf_models if m in served and pa is not None):
+            data = input_data(model, args.run_dir / f"input_{model}.json", args.n_items, n_users)
+            for c in args.concurrency:
+                rec = run_scenario(args, server, pa, model, args.batch, c, data)
+                log.info(
+                    "perf %-15s c=%-3d %s %s",
+                    model,
+                    c,
+                    rec["status"],
+                    f"{rec['throughput_per_s']:.1f}/s p99 {rec['latency_us']['p99'] / 1e3:.3f} ms"
+                    if rec["status"] == "ok"
+                    else rec["reason"],
+                )
+                scenarios.append(rec)
+    except ServerError as exc:
+        status, reason = "failed", str(exc).splitlines()[0][:600]
+        log.error("%s", exc)
+    finally:
+        server.stop()
+    doc = document(args, status, reason, sources, checks, scenarios, started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    print_table(doc)
+    print(f"wrote {args.out}; server log {server.log_path}")
+    bad_checks = [c for c in checks if c["status"] != "ok"]
+    return 0 if status == "ok" and not bad_checks else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
