@@ -9,7 +9,8 @@ the virtualenv first on PATH the models silently received all-zero inputs), star
 127.0.0.1 with `--model-config-name=cpu`, and waits for readiness with a timeout.
 
 The model-repository (load/unload) and shared-memory APIs are restricted behind a key: clients
-send the header `triton-admin-key: <key>`. The key comes from `--admin-key-file` or the
+send the header `triton-admin-key: <key>` over HTTP and `triton-grpc-protocol-triton-admin-key`
+over gRPC (`admin_headers()` builds either). The key comes from `--admin-key-file` or the
 TRITON_ADMIN_KEY environment variable, else a random one is written (mode 0600) into the run
 directory; it is never logged.
 """
@@ -186,6 +187,12 @@ class TritonServer:
     def start(self, timeout: float = 120.0) -> TritonServer:
         if not self.repo.is_dir():
             raise ServerError(f"model repository {self.repo} does not exist")
+        for port in (self.http_port, self.grpc_port, self.metrics_port):
+            with socket.socket() as probe:
+                try:
+                    probe.bind((self.host, port))
+                except OSError as exc:
+                    raise ServerError(f"port {port} on {self.host} is in use ({exc.strerror}): choose another") from exc
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.key = admin_key(self.run_dir, self.admin_key_file)
         backends = assemble_backends(self.run_dir)

@@ -7,6 +7,7 @@ into build/test/ (override with TEST_ROOT). Nothing here mocks Triton, ONNX Runt
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,13 +37,15 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def triton(repo: Path):
     """One real tritonserver (cpu target) on free loopback ports, shared by every server test."""
+    run_dir = TEST_ROOT / f"triton-run-{os.getpid()}"  # two pytest sessions must not share a stub
     server = TritonServer(
         repo,
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
-        run_dir=TEST_ROOT / "triton-run",
+        run_dir=run_dir,
     )
     server.start(timeout=180)
     yield server
     server.stop()
+    shutil.rmtree(run_dir, ignore_errors=True)

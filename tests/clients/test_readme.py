@@ -1,4 +1,4 @@
-"""The Python examples of clients/README-section.md run as written against the session's Triton."""
+"""The Python examples of the README's Clients section run as written against the session's Triton."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import re
 from models import spec
 from serving.server import free_port
 
-README = spec.ROOT / "clients" / "README-section.md"
+README = spec.ROOT / "README.md"
 
 
 def test_every_python_example_in_the_readme_section_runs(triton, tmp_path):
     key_file = tmp_path / "admin.key"
     key_file.write_text(triton.key)
-    text = README.read_text()
+    text = README.read_text().split("\n## Clients\n", 1)[1].split("\n## ", 1)[0]
     replacements = {
         "gpu-host:8001": f"127.0.0.1:{free_port()}",  # a GPU server that is not there: failover to the next
         "127.0.0.1:8001": triton.grpc_url,
