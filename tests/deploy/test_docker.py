@@ -88,8 +88,10 @@ def test_export_image_pins_the_versions_of_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = {}
     for dep in [*project["dependencies"], *project["optional-dependencies"]["gpu"]]:
-        name, _, version = re.match(r"([\w.-]+)(\[[^\]]*\])?==([\w.]+)$", dep).groups()
-        pins[name] = version
+        exact = re.match(r"([\w.-]+)(\[[^\]]*\])?==([\w.]+)$", dep)
+        if exact:  # ranges such as setuptools<81 are not versions an image must repeat
+            name, _, version = exact.groups()
+            pins[name] = version
     args = dockerfile_args(DOCKERFILES[1])
     assert args["TORCH_VERSION"] == pins["torch"]
     assert args["TENSORRT_VERSION"] == pins["tensorrt"]
