@@ -23,6 +23,9 @@ from torch import nn
 
 from models import spec
 
+POOLING = {"MaxPool1d": nn.MaxPool1d, "AvgPool1d": nn.AvgPool1d}
+INTERPOLATION = ("linear", "nearest")
+
 
 @dataclass(frozen=True)
 class NHITSConfig:
@@ -33,13 +36,29 @@ class NHITSConfig:
     hidden: int = 512
     n_layers: int = 2
     min_scale: float = 1e-5  # floor of the per-window standard deviation
+    pooling_mode: str = "MaxPool1d"  # or "AvgPool1d" (neuralforecast's pooling_mode)
+    interpolation_mode: str = "linear"  # or "nearest" (neuralforecast's interpolation_mode)
 
 
 class NHITSBlock(nn.Module):
-    def __init__(self, input_size: int, h: int, pool: int, downsample: int, hidden: int, n_layers: int):
+    def __init__(
+        self,
+        input_size: int,
+        h: int,
+        pool: int,
+        downsample: int,
+        hidden: int,
+        n_layers: int,
+        pooling_mode: str = "MaxPool1d",
+        interpolation_mode: str = "linear",
+    ):
         super().__init__()
-        self.input_size, self.h = input_size, h
-        self.pool = nn.MaxPool1d(kernel_size=pool, stride=pool, ceil_mode=True)
+        if pooling_mode not in POOLING:
+            raise ValueError(f"pooling_mode {pooling_mode!r} is not one of {sorted(POOLING)}")
+        if interpolation_mode not in INTERPOLATION:
+            raise ValueError(f"interpolation_mode {interpolation_mode!r} is not one of {INTERPOLATION}")
+        self.input_size, self.h, self.interpolation_mode = input_size, h, interpolation_mode
+        self.pool = POOLING[pooling_mode](kernel_size=pool, stride=pool, ceil_mode=True)
         pooled = math.ceil(input_size / pool)
         n_theta = input_size + max(h // downsample, 1)
         layers: list[nn.Module] = [nn.Linear(pooled, hidden)]
@@ -53,7 +72,7 @@ class NHITSBlock(nn.Module):
         theta = self.layers(pooled)  # (B, L + n_knots)
         backcast = theta[:, : self.input_size]
         knots = theta[:, self.input_size :].unsqueeze(1)  # (B, 1, n_knots)
-        forecast = F.interpolate(knots, size=self.h, mode="linear").squeeze(1)  # (B, H)
+        forecast = F.interpolate(knots, size=self.h, mode=self.interpolation_mode).squeeze(1)  # (B, H)
         return backcast, forecast
 
 
@@ -64,7 +83,7 @@ class NHITS(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.blocks = nn.ModuleList(
-            NHITSBlock(cfg.input_size, cfg.h, p, d, cfg.hidden, cfg.n_layers)
+            NHITSBlock(cfg.input_size, cfg.h, p, d, cfg.hidden, cfg.n_layers, cfg.pooling_mode, cfg.interpolation_mode)
             for p, d in zip(cfg.n_pool_kernel_size, cfg.n_freq_downsample, strict=True)
         )
 

@@ -27,6 +27,7 @@ from models import spec
 log = logging.getLogger(__name__)
 
 EPS = 1e-6  # ticks are clamped to this before the log (prices and sales are positive)
+TRANSFORMS = ("log", "identity")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class ReservoirConfig:
     bias_scaling: float = 0.05
     density: float = 0.01  # about 10 recurrent connections per unit
     seed: int = 0
+    # "log": the transform of the module docstring. "identity": u_t = (y_t - loc) / scale and the output is
+    # loc + scale r_t (no log, no exp, no u_t added): a plain ESN readout, e.g. one imported from ReservoirPy.
+    transform: str = "log"
 
 
 def make_weights(cfg: ReservoirConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -59,6 +63,8 @@ class Reservoir(nn.Module):
 
     def __init__(self, cfg: ReservoirConfig, weights: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
         super().__init__()
+        if cfg.transform not in TRANSFORMS:
+            raise ValueError(f"transform {cfg.transform!r} is not one of {TRANSFORMS}")
         self.cfg = cfg
         w, w_in, b = weights if weights is not None else make_weights(cfg)
         n, h = cfg.units, cfg.horizon
@@ -73,6 +79,8 @@ class Reservoir(nn.Module):
 
     # one tick ------------------------------------------------------------------
     def encode(self, y: torch.Tensor) -> torch.Tensor:
+        if self.cfg.transform == "identity":
+            return (y - self.in_loc) / self.in_scale
         return (torch.log(torch.clamp(y, min=EPS)) - self.in_loc) / self.in_scale
 
     def step(self, u_t: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
@@ -85,6 +93,8 @@ class Reservoir(nn.Module):
     def readout(self, u_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """u_t (B, 1), x (B, N) -> forecast (B, H) in raw units."""
         r = F.linear(x, self.readout_x, self.readout_bias) + u_t * self.readout_u  # (B, H)
+        if self.cfg.transform == "identity":
+            return self.in_loc + self.in_scale * r
         return torch.exp(self.in_loc + self.in_scale * (u_t + r))
 
     # windows -------------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""neuralforecast NHITS models imported with `python -m export.import_neuralforecast`: ONNX and Triton
+reproduce `nf.predict()` for every series, in two configurations (max vs average pooling, linear vs
+nearest interpolation, default vs custom downsampling and blocks, standard vs robust scaler); options
+the project's nhits cannot express are refused naming the option.
+
+Tolerance: per series, max|ours - nf.predict()| / max|nf.predict()| <= 1e-4 (both compute in float32;
+measured about 1e-7).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from export.byom.common import relative_errors
+from models import spec
+from serving.repository import load_config
+
+from .conftest import HAS_NEURALFORECAST, NF_CONFIGS, fit_nf, infer
+
+# Not importorskip: importing neuralforecast (ray, lightning) takes seconds, and collection must stay quick.
+pytestmark = pytest.mark.skipif(
+    not HAS_NEURALFORECAST, reason="optional extra not installed: pip install -e '.[neuralforecast]'"
+)
+
+BOUND = 1e-4
+KEYS = list(NF_CONFIGS)
+
+
+def stacked(case) -> tuple[list[str], np.ndarray, np.ndarray]:
+    uids = sorted(case.predictions)
+    return uids, np.stack([case.windows[u] for u in uids]), np.stack([case.predictions[u] for u in uids])
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_onnx_reproduces_nf_predict_for_every_series(nf_cases, byom_repo, key):
+    from export.byom.common import run_onnx
+
+    case = nf_cases[key]
+    uids, windows, want = stacked(case)
+    assert len(uids) == 2  # AirPassengersPanel: Airline1, Airline2
+    got = run_onnx(spec.version_dir(case.name, byom_repo) / spec.ONNX_FP32, {"window": windows})[0]
+    errs = relative_errors(got, want, NF_CONFIGS[key].get("h", 12))
+    assert errs.max() <= BOUND, dict(zip(uids, errs, strict=True))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("key", KEYS)
+def test_served_model_reproduces_nf_predict_for_every_series(nf_cases, byom_server, key, protocol):
+    case = nf_cases[key]
+    uids, windows, want = stacked(case)
+    got = infer(byom_server, case.name, windows, protocol)
+    assert relative_errors(got, want, want.shape[1]).max() <= BOUND
+
+
+def test_the_two_configurations_differ_where_the_module_had_to_follow(nf_cases, byom_repo):
+    reports = {
+        k: json.loads((c.artifacts / "byom" / c.name / "report.json").read_text())["neuralforecast"]
+        for k, c in nf_cases.items()
+    }
+    a, b = reports["maxpool_standard"], reports["avgpool_robust"]
+    for field in ("pooling_mode", "interpolation_mode", "scaler_type", "n_freq_downsample", "n_blocks"):
+        assert a[field] != b[field], field
+    for key, case in nf_cases.items():
+        cfg = load_config(byom_repo / case.name / "configs/cpu.pbtxt")
+        assert [tuple(i.dims) for i in cfg.input] == [(NF_CONFIGS[key]["input_size"],)]
+        assert [tuple(o.dims) for o in cfg.output] == [(12,)]
+        assert (
+            cfg.dynamic_batching == load_config(spec.ROOT / "model_repository/nhits/configs/cpu.pbtxt").dynamic_batching
+        )
+
+
+# -- refused options -------------------------------------------------------------------------------
+
+
+def _unfitted(local_scaler_type=None, **config):
+    from neuralforecast import NeuralForecast
+    from neuralforecast.models import NHITS
+
+    from .conftest import NF_COMMON, quiet_lightning
+
+    quiet_lightning()
+    model = NHITS(**{**NF_COMMON, "input_size": 24, **config})
+    return NeuralForecast(models=[model], freq="MS", local_scaler_type=local_scaler_type), model
+
+
+def _mq_loss():
+    from neuralforecast.losses.pytorch import MQLoss
+
+    return MQLoss(level=[80])
+
+
+def _distribution_loss():
+    from neuralforecast.losses.pytorch import DistributionLoss
+
+    return DistributionLoss("Normal")
+
+
+REFUSALS = {  # the option the error must name -> NHITS / NeuralForecast arguments that use it
+    "futr_exog_list": lambda: dict(futr_exog_list=["promo"]),
+    "hist_exog_list": lambda: dict(hist_exog_list=["volume"]),
+    "stat_exog_list": lambda: dict(stat_exog_list=["market"]),
+    "exclude_insample_y": lambda: dict(exclude_insample_y=True),
+    "local_scaler_type": lambda: dict(local_scaler_type="standard"),
+    "loss=MQLoss": lambda: dict(loss=_mq_loss()),
+    "loss=DistributionLoss": lambda: dict(loss=_distribution_loss()),
+    "scaler_type='revin'": lambda: dict(scaler_type="revin"),
+    "interpolation_mode='cubic'": lambda: dict(interpolation_mode="cubic"),
+    "activation='Tanh'": lambda: dict(activation="Tanh"),
+    "mlp_units": lambda: dict(mlp_units=[[64, 32], [32, 32]]),
+}
+
+
+@pytest.mark.parametrize("option", list(REFUSALS))
+def test_an_option_the_project_cannot_express_is_refused_naming_it(air_passengers, option):
+    from export import import_neuralforecast
+    from export.byom.common import Unsupported
+
+    nf, model = _unfitted(**REFUSALS[option]())
+    with pytest.raises(Unsupported, match=re.escape(option)):
+        import_neuralforecast.check(nf, model)
+
+
+def test_the_command_line_refuses_a_saved_model_with_one_line_naming_the_option(air_passengers, tmp_path, capsys):
+    from export import import_neuralforecast
+    from export.common import run_main
+
+    nf = fit_nf(air_passengers, local_scaler_type="standard", input_size=24, max_steps=1)
+    nf.save(str(tmp_path / "scaled"), overwrite=True)
+    argv = ["--model", str(tmp_path / "scaled"), "--out-repo", str(tmp_path / "r"), "--artifacts", str(tmp_path / "a")]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(import_neuralforecast.PROG, import_neuralforecast.main, argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1
+    assert len(err) == 1 and "local_scaler_type='standard'" in err[0], err
+    assert not (tmp_path / "r" / "nhits").exists()  # refused before anything was written
