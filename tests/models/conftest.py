@@ -13,6 +13,7 @@ TINY = train.Profile(
     nhits_batch=16,
     val_every=2,
     mackey_glass_train=300,
+    reservoir_units=200,
 )
 
 

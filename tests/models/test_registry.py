@@ -7,12 +7,14 @@ from models import registry, spec, train
 
 @pytest.mark.parametrize("name", registry.NAMES)
 def test_every_model_loads_in_eval_mode_and_runs_on_its_example_inputs(tiny_artifacts, name):
-    out, _ = tiny_artifacts
+    out, report = tiny_artifacts
     model = registry.load_model(name, out)
     assert not model.training
     assert all(p.dtype == torch.float32 for p in model.state_dict().values() if p.is_floating_point())
     inputs = registry.example_inputs(name, out, "test", 5)
     ms = spec.MODELS[name]
+    if name == "reservoir_stream":  # the state travels beside the tick; its size is the reservoir's
+        assert tuple(inputs[1].shape) == (5, report["reservoir"]["config"]["units"])
     for tensor, want in zip(inputs, ms.inputs, strict=False):
         assert tuple(tensor.shape) == (5, *want.dims) and str(tensor.dtype) == f"torch.{want.dtype}", name
     with torch.no_grad():
@@ -28,7 +30,7 @@ def test_stream_example_state_continues_the_window(tiny_artifacts):
     out, _ = tiny_artifacts
     tick, state = registry.example_inputs("reservoir_stream", out, "test", 3)
     (window,) = registry.example_inputs("reservoir", out, "test", 3)
-    assert state.shape == (3, spec.RESERVOIR_UNITS)
+    assert state.shape == (3, registry.load_model("reservoir", out).cfg.units)
     with torch.no_grad():
         forecast, _ = registry.load_model("reservoir_stream", out)(tick, state)
         torch.testing.assert_close(forecast, registry.load_model("reservoir", out)(window), rtol=1e-4, atol=1e-3)
