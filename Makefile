@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and exactly: any other torch requirement pulls gigabytes of CUDA packages
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,reservoirpy,neuralforecast]'
 	@touch $@
 
 venv: $(VENV)/.installed ## create the virtualenv with the pinned dependencies
