@@ -167,7 +167,7 @@ POLICIES: dict[str, Policy] = {
         fp32_ops_note={
             "ReduceMean/Sub/Div/Sqrt/Pow/Clip/Mul/Add": "per-window scaling and its inverse stay FP32 "
             "(not GEMMs; quantizing raw prices of very different levels would lose the small ones)",
-            "MaxPool/Resize/Slice": "pooling and knot interpolation stay FP32",
+            "MaxPool/Slice/GatherND/Transpose": "pooling and the linear interpolation of the forecast knots stay FP32",
         },
     ),
     "reservoir": Policy(
@@ -703,10 +703,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["seconds"] = {"calibration_sets": round(calib_s, 3), "evaluate": round(time.perf_counter() - t2, 3)}
     common.write_json(report_path, report)
     missed = [n for n, a in accuracy.items() if not a["met"]]
+    quantized = [n for n in names if models_report[n]["quantized"]]
+    copies = [n for n in names if not models_report[n]["quantized"]]
+    attempts = [n for n in names if "int8_attempt" in models_report[n]]
     print(
-        f"INT8 Q/DQ models for {', '.join(names)}; goals "
-        + (f"MISSED by {', '.join(missed)}" if missed else "met by all")
-        + f"; report {report_path}"
+        f"INT8 Q/DQ: {', '.join(quantized) or 'none'}; FP32 copies: {', '.join(copies) or 'none'}"
+        + (f" (INT8 attempt missed its goal: {', '.join(attempts)})" if attempts else "")
+        + f"; accuracy goals {'MISSED by ' + ', '.join(missed) if missed else 'met'}; report {report_path}"
     )
     return 0
 

@@ -34,7 +34,7 @@ PROG = "export.benchmark"
 BATCHES = (1, 64)
 RUNTIMES = ("torch", "ort_fp32", "ort_int8")
 # (seconds per measurement, most calls, fewest calls, warm-up calls)
-FULL = (2.0, 1000, 5, 3)
+FULL = (1.0, 1000, 5, 3)
 SMALL = (0.05, 5, 2, 1)
 
 

@@ -13,6 +13,8 @@ plans were skipped and exits 0; `--target gpu` prints the same line and exits 1.
   like the FP16 one, and the provenance says so.
 - One optimisation profile per plan: min batch 1, opt = the largest
   `preferred_batch_size` of `<repo>/<model>/config.pbtxt`, max = its `max_batch_size`.
+- Similarity: the GEMM, top-k and rerank layers keep FP32 outputs (precision constraints):
+  FP16 scores would reorder near-tied items of the top-k.
 - A timing cache at `<artifacts>/tensorrt/tensorrt.timing.cache` is loaded before
   and saved after every build.
 - Beside each plan, `<plan>.provenance.json`: TensorRT version, GPU name, compute
@@ -51,6 +53,7 @@ PROG = "export.build_engine"
 WORKSPACE_BYTES = 4 << 30
 PROVENANCE_SUFFIX = ".provenance.json"
 TIMING_CACHE = "tensorrt.timing.cache"
+FP32_LAYER_PREFIXES = ("rerank/",)  # calibration's exact FP32 rerank of the INT8 shortlist (similarity)
 HINT = "build them in the TensorRT container with `make export TARGET=gpu`"
 
 
@@ -223,6 +226,9 @@ class EngineBuilder:
         config.set_flag(trt.BuilderFlag.FP16)
         if int8:
             config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ: no calibrator
+        fp32_layers = self.constrain_scores_to_fp32(network)
+        if fp32_layers:
+            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
 
         t0 = time.perf_counter()
         serialized = self.builder.build_serialized_network(network, config)
@@ -233,7 +239,25 @@ class EngineBuilder:
         self.timing_cache.parent.mkdir(parents=True, exist_ok=True)
         self.timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
         log.info("%s: %d bytes in %.1fs", plan_path, plan_path.stat().st_size, seconds)
-        return {"build_s": round(seconds, 3), "profile": {"min": lo, "opt": opt, "max": hi}}
+        return {"build_s": round(seconds, 3), "profile": {"min": lo, "opt": opt, "max": hi}, "fp32_layers": fp32_layers}
+
+    def constrain_scores_to_fp32(self, network: Any) -> list[str]:
+        """Similarity scores stay FP32 from the GEMM to the top-k: the gap between the 10th and 11th best score
+        (~7e-4 at full size) is about one FP16 step at 0.66, so FP16 scores would reorder the top-k."""
+        trt = self.trt
+        kinds = (trt.LayerType.MATRIX_MULTIPLY, trt.LayerType.TOPK)
+        names = []
+        layers = [network.get_layer(i) for i in range(network.num_layers)]
+        if not any(layer.type == trt.LayerType.TOPK for layer in layers):
+            return names
+        for layer in layers:
+            if layer.type in kinds or layer.name.startswith(FP32_LAYER_PREFIXES):
+                for j in range(layer.num_outputs):
+                    if layer.get_output(j).dtype in (trt.float32, trt.float16):
+                        layer.set_output_type(j, trt.float32)
+                names.append(layer.name)
+        log.info("FP32 outputs kept for %d layers (scores before top-k)", len(names))
+        return names
 
 
 def build_model(

@@ -99,13 +99,20 @@ def sha256_files(paths: Iterable[Path]) -> str:
 
 
 def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
-    """max|actual - reference| / max(max|reference|, TINY): one number per output tensor."""
+    """max|actual - reference| / max(max|reference|, TINY): one number per output tensor.
+
+    Non-finite values count as equal only where both sides hold the same infinity; a NaN anywhere,
+    or an infinity on one side only, makes the error infinite (never NaN, which compares as passing)."""
     a = np.asarray(actual, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
     if a.shape != r.shape:
         return float("inf")
-    if r.size == 0:
+    finite = np.isfinite(a) & np.isfinite(r)
+    if not np.array_equal(a[~finite], r[~finite]) or np.isnan(a).any() or np.isnan(r).any():
+        return float("inf")
+    if not finite.any():
         return 0.0
+    a, r = a[finite], r[finite]
     return float(np.max(np.abs(a - r)) / max(float(np.max(np.abs(r))), TINY))
 
 

@@ -81,7 +81,7 @@ def fake_tensorrt(serialized: bytes | None) -> mock.MagicMock:
     trt = mock.MagicMock(name="tensorrt")
     trt.__version__ = "10.5.0"
     network = trt.Builder.return_value.create_network.return_value
-    network.num_inputs, network.num_outputs = 1, 1
+    network.num_inputs, network.num_outputs, network.num_layers = 1, 1, 0
     network.get_input.return_value.name = "window"
     network.get_input.return_value.shape = (-1, spec.INPUT_SIZE)
     trt.OnnxParser.return_value.parse_from_file.return_value = True
@@ -146,3 +146,29 @@ def test_parser_errors_are_logged_one_by_one(tmp_path: Path, monkeypatch, caplog
 def test_the_module_imports_without_tensorrt() -> None:
     assert "tensorrt" not in build_engine.__dict__
     assert "polygraphy run" in build_engine.__doc__
+
+
+def test_similarity_scores_are_kept_fp32_up_to_the_top_k(tmp_path: Path, monkeypatch) -> None:
+    trt = fake_tensorrt(b"x")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+
+    def layer(name: str, kind) -> mock.MagicMock:
+        lay = mock.MagicMock(num_outputs=1, type=kind)
+        lay.name = name
+        lay.get_output.return_value.dtype = trt.float32
+        return lay
+
+    layers = [
+        layer("/ReduceL2", trt.LayerType.REDUCE),
+        layer("/MatMul", trt.LayerType.MATRIX_MULTIPLY),
+        layer("/TopK", trt.LayerType.TOPK),
+        layer("rerank/Gather", trt.LayerType.GATHER),
+    ]
+    network = mock.MagicMock(num_layers=len(layers))
+    network.get_layer.side_effect = layers.__getitem__
+    builder = build_engine.EngineBuilder(tmp_path / build_engine.TIMING_CACHE)
+    assert builder.constrain_scores_to_fp32(network) == ["/MatMul", "/TopK", "rerank/Gather"]
+    layers[1].set_output_type.assert_called_once_with(0, trt.float32)
+    layers[0].set_output_type.assert_not_called()
+    network.num_layers = 1  # no top-k: nothing constrained
+    assert builder.constrain_scores_to_fp32(network) == []
