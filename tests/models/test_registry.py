@@ -66,7 +66,10 @@ def test_cli_rejects_an_unwritable_out_dir(tmp_path, capsys):
     assert err.startswith("error:") and "\n" not in err
 
 
-def test_cli_rejects_a_bad_flag():
+@pytest.mark.parametrize("argv", [["--out", "x", "--n-items", "3"], ["--out", "x", "--bogus"], []])
+def test_cli_rejects_bad_flags_in_one_line(argv, capsys):
     with pytest.raises(SystemExit) as e:
-        train.parse_args(["--out", "x", "--n-items", "3"])
+        train.parse_args(argv)
     assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
