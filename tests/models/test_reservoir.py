@@ -101,7 +101,8 @@ def test_readout_is_the_closed_form_ridge_solution():
     cfg = ReservoirConfig(units=80, density=0.1, seed=1)
     train, val = series[:, :1500], series[:, 1500:2300]
     vx, vy = data.windows_from_series(val)
-    m = fit_reservoir(cfg, train, vx, vy, n_windows=100)
+    m, val_forecast = fit_reservoir(cfg, train, vx, vy, n_windows=100)
+    np.testing.assert_allclose(val_forecast, m.predict(vx).numpy(), rtol=1e-4)
 
     # The features of the zero-start train windows the readout was fitted on, and the normal equations in numpy.
     x, y = data.windows_from_series(train)
