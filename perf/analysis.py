@@ -30,6 +30,12 @@ def load_records(run_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "runs").rglob("*.json"))]
 
 
+def load_errors(run_dir: Path) -> dict[str, str]:
+    """Points perf_analyzer could not measure: {stem: message}."""
+    d = Path(run_dir) / "errors"
+    return {p.stem: p.read_text().strip() for p in sorted(d.glob("*.txt"))} if d.is_dir() else {}
+
+
 def _read(path: Path, default=None):
     return json.loads(path.read_text()) if path.is_file() else default
 
@@ -59,6 +65,7 @@ def flat(rec: dict) -> dict:
         else None,
         "cache_hits": server.get("cache_hits", 0),
         "stable": rec.get("stable", True),
+        "load": rec.get("loadavg_1min"),
         "composing": {m: s.get("avg_batch") for m, s in rec.get("server", {}).items() if m != p["model"]},
     }
 
@@ -236,7 +243,14 @@ def goals(models: dict, budget_ms: float, load: list[float] | None) -> list[dict
             f"Server execution per row: {_fmt(per_row_off, ' ms')} at batch 1 vs {_fmt(per_row_on, ' ms')} batched"
         )
         if per_row_on and per_row_off:
-            reason += f" ({per_row_off / per_row_on:.1f}x cheaper per row)"
+            gain = per_row_off / per_row_on
+            reason += f" ({gain:.1f}x cheaper per row)"
+            if v < min(gain, DYNBATCH_GOAL):
+                reason += (
+                    "; throughput rose less than per-row compute fell: per-request costs that batching does not "
+                    "share (gRPC, the python backend's per-request tensors, perf_analyzer's own client on the same "
+                    "cores) bound it"
+                )
         if v < DYNBATCH_GOAL:
             reason += (
                 "; batching can only help as much as a batched execution is cheaper per row than batch 1"
@@ -348,10 +362,12 @@ def summarize(run_dir: Path, budget_ms: float = BUDGET_MS) -> dict:
         "machine": env.get("machine", {}),
         "machine_end": env.get("machine_end", {}),
         "versions": env.get("versions", {}),
+        "configs": env.get("configs", {}),
         "budget_ms": budget_ms,
         "models": models,
         "stream": stream_summary(records),
         "extras": extras,
+        "errors": load_errors(run_dir),
         "goals": _thresholds(goals(models, budget_ms, load)),
     }
     summary["ratios"] = gated_ratios(summary)

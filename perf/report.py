@@ -219,8 +219,11 @@ def plot_search(search: dict, path: Path) -> Path:
 
 
 def _point_table(pts: list[dict], x: str = "concurrency") -> list[str]:
-    head = f"| {x} | batch | infer/s | p50 ms | p99 ms | avg server batch | queue ms | compute ms | network+send/recv ms | stable |"
-    out = [head, "|" + "---|" * 10]
+    head = (
+        f"| {x} | batch | infer/s | p50 ms | p99 ms | avg server batch | queue ms | compute ms | "
+        "network+send/recv ms | stable | load (1 min) |"
+    )
+    out = [head, "|" + "---|" * 11]
     for f in pts:
         b = f["breakdown_us"]
         comp = (b.get("compute_input", 0) + b.get("compute_infer", 0) + b.get("compute_output", 0)) / 1000
@@ -228,13 +231,20 @@ def _point_table(pts: list[dict], x: str = "concurrency") -> list[str]:
         out.append(
             f"| {xv} | {f['batch_size']} | {_f(f['throughput'])} | {_f(f['p50_ms'], 2)} | {_f(f['p99_ms'], 2)} | "
             f"{_f(f['avg_batch'])} | {_f(b.get('queue', 0) / 1000, 2)} | {_f(comp, 2)} | {_f(b.get('network', 0) / 1000, 2)} | "
-            f"{'yes' if f['stable'] else 'no'} |"
+            f"{'yes' if f['stable'] else 'no'} | {_f(f.get('load'))} |"
         )
     return out
 
 
-def _model_section(name: str, m: dict, fig: str | None, budget: float) -> list[str]:
+def _model_section(name: str, m: dict, fig: str | None, budget: float, config: dict | None = None) -> list[str]:
     out = [f"### {name}", ""]
+    if config:
+        out += [
+            f"Served with the committed `configs/cpu.pbtxt`: {config['instances']} instance(s) x {config['threads']} "
+            f"intra-op thread(s), max queue delay {config['delay_us']} µs, preferred batch sizes "
+            f"{config['preferred'] or 'none'} (response cache off for the measurement).",
+            "",
+        ]
     if fig:
         out += [f"![{name}: latency vs throughput]({fig})", ""]
     c1, knee, peak, ch = m.get("c1"), m.get("knee"), m.get("peak"), m.get("chosen")
@@ -402,12 +412,15 @@ def render(summary: dict, figures: dict[str, str], search: dict | None) -> str:
             "–" if g["value"] is None else (f"{100 * g['value']:.0f} %" if "%" in g["target"] else f"{g['value']:.2f}")
         )
         out.append(f"| {g['model']} | {g['goal']} | {g['target']} | {value} | {STATE[g['met']]} | {g['reason']} |")
+    if summary.get("errors"):
+        out += ["", f"{len(summary['errors'])} point(s) could not be measured:", ""]
+        out += [f"- `{k}`: {v.splitlines()[-1][:300]}" for k, v in summary["errors"].items()]
     out += ["", "## Ratios watched by the regression gate", "", "| ratio | value |", "|---|---|"]
     out += [f"| {k} | {v:.3f} |" for k, v in summary["ratios"].items()]
     out += ["", "## Per model", ""]
     for name, m in summary["models"].items():
         if m.get("sweep"):
-            out += _model_section(name, m, figures.get(name), budget)
+            out += _model_section(name, m, figures.get(name), budget, summary.get("configs", {}).get(name))
     stream = summary.get("stream")
     if stream:
         out += [

@@ -4,12 +4,15 @@
     python -m perf.run --repo build/test/model_repository --artifacts build/test/artifacts --quick
 
 1. Input data files from the project's data (perf/inputs.py), one per kind of request.
-2. A real tritonserver over a copy of the repository with the response cache off (every request is
-   computed; `recommend_cached` keeps it on), every scenario of perf/scenarios/ run point by point with
-   perf_analyzer (raw CSV + JSON per point), the shared-memory comparison and the 1,000-asset timing.
-3. A second server whose cpu configs have no dynamic_batching: the batching-off points.
-4. With no server running: PyTorch eager batch 1, ONNX Runtime FP32 / INT8 in-process at batch 1, at the
-   batch the server formed and at 64, and ONNX Runtime's op profile at batch 64.
+2. Two real tritonservers over copies of the repository with the response cache off (every request is
+   computed; `recommend_cached` keeps it on): the cpu configs as committed, and the same configs
+   without dynamic_batching.
+3. Every scenario of perf/scenarios/ point by point with perf_analyzer (raw CSV + JSON per point). For
+   nhits, reservoir and similarity the sweep is followed at once by the batching-off points and the
+   in-process baselines (PyTorch eager batch 1; ONNX Runtime FP32 / INT8 at batch 1, at the batch the
+   server formed and at 64; ONNX Runtime's op profile at 64), while both servers sit idle, so the two
+   sides of each ratio are minutes, not a whole run, apart.
+4. The shared-memory comparison and the 1,000-asset timing (clients helpers).
 5. summary.json (ratios, goals) and the report (perf/report.md + PNGs).
 
 Results go to perf/results/<run id>/ with `perf/results/latest` pointing at the newest.
@@ -18,6 +21,7 @@ Results go to perf/results/<run id>/ with `perf/results/latest` pointing at the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -96,37 +100,66 @@ def served_repository(repo: Path, dst: Path, scenarios: list[sc.Scenario]) -> Pa
     return repos.copy_repository(repo, dst, edit=repos.cache_off, variants=variants)
 
 
-def run_scenarios(server, scenarios, args, run_dir: Path, files: dict, measurement, key: str, repo: Path) -> None:
-    urls = {"grpc": server.grpc_url, "http": server.http_url}
+def measure(point: analyzer.Point, urls: dict, out: Path, key: str, stats: tuple[str, ...]) -> dict | None:
+    """One point; a failed point is logged and recorded (errors/) without ending the run."""
+    try:
+        return analyzer.run_point(point, urls, out, key=key, stats_models=stats)
+    except analyzer.AnalyzerError as exc:
+        log.error("%s", exc)
+        errors = out.parent.parent / "errors"
+        errors.mkdir(exist_ok=True)
+        (errors / f"{point.stem}.txt").write_text(str(exc) + "\n")
+        return None
+
+
+def batching_off_repository(args, run_dir: Path, scenarios: list[sc.Scenario]) -> Path | None:
+    todo = [s.model for s in scenarios if s.batching_off]
+    if not todo or args.skip_batching_off:
+        return None
+    return repos.copy_repository(args.repo, run_dir / "repos" / "batching-off", models=todo, edit=repos.batching_off)
+
+
+def run_scenarios(served, off, scenarios, args, run_dir: Path, measurement, key: str, repo: Path, phases: dict) -> None:
+    """Each scenario in turn. For a model with goals the two sides of each ratio are measured back to back
+    (sweep, then the same concurrencies without dynamic batching, then the in-process baselines), so that
+    the load other work puts on the shared cores moves both sides alike."""
+    urls = {"grpc": served.grpc_url, "http": served.http_url}
+    files: dict = {}
+    baselines_out: dict = {}
+    warm: set[str] = set()
     for s in scenarios:
         log.info("scenario %s: %s", s.name, s.about)
         peak = None
         for i, run in enumerate(s.runs):
+            t0 = time.monotonic()
             model = s.run_model(run)
             data = input_file(s.run_input(run), args.artifacts, args.repo, run_dir / "inputs", files)
             m = s.measurement if measurement is None else measurement
             stats = composing(repo, model)
-            for point in sc.points(s, run, data, m, peak, args.quick):
-                rec = analyzer.run_point(point, urls, run_dir / "runs" / s.name, key=key, stats_models=stats)
-                if i == 0:
+            pts = sc.points(s, run, data, m, peak, args.quick)
+            if pts and model not in warm:
+                analyzer.warmup(pts[0], urls, 16 if args.quick else 64)
+                warm.add(model)
+            for point in pts:
+                rec = measure(point, urls, run_dir / "runs" / s.name, key, stats)
+                if i == 0 and rec:
                     peak = max(peak or 0.0, rec["row"]["throughput"])
-
-
-def run_batching_off(scenarios, args, run_dir: Path, files: dict, measurement, key: str) -> None:
-    todo = [s for s in scenarios if s.batching_off]
-    if not todo:
-        return
-    repo = repos.copy_repository(
-        args.repo, run_dir / "repos" / "batching-off", models=[s.model for s in todo], edit=repos.batching_off
-    )
-    with repos.serve(repo, run_dir / "server-batching-off") as server:
-        urls = {"grpc": server.grpc_url, "http": server.http_url}
-        for s in todo:
-            run = {"name": "batching_off", "protocol": "grpc", "concurrency": s.batching_off["concurrency"]}
-            data = input_file(s.input_data, args.artifacts, args.repo, run_dir / "inputs", files)
-            m = s.measurement if measurement is None else measurement
-            for point in sc.points(s, run, data, m, None, args.quick):
-                analyzer.run_point(point, urls, run_dir / "runs" / s.name, key=key)
+            phases["served"] = phases.get("served", 0.0) + time.monotonic() - t0
+            if i == 0 and off is not None and s.batching_off:
+                t0 = time.monotonic()
+                off_urls = {"grpc": off.grpc_url, "http": off.http_url}
+                run_off = {"name": "batching_off", "protocol": "grpc", "concurrency": s.batching_off["concurrency"]}
+                off_pts = sc.points(s, run_off, data, m, None, args.quick)
+                if off_pts:
+                    analyzer.warmup(off_pts[0], off_urls, 16 if args.quick else 64)
+                for point in off_pts:
+                    measure(point, off_urls, run_dir / "runs" / s.name, key, (point.model,))
+                phases["batching_off"] = phases.get("batching_off", 0.0) + time.monotonic() - t0
+            if i == 0 and s.baselines and not args.skip_baselines:
+                t0 = time.monotonic()
+                baselines_out[s.model] = baseline_for(s, args, run_dir)
+                (run_dir / "baselines.json").write_text(json.dumps(baselines_out, indent=2) + "\n")
+                phases["baselines"] = phases.get("baselines", 0.0) + time.monotonic() - t0
 
 
 def extras(server, args, key: str) -> dict:
@@ -192,40 +225,34 @@ def int8_accuracy(artifacts: Path, name: str) -> dict | None:
     return {"met": bool(acc.get("met")), "reason": acc.get("reason", ""), "goal": acc.get("goal")} if acc else None
 
 
-def run_baselines(scenarios, args, run_dir: Path) -> dict:
-    out: dict = {}
+def baseline_for(s: sc.Scenario, args, run_dir: Path) -> dict:
+    """In-process baselines of one scenario's model on the scenario's input data."""
     secs = 0.5 if args.quick else args.baseline_seconds
-    for s in scenarios:
-        if not s.baselines:
-            continue
-        name = s.model
-        rows = inputs.arrays_for(s.input_data["kind"], args.artifacts, args.repo, int(s.input_data.get("n", 512)))
-        entry: dict = {"int8_accuracy": int8_accuracy(args.artifacts, name)}
-        if "eager" in s.baselines:
-            entry["eager"] = baselines.eager(name, args.artifacts, rows, secs).as_dict()
-        if "ort" in s.baselines:
-            threads = baselines.config_threads(args.repo, name)
-            b = served_batch(run_dir, name, args.budget_ms)
-            entry["served_batch"] = b
-            entry["ort"] = {}
-            for precision, filename in (("fp32", spec.ONNX_FP32), ("int8", spec.ONNX_INT8)):
-                if not (spec.version_dir(name, args.repo) / filename).is_file():
-                    log.warning("%s: no %s, no %s baseline", name, filename, precision)
-                    continue
-                entry["ort"][precision] = {
-                    str(batch): baselines.ort(name, args.repo, precision, rows, batch, secs, threads).as_dict()
-                    for batch in sorted({1, b, analysis.INT8_BATCH})
-                }
-            if set(entry["ort"]) == {"fp32", "int8"}:
-                entry["op_profile"] = {
-                    p: baselines.op_profile(
-                        name, args.repo, p, rows, analysis.INT8_BATCH, threads, 3 if args.quick else 10
-                    )
-                    for p in ("fp32", "int8")
-                }
-        out[name] = entry
-    (run_dir / "baselines.json").write_text(json.dumps(out, indent=2) + "\n")
-    return out
+    name = s.model
+    rows = inputs.arrays_for(s.input_data["kind"], args.artifacts, args.repo, int(s.input_data.get("n", 512)))
+    entry: dict = {"int8_accuracy": int8_accuracy(args.artifacts, name)}
+    if "eager" in s.baselines:
+        entry["eager"] = baselines.eager(name, args.artifacts, rows, secs).as_dict()
+    if "ort" in s.baselines:
+        threads = baselines.config_threads(args.repo, name)
+        b = served_batch(run_dir, name, args.budget_ms)
+        entry["served_batch"] = b
+        entry["ort"] = {}
+        for precision, filename in (("fp32", spec.ONNX_FP32), ("int8", spec.ONNX_INT8)):
+            if not (spec.version_dir(name, args.repo) / filename).is_file():
+                log.warning("%s: no %s, no %s baseline", name, filename, precision)
+                continue
+            entry["ort"][precision] = {
+                str(batch): baselines.ort(name, args.repo, precision, rows, batch, secs, threads).as_dict()
+                for batch in sorted({1, b, analysis.INT8_BATCH})
+            }
+        if set(entry["ort"]) == {"fp32", "int8"}:
+            runs = 3 if args.quick else 10
+            entry["op_profile"] = {
+                p: baselines.op_profile(name, args.repo, p, rows, analysis.INT8_BATCH, threads, runs)
+                for p in ("fp32", "int8")
+            }
+    return entry
 
 
 def check_exported(repo: Path, scenarios: list[sc.Scenario]) -> list[str]:
@@ -289,26 +316,23 @@ def main(argv: list[str] | None = None) -> int:
         },
         "machine": environment.machine(),
         "versions": environment.versions(perf_analyzer=pa_version),
+        "configs": served_configs(args.repo, scenarios),
     }
     (run_dir / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     phases: dict[str, float] = {}
     t0 = time.monotonic()
-    files: dict = {}
-    served = served_repository(args.repo, run_dir / "repos" / "served", scenarios)
-    with repos.serve(served, run_dir / "server-served") as server:
-        env["versions"]["tritonserver"] = repos.server_version(server.http_url)
-        run_scenarios(server, scenarios, args, run_dir, files, measurement, key, served)
-        more = {} if args.skip_extras else extras(server, args, key)
+    served_repo = served_repository(args.repo, run_dir / "repos" / "served", scenarios)
+    off_repo = batching_off_repository(args, run_dir, scenarios)
+    with contextlib.ExitStack() as stack:
+        served = stack.enter_context(repos.serve(served_repo, run_dir / "server-served"))
+        off = stack.enter_context(repos.serve(off_repo, run_dir / "server-batching-off")) if off_repo else None
+        env["versions"]["tritonserver"] = repos.server_version(served.http_url)
+        phases["servers_start"] = time.monotonic() - t0
+        run_scenarios(served, off, scenarios, args, run_dir, measurement, key, served_repo, phases)
+        t1 = time.monotonic()
+        more = {} if args.skip_extras else extras(served, args, key)
+        phases["extras"] = time.monotonic() - t1
     (run_dir / "extras.json").write_text(json.dumps(more, indent=2) + "\n")
-    phases["served"] = time.monotonic() - t0
-    if not args.skip_batching_off:
-        t1 = time.monotonic()
-        run_batching_off(scenarios, args, run_dir, files, measurement, key)
-        phases["batching_off"] = time.monotonic() - t1
-    if not args.skip_baselines:
-        t1 = time.monotonic()
-        run_baselines(scenarios, args, run_dir)
-        phases["baselines"] = time.monotonic() - t1
     env["run"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     env["run"]["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
     env["machine_end"] = environment.machine()
@@ -328,6 +352,20 @@ def main(argv: list[str] | None = None) -> int:
         value = "n/a" if g["value"] is None else f"{g['value']:.2f}"
         print(f"  {state:6s} {g['model']:12s} {g['goal']}: {value} (goal {g['target']})")
     return 0
+
+
+def served_configs(repo: Path, scenarios: list[sc.Scenario]) -> dict:
+    """The committed cpu-config settings each measured model was served with."""
+    from dataclasses import asdict
+
+    from perf.search import committed
+
+    out = {}
+    for s in scenarios:
+        if (repo / s.model / "configs" / "cpu.pbtxt").is_file():
+            g = committed(repo, s.model)
+            out[s.model] = {**asdict(g), "preferred": list(g.preferred)}
+    return out
 
 
 def _n_items(artifacts: Path) -> int | None:

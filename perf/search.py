@@ -118,6 +118,8 @@ def measure(model: str, g: Grid, args, out_dir: Path, data: Path, key: str, tag:
     points = []
     with repos.serve(repo, out_dir / "servers" / tag) as server:
         urls = {"grpc": server.grpc_url, "http": server.http_url}
+        first = analyzer.Point(model=model, label="warmup", concurrency=1, input_data=str(data))
+        analyzer.warmup(first, urls, 16 if args.quick else 64)
         for c in args.concurrency:
             point = analyzer.Point(
                 model=model, label=f"{model}.{tag}", concurrency=c, input_data=str(data), measurement=args.measurement
