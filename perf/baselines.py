@@ -169,3 +169,50 @@ def op_profile(
             per_op[op] = per_op.get(op, 0.0) + float(e.get("dur", 0))
     total = sum(per_op.values()) or 1.0
     return {op: round(100 * t / total, 1) for op, t in sorted(per_op.items(), key=lambda kv: -kv[1])}
+
+
+def paired(name: str, repo: Path, rows: dict[str, np.ndarray], batch: int, seconds: float, threads: int) -> dict:
+    """FP32 and INT8 ONNX Runtime sessions called alternately on the same inputs, so that both see the same
+    load from other work on the shared cores: {"fp32": Timing, "int8": Timing} as dicts."""
+    sessions = {
+        p: ort_session(spec.version_dir(name, repo) / f, threads)
+        for p, f in (("fp32", spec.ONNX_FP32), ("int8", spec.ONNX_INT8))
+    }
+    outputs = [t.name for t in spec.MODELS[name].outputs]
+    feeds = batches_of(rows, batch)
+    for sess in sessions.values():
+        for f in feeds[:3]:
+            sess.run(outputs, f)
+    lat: dict[str, list[float]] = {p: [] for p in sessions}
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds or i < 5:
+        order = list(sessions) if i % 2 == 0 else list(reversed(sessions))
+        for p in order:
+            t0 = time.perf_counter()
+            sessions[p].run(outputs, feeds[i % len(feeds)])
+            lat[p].append(time.perf_counter() - t0)
+        i += 1
+    out = {}
+    for p, values in lat.items():
+        ms = np.asarray(values) * 1e3
+        out[p] = Timing(
+            f"{name} ort-{p} (paired)",
+            batch,
+            len(values),
+            round(float(ms.sum()) / 1e3, 3),
+            len(values) * batch / (float(ms.sum()) / 1e3),
+            float(np.percentile(ms, 50)),
+            float(np.percentile(ms, 99)),
+            threads,
+        ).as_dict()
+    log.info(
+        "%-28s batch %4d: INT8 / FP32 p50 = %.2f (%.3f / %.3f ms, %d pairs)",
+        f"{name} paired",
+        batch,
+        out["int8"]["p50_ms"] / out["fp32"]["p50_ms"],
+        out["int8"]["p50_ms"],
+        out["fp32"]["p50_ms"],
+        i,
+    )
+    return out

@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no baseline {args.baseline}: write one with `python -m perf.gate --update`", file=sys.stderr)
         return 2
     baseline = json.loads(args.baseline.read_text())
+    mach = summary.get("machine", {})
+    load, cores = (mach.get("loadavg") or [None])[0], mach.get("nproc")
+    if load is not None and cores and load > cores:
+        print(f"warning: the run started at load average {load:g} on {cores} cores: its ratios carry that noise")
+    if summary.get("run", {}).get("quick"):
+        print("warning: a --quick run (short windows, fewer points) is compared with a full-run baseline")
     rows = compare(baseline, ratios, args.tolerance)
     width = max((len(r["name"]) for r in rows), default=10)
     for r in rows:

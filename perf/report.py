@@ -319,6 +319,12 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
                 out.append(
                     f"| ORT {p.upper()} | {b} | {_f(t['throughput'])} | {_f(t['p50_ms'], 2)} | {_f(t['p99_ms'], 2)} |"
                 )
+        for b, pair in (m.get("int8_pairs") or {}).items():
+            for p, t in pair.items():
+                out.append(
+                    f"| ORT {p.upper()}, alternating with the other | {b} | {_f(t['throughput'])} | "
+                    f"{_f(t['p50_ms'], 2)} | {_f(t['p99_ms'], 2)} |"
+                )
         out.append("")
     out += ["gRPC concurrency sweep:", ""] + _point_table(m["sweep"]) + [""]
     for run, title, x in (

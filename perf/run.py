@@ -247,6 +247,10 @@ def baseline_for(s: sc.Scenario, args, run_dir: Path) -> dict:
                 for batch in sorted({1, b, analysis.INT8_BATCH})
             }
         if set(entry["ort"]) == {"fp32", "int8"}:
+            entry["int8_paired"] = {
+                str(batch): baselines.paired(name, args.repo, rows, batch, secs, threads)
+                for batch in (1, analysis.INT8_BATCH)
+            }
             runs = 3 if args.quick else 10
             entry["op_profile"] = {
                 p: baselines.op_profile(name, args.repo, p, rows, analysis.INT8_BATCH, threads, runs)
