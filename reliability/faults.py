@@ -1,0 +1,377 @@
+"""Fault scenarios against a real tritonserver under load; each returns a dict of what happened.
+
+    python -m reliability.faults --repo build/test/model_repository --artifacts build/test/artifacts
+    python -m reliability.faults --scenarios stub_kill,restart --out build/reliability
+
+- `stub_kill`: SIGKILL the python backend stub of one model while clients load it and the ensemble that
+  uses it. Records what the in-flight requests got, every error message, whether Triton started a new
+  stub by itself, and (with the StubWatchdog, in explicit model-control mode) the time until the model
+  answered correctly again.
+- `restart`: stop the server (SIGTERM) and start it again on the same ports while clients that retry
+  unreachable-server errors for up to `retry_s` keep sending. Every request must end in a correct answer
+  or an explicit error, never a wrong answer; records the downtime and what the clients saw.
+- `bad_artifacts`: a repository copy where one model's ONNX file is missing and another's is corrupt;
+  the server still starts, serves the healthy model correctly, reports the broken ones (and the
+  ensemble that needs them) through `unavailable_models()` with Triton's reason naming the file, and
+  `serving.integrity.verify_repository` names both files.
+
+The tests in tests/reliability/test_faults.py run these with short durations; the CLI writes
+`<out>/faults.json` for RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import threading
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from models import spec
+from reliability import procs
+from reliability.load import ERROR, OK, WRONG, Endpoint, Mix, Record, run_load, summarize
+from reliability.reference import Workload, build_workload
+from reliability.watchdog import EXPLICIT_FLAGS, StubWatchdog
+
+log = logging.getLogger("reliability.faults")
+
+# Which targets send work to a model (itself and the ensembles it is a step of).
+USERS = {
+    "nhits": ("nhits", "forecast"),
+    "reservoir": ("reservoir", "forecast"),
+    "forecast_blend": ("forecast_blend", "forecast"),
+    "user_embedding": ("user_embedding", "recommend"),
+    "similarity": ("similarity", "recommend"),
+    "reservoir_stream": ("reservoir_stream",),
+}
+ENSEMBLE_STEPS = {"forecast": ("nhits", "reservoir", "forecast_blend"), "recommend": ("user_embedding", "similarity")}
+
+
+def make_server(repo: Path, run_dir: Path, extra_args: list[str] | None = None, verify: bool = True):
+    """A TritonServer on free loopback ports (`verify=False` skips the artifact check once it is wired)."""
+    from serving.server import TritonServer, free_port
+
+    kwargs = {}
+    names = {f.name for f in fields(TritonServer)}
+    if "verify" in names:
+        kwargs["verify"] = verify
+    return TritonServer(
+        repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        run_dir=run_dir,
+        extra_args=list(extra_args or []),
+        **kwargs,
+    )
+
+
+def copy_repo(src: Path, dest: Path, models: tuple[str, ...]) -> Path:
+    """A repository with only `models` (configs and artifacts) copied from `src`, with its own integrity
+    manifest (so a server that verifies artifacts before starting accepts it)."""
+    from serving import integrity
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for m in models:
+        shutil.copytree(src / m, dest / m, dirs_exist_ok=True)
+    integrity.write_manifest(dest)
+    return dest
+
+
+def _background_load(
+    workload: Workload, endpoint: Endpoint, seconds: float, workers: int, mix: Mix, t0: float, retry_s: float = 0.0
+):
+    box: dict = {}
+
+    def go() -> None:
+        box["run"] = run_load(workload, endpoint, seconds, workers, mix=mix, t0=t0, retry_s=retry_s)
+
+    thread = threading.Thread(target=go, daemon=True, name="fault-load")
+    thread.start()
+    return thread, box
+
+
+def _in_flight(records: list[Record], at: float) -> list[Record]:
+    return [r for r in records if r.t <= at <= r.t + r.latency]
+
+
+def _first_ok_after(records: list[Record], at: float, targets: tuple[str, ...]) -> float | None:
+    done = [r.t + r.latency for r in records if r.outcome == OK and r.t > at and r.target in targets]
+    return round(min(done) - at, 3) if done else None
+
+
+def stub_kill(
+    server,
+    workload: Workload,
+    model: str,
+    before_s: float = 2.0,
+    after_s: float = 6.0,
+    workers: int = 4,
+    watchdog: StubWatchdog | None = None,
+) -> dict:
+    """Kill `model`'s stub `before_s` into a load of its users; observe for `after_s` more."""
+    targets = tuple(t for t in USERS[model] if t in workload.targets)
+    mix = Mix({t: 1.0 for t in targets}, http_share=0.25)
+    endpoint = Endpoint(server.grpc_url, server.http_url, timeout_s=30.0)
+    t0 = time.monotonic()
+    thread, box = _background_load(workload, endpoint, before_s + after_s, workers, mix, t0)
+    time.sleep(before_s)
+    victim = procs.kill_stub(server.process.pid, model)
+    t_kill = time.monotonic() - t0
+    log.info("killed stub %s (pid %d) at %.2f s", victim.instance, victim.pid, t_kill)
+    restarted_at = None
+    while thread.is_alive():
+        live = procs.stubs(server.process.pid)
+        if restarted_at is None and victim.instance in live and live[victim.instance].pid != victim.pid:
+            restarted_at = round(time.monotonic() - t0 - t_kill, 3)
+        thread.join(timeout=0.1)
+    records = box["run"].records
+    after = [r for r in records if r.t > t_kill]
+    live = procs.stubs(server.process.pid)
+    ok_after = [r for r in after if r.outcome == OK]
+    return {
+        "model": model,
+        "targets": list(targets),
+        "killed": {"instance": victim.instance, "pid": victim.pid, "at_s": round(t_kill, 3)},
+        "watchdog": watchdog is not None,
+        "in_flight": [
+            {"target": r.target, "outcome": r.outcome, "detail": r.detail, "latency_s": round(r.latency, 3)}
+            for r in _in_flight(records, t_kill)
+        ],
+        "stub_restarted_after_s": restarted_at,
+        "stub_alive_at_end": victim.instance in live,
+        "model_ready_at_end": _ready(server, model),
+        "first_correct_answer_after_kill_s": _first_ok_after(records, t_kill, targets),
+        "last_error_after_kill_s": round(
+            max((r.t + r.latency for r in after if r.outcome == ERROR), default=t_kill) - t_kill, 3
+        ),
+        "answers_after_kill": {
+            "ok": len(ok_after),
+            "errors": sum(r.outcome == ERROR for r in after),
+            "wrong": sum(r.outcome == WRONG for r in after),
+        },
+        "watchdog_events": list(watchdog.events) if watchdog is not None else [],
+        "summary": summarize(records),
+        "records": records,
+    }
+
+
+def _ready(server, model: str) -> bool:
+    import tritonclient.http as httpclient
+
+    c = httpclient.InferenceServerClient(server.http_url)
+    try:
+        return bool(c.is_model_ready(model))
+    except Exception:  # noqa: BLE001 - a server that is down is not ready
+        return False
+    finally:
+        c.close()
+
+
+def start_again(server, limit_s: float = 120.0) -> float:
+    """server.start() on the same ports; returns the seconds spent waiting for them. TritonServer.start refuses a
+    port it cannot bind, and a probe without SO_REUSEADDR cannot bind one whose closed connections are still in
+    TIME_WAIT (up to 60 s after a stop under load) although tritonserver itself could (RELIABILITY.md)."""
+    from serving.server import ServerError
+
+    t = time.monotonic()
+    while True:
+        try:
+            server.start(timeout=300)
+            return round(time.monotonic() - t, 2) if time.monotonic() - t > 0.5 else 0.0
+        except ServerError as exc:
+            if "in use" not in str(exc) or time.monotonic() - t > limit_s:
+                raise
+            time.sleep(1.0)
+
+
+def restart(
+    server,
+    workload: Workload,
+    before_s: float = 2.0,
+    after_s: float = 6.0,
+    workers: int = 4,
+    targets: tuple[str, ...] | None = None,
+    production: bool = True,
+    failover=None,
+    retries: int = 6,
+    retry_s: float = 0.0,
+) -> dict:
+    """Stop and start `server` (same ports) under load. `production`: clients.Client with `retries` and, when
+    `failover` (a second running TritonServer) is given, failover to it; else bare calls retried for `retry_s`."""
+    targets = targets or tuple(workload.targets)
+    mix = Mix({t: 1.0 for t in targets}, http_share=0.25)
+    endpoint = Endpoint(
+        server.grpc_url,
+        server.http_url,
+        timeout_s=30.0,
+        failover=((failover.grpc_url, failover.http_url),) if failover is not None else (),
+        production=production,
+        retries=retries,
+    )
+    t0 = time.monotonic()
+    stop = threading.Event()
+    box: dict = {}
+
+    def go() -> None:  # runs until stopped `after_s` after the server is ready again
+        box["run"] = run_load(workload, endpoint, 3600, workers, mix=mix, t0=t0, retry_s=retry_s, stop=stop)
+
+    thread = threading.Thread(target=go, daemon=True, name="restart-load")
+    thread.start()
+    time.sleep(before_s)
+    t_stop = time.monotonic() - t0
+    server.stop()
+    t_stopped = time.monotonic() - t0
+    port_wait_s = start_again(server)
+    t_ready = time.monotonic() - t0
+    log.info("server stopped in %.2f s, ready again %.2f s after the stop", t_stopped - t_stop, t_ready - t_stop)
+    time.sleep(after_s)
+    stop.set()
+    thread.join()
+    records = box["run"].records
+    across = [r for r in records if r.t <= t_ready and r.t + r.latency >= t_stop]
+    return {
+        "client": "clients.Client" if production else "tritonclient + retry",
+        "failover": failover is not None,
+        "targets": list(targets),
+        "stop_at_s": round(t_stop, 3),
+        "stop_took_s": round(t_stopped - t_stop, 3),
+        "ready_again_after_s": round(t_ready - t_stop, 3),
+        "waited_for_ports_s": port_wait_s,
+        "requests_spanning_the_restart": summarize(across),
+        "retried_requests": sum(1 for r in records if r.retries),
+        "first_correct_answer_after_ready_s": _first_ok_after(records, t_ready, targets),
+        "last_error_s": round(max((r.t + r.latency for r in records if r.outcome == ERROR), default=0.0), 3),
+        "summary": summarize(records),
+        "records": records,
+    }
+
+
+def bad_artifacts(
+    src_repo: Path,
+    work: Path,
+    missing: str = "nhits",
+    corrupt: str = "reservoir",
+    healthy: str = "forecast_blend",
+    workload: Workload | None = None,
+) -> dict:
+    """Start a server over a copy of `src_repo` with `missing`'s ONNX deleted and `corrupt`'s truncated."""
+    from serving import integrity
+
+    repo = copy_repo(src_repo, work / "repo", (missing, corrupt, healthy, "forecast"))  # with its manifest
+    missing_file = spec.version_dir(missing, repo) / spec.ONNX_FP32
+    corrupt_file = spec.version_dir(corrupt, repo) / spec.ONNX_FP32
+    missing_file.unlink()
+    data = corrupt_file.read_bytes()
+    corrupt_file.write_bytes(data[: len(data) // 3] + b"\x00garbage" * 16)
+    problems = integrity.verify_repository(repo)
+    server = make_server(repo, work / "run", verify=False)
+    t = time.monotonic()
+    server.start(timeout=300)
+    started_s = time.monotonic() - t
+    try:
+        unavailable = server.unavailable_models()
+        answer = None
+        if workload is not None and workload.cases.get(healthy):
+            from reliability.load import Caller
+            from reliability.reference import check
+
+            caller = Caller(Endpoint(server.grpc_url, server.http_url))
+            try:
+                case = workload.cases[healthy][0]
+                answer = check(healthy, caller.call("grpc", healthy, case.inputs), case.expected) or "correct"
+            finally:
+                caller.close()
+        log_text = server.log_path.read_text(errors="replace")
+    finally:
+        server.stop()
+    return {
+        "missing_file": str(missing_file),
+        "corrupt_file": str(corrupt_file),
+        "server_started_s": round(started_s, 2),
+        "unavailable_models": unavailable,
+        "healthy_model": healthy,
+        "healthy_model_answer": answer,
+        "integrity_problems": problems,
+        "log_names_files": {"missing": str(missing_file) in log_text, "corrupt": str(corrupt_file) in log_text},
+        "repo": str(repo),
+    }
+
+
+def _strip(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "records"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repo", type=Path, default=Path("build/test/model_repository"))
+    p.add_argument("--artifacts", type=Path, default=Path("build/test/artifacts"))
+    p.add_argument("--scenarios", default="bad_artifacts,stub_kill,restart", help="comma-separated")
+    p.add_argument("--model", default="nhits", help="model whose stub is killed")
+    p.add_argument("--seconds", type=float, default=10.0, help="load after each fault, s")
+    p.add_argument("--out", type=Path, default=Path("build/reliability"))
+    args = p.parse_args(argv)
+    if args.model not in USERS:
+        p.error(f"--model: choose from {', '.join(USERS)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    scenarios = args.scenarios.split(",")
+    work = args.out / "faults"
+    shutil.rmtree(work, ignore_errors=True)
+    models = tuple({args.model, *ENSEMBLE_STEPS["forecast"], "forecast"})
+    targets = tuple(t for t in (*models, "recommend") if t in USERS.get(args.model, ()) or t in models)
+    workload = build_workload(args.repo, args.artifacts, n=32, targets=targets)
+    results: dict = {
+        "command": " ".join(["python -m reliability.faults", *(argv if argv is not None else sys.argv[1:])])
+    }
+    if "bad_artifacts" in scenarios:
+        results["bad_artifacts"] = bad_artifacts(args.repo, work / "bad", workload=workload)
+    repo = copy_repo(args.repo, work / "repo", models)
+    if "stub_kill" in scenarios:
+        server = make_server(repo, work / "run-default")
+        server.start(timeout=300)
+        try:
+            results["stub_kill_default_flags"] = _strip(stub_kill(server, workload, args.model, after_s=args.seconds))
+        finally:
+            t = time.monotonic()
+            server.stop()
+            results["stub_kill_default_flags"]["server_stop_took_s"] = round(time.monotonic() - t, 2)
+    if "stub_kill" in scenarios or "restart" in scenarios:
+        server = make_server(repo, work / "run-explicit", extra_args=EXPLICIT_FLAGS)
+        server.start(timeout=300)
+        try:
+            if "stub_kill" in scenarios:
+                dog = StubWatchdog(server).start()
+                try:
+                    results["stub_kill_with_watchdog"] = _strip(
+                        stub_kill(server, workload, args.model, after_s=args.seconds, watchdog=dog)
+                    )
+                finally:
+                    dog.stop()
+            if "restart" in scenarios:
+                results["restart_single_server"] = _strip(restart(server, workload, after_s=args.seconds))
+                backup = make_server(repo, work / "run-backup")
+                backup.start(timeout=300)
+                try:
+                    stateless = tuple(t for t in workload.targets if t != "reservoir_stream")
+                    results["restart_with_failover"] = _strip(
+                        restart(server, workload, after_s=args.seconds, failover=backup, targets=stateless)
+                    )
+                finally:
+                    backup.stop()
+        finally:
+            server.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "faults.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(json.dumps(results, indent=2, default=str))
+    print(f"wrote {path}")
+    wrong = sum(r.get("summary", {}).get("wrong", 0) for r in results.values() if isinstance(r, dict))
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+# Reliability and security targets (included by the top-level Makefile). Figures go to RELIABILITY.md.
+SOAK_REPO ?= $(REPO)
+SOAK_ARTIFACTS ?= $(ARTIFACTS)
+# Seconds of paced load and the fraction of the measured maximum it holds.
+SOAK_SECONDS ?= 600
+SOAK_LOAD ?= 0.8
+RELIABILITY_OUT ?= build/reliability
+
+.PHONY: soak soak-small faults reliability-test integrity-manifest integrity-check
+
+soak: $(VENV)/.installed ## soak the cpu target: SOAK_LOAD x max throughput for SOAK_SECONDS (default 600), every answer checked
+	$(PY) -m reliability.soak --repo $(SOAK_REPO) --artifacts $(SOAK_ARTIFACTS) --duration $(SOAK_SECONDS) \
+		--load $(SOAK_LOAD) --out $(RELIABILITY_OUT)
+
+soak-small: export-small ## the soak over the small test repository (SOAK_SECONDS, default 600)
+	$(PY) -m reliability.soak --repo $(TEST_ROOT)/model_repository --artifacts $(TEST_ROOT)/artifacts \
+		--duration $(SOAK_SECONDS) --load $(SOAK_LOAD) --out $(RELIABILITY_OUT)
+
+faults: export-small ## scripted faults under load (stub kill, restart, missing/corrupt model) -> faults.json
+	$(PY) -m reliability.faults --repo $(TEST_ROOT)/model_repository --artifacts $(TEST_ROOT)/artifacts \
+		--out $(RELIABILITY_OUT)
+
+reliability-test: export-small ## only the reliability and security tests (fuzz, faults, hardening)
+	$(PY) -m pytest -q tests/reliability
+
+integrity-manifest: ## record the sha256 of every artifact of REPO in REPO/integrity.json
+	$(PY) -m serving.integrity --repo $(REPO) --write
+
+integrity-check: ## verify REPO against its hashes and scan artifacts for build-machine paths
+	$(PY) -m serving.integrity --repo $(REPO) --scan

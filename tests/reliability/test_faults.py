@@ -1,0 +1,106 @@
+"""Faults under load against private tritonservers (the session server is left alone): a model file
+missing or corrupt at start, a python backend stub killed, the server stopped and started again.
+What each scenario saw goes to build/reliability/faults_test.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reliability import faults
+from reliability.load import ERROR, OK, WRONG
+from reliability.watchdog import EXPLICIT_FLAGS, StubWatchdog
+
+pytestmark = pytest.mark.slow
+
+MODELS = ("nhits", "reservoir", "forecast_blend", "forecast")
+
+
+def _strip(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "records"}
+
+
+def test_a_missing_and_a_corrupt_model_file_are_reported_by_name_while_the_others_serve(
+    repo, workload, tmp_path, record
+):
+    result = faults.bad_artifacts(repo, tmp_path, missing="nhits", corrupt="reservoir", workload=workload)
+    record("faults_test", {"bad_artifacts": result})
+    unavailable = result["unavailable_models"]
+    assert set(unavailable) == {"nhits", "reservoir", "forecast"}, unavailable
+    assert result["missing_file"] in unavailable["nhits"], unavailable["nhits"]
+    assert result["corrupt_file"] in unavailable["reservoir"], unavailable["reservoir"]
+    assert result["healthy_model_answer"] == "correct"
+    problems = "\n".join(result["integrity_problems"])
+    assert result["missing_file"] in problems and result["corrupt_file"] in problems
+
+
+@pytest.fixture(scope="module")
+def small_repo(repo, tmp_path_factory) -> Path:
+    return faults.copy_repo(repo, tmp_path_factory.mktemp("faults") / "repo", MODELS)
+
+
+def test_a_killed_stub_fails_its_requests_explicitly_and_triton_does_not_restart_it(
+    small_repo, workload, tmp_path, record
+):
+    server = faults.make_server(small_repo, tmp_path / "run")
+    server.start(timeout=180)
+    try:
+        result = faults.stub_kill(server, workload, "forecast_blend", before_s=1.5, after_s=4.0)
+    finally:
+        server.stop()
+    record("faults_test", {"stub_kill_default_flags": _strip(result)})
+    outcomes = {r["outcome"] for r in result["in_flight"]}
+    assert outcomes <= {OK, ERROR}
+    assert result["summary"]["wrong"] == 0
+    assert result["answers_after_kill"]["errors"] > 0
+    after = [r for r in result["records"] if r.t > result["killed"]["at_s"] + 1.0 and r.outcome == ERROR]
+    assert after and all("not healthy" in r.detail for r in after), {r.detail for r in after}
+    # Triton 2.51: no restart, the model still reports READY (if this changes, RELIABILITY.md must too).
+    assert result["stub_restarted_after_s"] is None and result["model_ready_at_end"]
+
+
+@pytest.fixture(scope="module")
+def explicit_server(small_repo, tmp_path_factory):
+    server = faults.make_server(small_repo, tmp_path_factory.mktemp("explicit-run"), extra_args=EXPLICIT_FLAGS)
+    server.start(timeout=180)
+    yield server
+    server.stop()
+
+
+def test_the_watchdog_reloads_a_model_whose_stub_died_and_answers_are_correct_again(explicit_server, workload, record):
+    dog = StubWatchdog(explicit_server, interval_s=0.25).start()
+    try:
+        result = faults.stub_kill(explicit_server, workload, "nhits", before_s=1.5, after_s=8.0, watchdog=dog)
+    finally:
+        dog.stop()
+    record("faults_test", {"stub_kill_with_watchdog": _strip(result)})
+    assert result["summary"]["wrong"] == 0
+    assert dog.events and dog.events[0]["error"] is None, dog.events
+    assert result["stub_alive_at_end"] and result["model_ready_at_end"]
+    recovered = result["first_correct_answer_after_kill_s"]
+    assert recovered is not None and recovered < 30, result
+    late = [r for r in result["records"] if r.t > result["killed"]["at_s"] + recovered + 1.0]
+    assert late and all(r.outcome == OK for r in late), {r.detail for r in late if r.outcome != OK}
+    assert {r.target for r in late} == {"nhits", "forecast"}
+
+
+def test_a_restart_under_load_ends_every_request_in_a_correct_answer_or_an_explicit_error(
+    explicit_server, small_repo, workload, tmp_path, record
+):
+    """clients.Client with a second server to fail over to: the restart of the first costs no request."""
+    backup = faults.make_server(small_repo, tmp_path / "backup")
+    backup.start(timeout=180)
+    try:
+        result = faults.restart(
+            explicit_server, workload, before_s=1.5, after_s=3.0, targets=("nhits", "forecast"), failover=backup
+        )
+    finally:
+        backup.stop()
+    record("faults_test", {"restart_with_failover": _strip(result)})
+    records = result["records"]
+    assert records and all(r.outcome in (OK, ERROR) for r in records)
+    assert sum(r.outcome == WRONG for r in records) == 0
+    assert result["summary"]["errors"] == 0, result["summary"]["error_messages"]
+    assert result["requests_spanning_the_restart"]["ok"] > 0
+    assert result["first_correct_answer_after_ready_s"] is not None
