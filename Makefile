@@ -47,6 +47,7 @@ $(STAMP): $(SOURCES)
 	$(PY) -m export.build_engine --artifacts $(ARTIFACTS) --repo $(REPO) --target $(strip $(TARGET))
 	$(PY) -m export.benchmark --artifacts $(ARTIFACTS) --repo $(REPO) $(size_flag)
 	$(PY) -m export.summary --artifacts $(ARTIFACTS) --repo $(REPO)
+	$(PY) -m serving.integrity --repo $(REPO) --write --scan
 	@touch $@
 
 export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_ROOT)
@@ -72,6 +73,7 @@ lint: $(VENV)/.installed ## ruff lint and format check
 clean: ## remove generated artifacts (not the virtualenv)
 	rm -rf $(ARTIFACTS) build perf/results
 	find $(REPO) -path '*/1/*' ! -name .gitkeep ! -name model.py -delete
+	rm -f $(REPO)/integrity.json
 
 # Targets of perf/, deploy/ and reliability/ live beside their code.
 -include perf/perf.mk deploy/deploy.mk reliability/reliability.mk

@@ -417,6 +417,19 @@ def finish_int8(name: str, fp32_path: Path, int8_path: Path, extra_meta: dict[st
         )
     if scan["per_tensor_weights"]:
         raise CliError(f"{name}: weights quantized per tensor, expected per channel: {scan['per_tensor_weights'][:3]}")
+    # Provenance record beside the file, like export.onnx_export's model.onnx.json: serving.integrity checks
+    # the file against `onnx_sha256` before a server starts.
+    common.write_json(
+        int8_path.with_name(int8_path.name + ".json"),
+        {
+            "model": name,
+            "onnx": int8_path.name,
+            "onnx_sha256": common.sha256_file(int8_path),
+            "onnx_bytes": int8_path.stat().st_size,
+            "source_onnx": fp32_path.name,
+            "metadata": meta,
+        },
+    )
     return scan
 
 

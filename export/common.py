@@ -89,6 +89,28 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def strip_node_metadata(model: Any) -> int:
+    """Drop each node's doc_string and metadata_props in the graph, its subgraphs and its functions.
+
+    The dynamo exporter writes `pkg.torch.onnx.stack_trace` (source paths of the build machine) and the
+    TorchScript one writes doc strings per node: neither is needed to run the model and neither may travel
+    with an artifact (serving.integrity.scan_artifacts checks). Returns how many nodes carried any."""
+    import onnx
+
+    stripped = 0
+    graphs = [model.graph, *model.functions]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            if node.doc_string or len(node.metadata_props):
+                stripped += 1
+            node.doc_string = ""
+            del node.metadata_props[:]
+            graphs.extend(a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
+            graphs.extend(a.graphs[i] for a in node.attribute for i in range(len(a.graphs)))
+    return stripped
+
+
 def sha256_files(paths: Iterable[Path]) -> str:
     """One hash over several files (names and contents), in sorted order."""
     h = hashlib.sha256()

@@ -343,6 +343,8 @@ def export_one(name: str, artifacts: Path, repo: Path, force: bool, source_hash:
         meta[VALID_RANGE_KEY.format(input=input_name)] = f"{lo},{hi}"
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **meta})
     proto.producer_name = "export.onnx_export"
+    stripped = common.strip_node_metadata(proto)
+    log.debug("%s: dropped doc strings / metadata (stack traces) of %d nodes", name, stripped)
     onnx.save(proto, str(onnx_path), save_as_external_data=False)
     del proto
     onnx.checker.check_model(str(onnx_path), full_check=True)
@@ -354,7 +356,7 @@ def export_one(name: str, artifacts: Path, repo: Path, force: bool, source_hash:
     verify_s = time.perf_counter() - t1
     record = {
         "model": name,
-        "onnx": str(onnx_path),
+        "onnx": onnx_path.name,
         "onnx_sha256": common.sha256_file(onnx_path),
         "onnx_bytes": onnx_path.stat().st_size,
         "checkpoint_sha256": ckpt_hash,

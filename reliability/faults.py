@@ -28,14 +28,13 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from models import spec
-from reliability import procs
 from reliability.load import ERROR, OK, WRONG, Endpoint, Mix, Record, run_load, summarize
 from reliability.reference import Workload, build_workload
-from reliability.watchdog import EXPLICIT_FLAGS, StubWatchdog
+from serving import procs
+from serving.watchdog import StubWatchdog
 
 log = logging.getLogger("reliability.faults")
 
@@ -51,14 +50,13 @@ USERS = {
 ENSEMBLE_STEPS = {"forecast": ("nhits", "reservoir", "forecast_blend"), "recommend": ("user_embedding", "similarity")}
 
 
-def make_server(repo: Path, run_dir: Path, extra_args: list[str] | None = None, verify: bool = True):
-    """A TritonServer on free loopback ports (`verify=False` skips the artifact check once it is wired)."""
+def make_server(
+    repo: Path, run_dir: Path, extra_args: list[str] | None = None, verify: bool = True, watchdog: bool = False
+):
+    """A TritonServer on free loopback ports (`verify=False` skips the artifact hash check, `watchdog=True`
+    reloads models whose stub died: serving.watchdog)."""
     from serving.server import TritonServer, free_port
 
-    kwargs = {}
-    names = {f.name for f in fields(TritonServer)}
-    if "verify" in names:
-        kwargs["verify"] = verify
     return TritonServer(
         repo,
         http_port=free_port(),
@@ -66,7 +64,8 @@ def make_server(repo: Path, run_dir: Path, extra_args: list[str] | None = None, 
         metrics_port=free_port(),
         run_dir=run_dir,
         extra_args=list(extra_args or []),
-        **kwargs,
+        verify=verify,
+        watchdog=watchdog,
     )
 
 
@@ -340,17 +339,13 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
             results["stub_kill_default_flags"]["server_stop_took_s"] = round(time.monotonic() - t, 2)
     if "stub_kill" in scenarios or "restart" in scenarios:
-        server = make_server(repo, work / "run-explicit", extra_args=EXPLICIT_FLAGS)
+        server = make_server(repo, work / "run-watchdog", watchdog=True)
         server.start(timeout=300)
         try:
             if "stub_kill" in scenarios:
-                dog = StubWatchdog(server).start()
-                try:
-                    results["stub_kill_with_watchdog"] = _strip(
-                        stub_kill(server, workload, args.model, after_s=args.seconds, watchdog=dog)
-                    )
-                finally:
-                    dog.stop()
+                results["stub_kill_with_watchdog"] = _strip(
+                    stub_kill(server, workload, args.model, after_s=args.seconds, watchdog=server.stub_watchdog)
+                )
             if "restart" in scenarios:
                 results["restart_single_server"] = _strip(restart(server, workload, after_s=args.seconds))
                 backup = make_server(repo, work / "run-backup")

@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from reliability import procs
 from reliability.load import Endpoint, Mix, measure_max, run_load, summarize, timeline
 from reliability.reference import TARGETS, build_workload
+from serving import procs
 
 log = logging.getLogger("reliability.soak")
 

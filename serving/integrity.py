@@ -34,8 +34,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MANIFEST = "integrity.json"
-RECORD_SUFFIX = ".json"  # model.onnx -> model.onnx.json, written by export.onnx_export
+RECORD_SUFFIX = ".json"  # model.onnx -> model.onnx.json (export.onnx_export, calibration.calibrate)
 RECORD_KEY = "onnx_sha256"
+# model.plan -> model.plan.provenance.json (export.build_engine)
+PLAN_RECORD_SUFFIX = ".provenance.json"
+PLAN_RECORD_KEY = "plan_sha256"
 ARTIFACT_SUFFIXES = (".onnx", ".plan")
 # Build-machine paths that must not travel inside an artifact (ONNX metadata, doc strings, records).
 LEAK_PATTERN = re.compile(rb"(?<![A-Za-z0-9_.])/(?:work|root|home|tmp|Users|builds?)/[A-Za-z0-9_.\-]+")
@@ -93,13 +96,19 @@ def read_manifest(repo: Path) -> dict[str, dict] | None:
     return data["files"]
 
 
+def record_path(artifact: Path) -> Path:
+    """The provenance record the exporter writes beside `artifact`."""
+    suffix = PLAN_RECORD_SUFFIX if artifact.name.endswith(".plan") else RECORD_SUFFIX
+    return artifact.with_name(artifact.name + suffix)
+
+
 def _record_hash(artifact: Path) -> str | None:
-    record = artifact.with_name(artifact.name + RECORD_SUFFIX)
+    record = record_path(artifact)
     if not record.is_file():
         return None
     try:
-        return json.loads(record.read_text()).get(RECORD_KEY)
-    except (OSError, json.JSONDecodeError):
+        return json.loads(record.read_text()).get(PLAN_RECORD_KEY if artifact.name.endswith(".plan") else RECORD_KEY)
+    except (OSError, json.JSONDecodeError, AttributeError):
         return None
 
 
@@ -122,10 +131,10 @@ def verify_repository(repo: Path) -> list[str]:
             expected[MANIFEST] = manifest[rel].get("sha256")
         record = _record_hash(f)
         if record:
-            expected[f.name + RECORD_SUFFIX] = record
+            expected[record_path(f).name] = record
         if not expected:
             problems.append(
-                f"{f}: no recorded hash (not in {MANIFEST}, no {f.name + RECORD_SUFFIX}); "
+                f"{f}: no recorded hash (not in {MANIFEST}, no {record_path(f).name}); "
                 f"re-run `make export` or `python -m serving.integrity --repo {repo} --write`"
             )
             continue
@@ -140,7 +149,8 @@ def verify_repository(repo: Path) -> list[str]:
         problems.append(f"{repo / rel}: listed in {MANIFEST} but missing")
     for model in model_dirs(repo):
         for record in sorted(model.glob(f"[0-9]*/*{RECORD_SUFFIX}")):
-            artifact = record.with_name(record.name.removesuffix(RECORD_SUFFIX))
+            suffix = PLAN_RECORD_SUFFIX if record.name.endswith(PLAN_RECORD_SUFFIX) else RECORD_SUFFIX
+            artifact = record.with_name(record.name.removesuffix(suffix))
             rel = _rel(repo, artifact)
             if artifact.name.endswith(ARTIFACT_SUFFIXES) and not artifact.exists() and rel not in (manifest or {}):
                 problems.append(f"{artifact}: recorded in {record.name} but missing")
@@ -202,7 +212,7 @@ def scan_artifacts(repo: Path, secrets: Iterable[str] = ()) -> list[str]:
     secrets = [s for s in secrets if s]
     problems = []
     files = list(artifact_files(repo))
-    files += [f.with_name(f.name + RECORD_SUFFIX) for f in files if f.with_name(f.name + RECORD_SUFFIX).is_file()]
+    files += [record_path(f) for f in files if record_path(f).is_file()]
     for f in files:
         data = f.read_bytes()
         if any(secret.encode() in data for secret in secrets):

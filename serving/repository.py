@@ -85,7 +85,9 @@ def check_ensembles(repo: Path) -> list[str]:
                     elif source is None:
                         problems.append(f"{name}: step {step.model_name} reads {value!r}, which nothing produces")
                     elif source != sub_in[key]:
-                        problems.append(f"{name}: {value!r} is {source} but {step.model_name}.{key} wants {sub_in[key]}")
+                        problems.append(
+                            f"{name}: {value!r} is {source} but {step.model_name}.{key} wants {sub_in[key]}"
+                        )
                 for key, value in step.output_map.items():
                     if key not in sub_out:
                         problems.append(f"{name}: step {step.model_name} has no output {key!r} ({rel})")

@@ -8,7 +8,13 @@ project's `onnxruntime_py` backend), sets PATH / LD_LIBRARY_PATH as DESIGN.md re
 the virtualenv first on PATH the models silently received all-zero inputs), starts the server on
 127.0.0.1 with `--model-config-name=cpu`, and waits for readiness with a timeout.
 
-The model-repository (load/unload) and shared-memory APIs are restricted behind a key: clients
+Before starting, every artifact (`*.onnx`, `*.plan`) is checked against the SHA-256 recorded at export
+(serving.integrity: the provenance record beside each file and `<repo>/integrity.json`); a file that
+does not match, has no record, or is missing refuses the start with one line per file (`--no-verify`
+skips the check, for experiments only). `--watchdog` reloads a model whose python backend stub died
+(Triton 2.51 does not restart it: serving.watchdog); it runs the server in explicit model-control mode.
+
+The model-repository (load/unload), shared-memory, logging and trace APIs are restricted behind a key: clients
 send the header `triton-admin-key: <key>` over HTTP and `triton-grpc-protocol-triton-admin-key`
 over gRPC (`admin_headers()` builds either). The key comes from `--admin-key-file` or the
 TRITON_ADMIN_KEY environment variable, else a random one is written (mode 0600) into the run
@@ -32,15 +38,24 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 BACKEND_NAME = "onnxruntime_py"
 BACKEND_SOURCE = Path(__file__).resolve().parent / "backend" / "model.py"
 ADMIN_HEADER = "triton-admin-key"
-RESTRICTED = "model-repository,shared-memory"
+# Only health, metadata, statistics and inference stay open: anyone reaching the port could otherwise load or
+# unload models, map shared memory, raise the log verbosity (log flooding) or turn tracing on.
+RESTRICTED = "model-repository,shared-memory,logging,trace"
 CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_RUN_DIR = Path("build/triton-run")
+
+
+def watchdog_flags() -> list[str]:
+    from serving.watchdog import EXPLICIT_FLAGS
+
+    return list(EXPLICIT_FLAGS)
 
 
 def admin_headers(key: str, protocol: str = "http") -> dict[str, str]:
@@ -137,8 +152,11 @@ class TritonServer:
     run_dir: Path = DEFAULT_RUN_DIR
     admin_key_file: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    verify: bool = True  # refuse to start over artifacts that do not match their recorded hashes
+    watchdog: bool = False  # reload models whose python backend stub died (explicit model-control mode)
     process: subprocess.Popen | None = None
     key: str = ""
+    stub_watchdog: Any = None
 
     @property
     def http_url(self) -> str:
@@ -181,14 +199,19 @@ class TritonServer:
             "--strict-readiness=false",  # ready while healthy models serve; failed ones are reported
             "--log-verbose=0",
             "--exit-timeout-secs=5",
+            *(watchdog_flags() if self.watchdog else []),
             *self.extra_args,
         ]
 
     def start(self, timeout: float = 120.0) -> TritonServer:
         if not self.repo.is_dir():
             raise ServerError(f"model repository {self.repo} does not exist")
+        if self.verify:
+            self.verify_artifacts()
         for port in (self.http_port, self.grpc_port, self.metrics_port):
             with socket.socket() as probe:
+                # as tritonserver binds: a port in TIME_WAIT after a previous server is free for it
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((self.host, port))
                 except OSError as exc:
@@ -206,7 +229,23 @@ class TritonServer:
         self.wait_ready(timeout)
         for name, reason in self.unavailable_models().items():
             log.warning("model %s is not ready: %s", name, reason)
+        if self.watchdog:
+            from serving.watchdog import StubWatchdog
+
+            self.stub_watchdog = StubWatchdog(self).start()
         return self
+
+    def verify_artifacts(self) -> None:
+        """Raise ServerError naming every artifact that does not match its recorded hash."""
+        from serving import integrity
+
+        problems = integrity.verify_repository(self.repo)
+        if problems:
+            lines = "\n".join(f"  {p}" for p in problems)
+            raise ServerError(
+                f"refusing to start: {len(problems)} artifact problem(s) in {self.repo}:\n{lines}\n"
+                "re-export (`make export`) or restore the files; `--no-verify` skips this check"
+            )
 
     def unavailable_models(self) -> dict[str, str]:
         """Models in the repository that failed to load, with Triton's reason."""
@@ -245,6 +284,9 @@ class TritonServer:
         return "\n".join(text[-lines:])
 
     def stop(self, timeout: float = 30.0) -> None:
+        if self.stub_watchdog is not None:
+            self.stub_watchdog.stop()
+            self.stub_watchdog = None
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
@@ -270,8 +312,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--config-name", default="cpu", help="configs/<name>.pbtxt per model (default cpu)")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="backends, log and key go here")
-    p.add_argument("--admin-key-file", type=Path, help="key for the model-repository and shared-memory APIs")
+    p.add_argument("--admin-key-file", type=Path, help=f"key for the restricted APIs ({RESTRICTED})")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    p.add_argument("--no-verify", action="store_true", help="start even if artifacts fail their hash check")
+    p.add_argument("--watchdog", action="store_true", help="reload a model whose python backend stub died")
     args = p.parse_args(argv)
     if not args.repo.is_dir():
         p.error(f"model repository {args.repo} does not exist")
@@ -284,8 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     server = TritonServer(
-        args.repo, args.host, args.http_port, args.grpc_port, args.metrics_port, args.config_name, args.run_dir,
+        args.repo,
+        args.host,
+        args.http_port,
+        args.grpc_port,
+        args.metrics_port,
+        args.config_name,
+        args.run_dir,
         args.admin_key_file,
+        verify=not args.no_verify,
+        watchdog=args.watchdog,
     )
     stop = {"now": False}
 
@@ -300,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"Triton ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
-    print(f"log: {server.log_path}; model-repository and shared-memory APIs need header '{ADMIN_HEADER}'")
+    print(f"log: {server.log_path}; restricted APIs ({RESTRICTED}) need header '{ADMIN_HEADER}'")
     try:
         while not stop["now"] and server.process.poll() is None:
             time.sleep(0.5)

@@ -60,9 +60,7 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         path = os.path.join(version_dir, ONNX_FILES[precision])
         if not os.path.isfile(path):
-            raise pb_utils.TritonModelException(
-                f"{self.name}: {path} does not exist; run `make export` to create it"
-            )
+            raise pb_utils.TritonModelException(f"{self.name}: {path} does not exist; run `make export` to create it")
 
         options = ort.SessionOptions()
         threads = int(_param(self.config, "intra_op_threads", "0"))

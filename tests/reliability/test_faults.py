@@ -10,7 +10,6 @@ import pytest
 
 from reliability import faults
 from reliability.load import ERROR, OK, WRONG
-from reliability.watchdog import EXPLICIT_FLAGS, StubWatchdog
 
 pytestmark = pytest.mark.slow
 
@@ -62,18 +61,17 @@ def test_a_killed_stub_fails_its_requests_explicitly_and_triton_does_not_restart
 
 @pytest.fixture(scope="module")
 def explicit_server(small_repo, tmp_path_factory):
-    server = faults.make_server(small_repo, tmp_path_factory.mktemp("explicit-run"), extra_args=EXPLICIT_FLAGS)
+    """`TritonServer(watchdog=True)`: explicit model-control mode and serving.watchdog.StubWatchdog."""
+    server = faults.make_server(small_repo, tmp_path_factory.mktemp("explicit-run"), watchdog=True)
     server.start(timeout=180)
     yield server
     server.stop()
 
 
 def test_the_watchdog_reloads_a_model_whose_stub_died_and_answers_are_correct_again(explicit_server, workload, record):
-    dog = StubWatchdog(explicit_server, interval_s=0.25).start()
-    try:
-        result = faults.stub_kill(explicit_server, workload, "nhits", before_s=1.5, after_s=8.0, watchdog=dog)
-    finally:
-        dog.stop()
+    dog = explicit_server.stub_watchdog
+    assert dog is not None and "--model-control-mode=explicit" in explicit_server.command(Path("b"))
+    result = faults.stub_kill(explicit_server, workload, "nhits", before_s=1.5, after_s=8.0, watchdog=dog)
     record("faults_test", {"stub_kill_with_watchdog": _strip(result)})
     assert result["summary"]["wrong"] == 0
     assert dog.events and dog.events[0]["error"] is None, dog.events

@@ -277,22 +277,23 @@ def test_fuzzed_requests_get_a_well_formed_error_or_the_correct_answer(triton, r
     assert httpclient.InferenceServerClient(triton.http_url).is_server_ready()
 
 
-@pytest.mark.xfail(
-    condition=bool(CACHED),
-    strict=True,
-    reason="Triton 2.51 caches a python-backend model's error response as a success with no outputs: the same bad "
-    "request sent again gets HTTP 200 / gRPC OK and nothing (statistics count both as success). Models with "
-    f"response_cache on in configs/cpu.pbtxt: {sorted(CACHED)}; RELIABILITY.md gives the fix",
-)
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_a_repeated_bad_request_gets_its_error_again_not_an_empty_success(triton, protocol):
+@pytest.mark.parametrize("model", ["similarity", "recommend"])
+def test_a_repeated_bad_request_gets_its_error_again_not_an_empty_success(triton, protocol, model):
+    """Triton 2.51 caches a python-backend model's error response as a success with no outputs (the same bad
+    request again got HTTP 200 / gRPC OK and nothing): so the cpu similarity has no response cache. The
+    recommend ensemble keeps its cache; an error of one of its steps must not be cached either."""
     url = triton.grpc_url if protocol == "grpc" else triton.http_url
-    query = np.full((1, spec.EMBED_DIM), 0.01, np.float32)
-    query[0, 7 if protocol == "grpc" else 8] = np.inf
+    if model == "similarity":
+        inputs, message = {"query": np.full((1, spec.EMBED_DIM), 0.01, np.float32)}, "NaN or Inf"
+        inputs["query"][0, 7 if protocol == "grpc" else 8] = np.inf
+    else:
+        inputs, message = {"user_id": np.array([[spec.N_USERS + 11]], np.int64)}, "out of range"
     for attempt in range(2):
-        with pytest.raises(InferenceServerException, match="NaN or Inf"):
-            got = _send(protocol, url, "similarity", {"query": query})
-            pytest.fail(f"attempt {attempt + 1}: answered {got}")
+        with pytest.raises(InferenceServerException, match=message):
+            got = _send(protocol, url, model, inputs)
+            pytest.fail(f"{model}, attempt {attempt + 1}: answered {got}")
+    assert model not in CACHED, f"{model} has response_cache on in its cpu config"
 
 
 # -- raw HTTP bodies -------------------------------------------------------------------------------

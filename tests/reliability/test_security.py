@@ -18,10 +18,9 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from models import spec
-from reliability import procs
 from reliability.load import Caller, Endpoint
 from reliability.reference import check
-from serving import integrity
+from serving import integrity, procs
 from serving.server import ADMIN_HEADER, admin_headers
 
 PROTOCOLS = ("http", "grpc")
@@ -128,12 +127,8 @@ def test_inference_health_and_metadata_stay_open_without_the_key(triton, protoco
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_log_settings_cannot_be_changed_without_the_key(triton, protocol):
-    """Triton 2.51 refuses a new log file over the network, but anyone can raise the verbosity (log flooding)
-    unless `logging` (and `trace`) are restricted: RELIABILITY.md asks for both in the restricted list."""
-    from serving import server
-
-    if "logging" not in server.RESTRICTED:
-        pytest.skip("NOT WIRED: add 'logging,trace' to serving.server.RESTRICTED (RELIABILITY.md)")
+    """Triton 2.51 refuses a new log file over the network, but anyone could raise the verbosity (log flooding)
+    or turn tracing on: serving.server.RESTRICTED holds `logging` and `trace`."""
     client = admin(triton, protocol)
     try:
         with pytest.raises(InferenceServerException, match="(?i)restricted"):
@@ -316,8 +311,7 @@ def test_a_tampered_onnx_is_named_with_both_records_that_it_no_longer_matches(re
     problems = integrity.verify_repository(repo_copy)
     assert problems and all(str(path) in p for p in problems), problems
     assert any(integrity.MANIFEST in p for p in problems)
-    if path.with_name(path.name + integrity.RECORD_SUFFIX).is_file():  # the exporter's record agrees
-        assert any("model.onnx.json" in p for p in problems)
+    assert any("model.onnx.json" in p for p in problems)  # the exporter's record disagrees too
     assert set(integrity.failed_models(repo_copy)) == {"forecast_blend"}
 
 
@@ -334,9 +328,7 @@ def test_a_missing_unrecorded_or_swapped_file_is_named(repo_copy):
 def test_without_a_manifest_the_exporter_record_still_catches_a_change(repo_copy):
     (repo_copy / integrity.MANIFEST).unlink()
     path = spec.version_dir("forecast_blend", repo_copy) / spec.ONNX_FP32
-    record = path.with_name(path.name + integrity.RECORD_SUFFIX)
-    if not record.is_file():
-        pytest.skip("the exporter wrote no model.onnx.json record")
+    assert integrity.record_path(path).is_file()
     path.write_bytes(path.read_bytes() + b"\x00")
     assert any("model.onnx.json" in p and str(path) in p for p in integrity.verify_repository(repo_copy))
 
@@ -355,10 +347,8 @@ def test_the_scan_finds_a_build_machine_path_and_the_key_in_onnx_metadata(repo_c
 
 def test_the_server_refuses_to_start_over_a_tampered_artifact(repo_copy, tmp_path):
     from reliability.faults import make_server
-    from serving.server import ServerError, TritonServer
+    from serving.server import ServerError
 
-    if "verify" not in TritonServer.__dataclass_fields__:
-        pytest.skip("NOT WIRED: TritonServer.start does not call serving.integrity.verify_repository yet")
     path = spec.version_dir("forecast_blend", repo_copy) / spec.ONNX_FP32
     path.write_bytes(path.read_bytes()[:-1])
     server = make_server(repo_copy, tmp_path / "run")

@@ -56,10 +56,12 @@ def test_gpu_configs_are_tensorrt_plans_and_cpu_configs_use_the_project_backend(
         assert {"precision", "intra_op_threads"} <= set(cpu.parameters)
 
 
-def test_response_cache_is_on_for_similarity_and_recommend_only():
+def test_response_cache_is_on_for_recommend_and_the_gpu_similarity_only():
+    """Not on the cpu similarity: Triton 2.51 caches a python-backend error as an empty success
+    (tests/reliability/test_fuzz.py::test_a_repeated_bad_request_gets_its_error_again_not_an_empty_success)."""
     cached = {
-        p.relative_to(REPO).parts[0]
+        p.relative_to(REPO).as_posix()
         for p in repository.config_paths(REPO)
         if repository.load_config(p).response_cache.enable
     }
-    assert cached == {"similarity", "recommend"}
+    assert cached == {"similarity/config.pbtxt", "recommend/config.pbtxt"}

@@ -195,17 +195,20 @@ def test_a_bad_row_fails_only_its_own_request_inside_a_dynamic_batch(triton, art
     assert all(isinstance(r, np.ndarray) for i, r in enumerate(results) if i != 5)
 
 
-def test_response_cache_answers_a_repeated_similarity_query(triton, artifacts):
-    query = real_inputs("similarity", artifacts, n=1)["query"]
-    first = infer(triton, "http", "similarity", {"query": query})
-    second = infer(triton, "http", "similarity", {"query": query})
-    np.testing.assert_array_equal(first["ids"], second["ids"])
+def test_response_cache_answers_a_repeated_recommend_query(triton, artifacts):
+    """The recommend ensemble is cached (similarity's cpu config is not: see test_configs)."""
+    user = real_inputs("user_embedding", artifacts, n=1)  # {"user_id": (1, 1) int64}, the ensemble input
     c = httpclient.InferenceServerClient(triton.http_url)
     try:
-        stats = c.get_inference_statistics("similarity")["model_stats"][0]["inference_stats"]
+        before = c.get_inference_statistics("recommend")["model_stats"][0]["inference_stats"]["cache_hit"]["count"]
+        first = infer(triton, "http", "recommend", user)
+        second = infer(triton, "grpc", "recommend", user)
+        stats = c.get_inference_statistics("recommend")["model_stats"][0]["inference_stats"]
     finally:
         c.close()
-    assert int(stats["cache_hit"]["count"]) >= 1
+    np.testing.assert_array_equal(first["ids"], second["ids"])
+    np.testing.assert_array_equal(first["scores"], second["scores"])
+    assert int(stats["cache_hit"]["count"]) >= int(before) + 1
 
 
 def test_model_repository_api_is_refused_without_the_admin_key(triton):

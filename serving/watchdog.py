@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 
-from reliability import procs
+from serving import procs
 
 log = logging.getLogger(__name__)
 
