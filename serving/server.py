@@ -10,8 +10,10 @@ the virtualenv first on PATH the models silently received all-zero inputs), star
 
 Before starting, every artifact (`*.onnx`, `*.plan`) is checked against the SHA-256 recorded at export
 (serving.integrity: the provenance record beside each file and `<repo>/integrity.json`); a file that
-does not match, has no record, or is missing refuses the start with one line per file (`--no-verify`
-skips the check, for experiments only). `--watchdog` reloads a model whose python backend stub died
+does not match, has no record, or is missing refuses the start with one line per file; with
+`--exclude-unverified` the server starts instead with every other model (explicit model-control mode,
+the refused models and the ensembles that use them left unloaded and named with their files in
+`unavailable_models()`); `--no-verify` skips the check, for experiments only. `--watchdog` reloads a model whose python backend stub died
 (Triton 2.51 does not restart it: serving.watchdog); it runs the server in explicit model-control mode.
 
 The model-repository (load/unload), shared-memory, logging and trace APIs are restricted behind a key: clients
@@ -50,6 +52,27 @@ ADMIN_HEADER = "triton-admin-key"
 RESTRICTED = "model-repository,shared-memory,logging,trace"
 CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_RUN_DIR = Path("build/triton-run")
+
+
+def model_names(repo: Path) -> list[str]:
+    """Folders of `repo` that hold a model (a config.pbtxt or configs/)."""
+    from serving.integrity import model_dirs
+
+    return [d.name for d in model_dirs(Path(repo))]
+
+
+def ensemble_steps(repo: Path) -> dict[str, list[str]]:
+    """Ensemble name -> the models its steps call, read from each ensemble's config.pbtxt."""
+    from serving.repository import load_config
+
+    out = {}
+    for name in model_names(repo):
+        path = Path(repo) / name / "config.pbtxt"
+        if path.is_file():
+            config = load_config(path)
+            if config.platform == "ensemble":
+                out[name] = [step.model_name for step in config.ensemble_scheduling.step]
+    return out
 
 
 def watchdog_flags() -> list[str]:
@@ -153,10 +176,12 @@ class TritonServer:
     admin_key_file: Path | None = None
     extra_args: list[str] = field(default_factory=list)
     verify: bool = True  # refuse to start over artifacts that do not match their recorded hashes
+    exclude_unverified: bool = False  # instead, start without those models (and the ensembles using them)
     watchdog: bool = False  # reload models whose python backend stub died (explicit model-control mode)
     process: subprocess.Popen | None = None
     key: str = ""
     stub_watchdog: Any = None
+    refused: dict[str, str] = field(default_factory=dict)  # model -> why it was not loaded (verification)
 
     @property
     def http_url(self) -> str:
@@ -199,7 +224,7 @@ class TritonServer:
             "--strict-readiness=false",  # ready while healthy models serve; failed ones are reported
             "--log-verbose=0",
             "--exit-timeout-secs=5",
-            *(watchdog_flags() if self.watchdog else []),
+            *self.control_flags(),
             *self.extra_args,
         ]
 
@@ -235,11 +260,37 @@ class TritonServer:
             self.stub_watchdog = StubWatchdog(self).start()
         return self
 
+    def control_flags(self) -> list[str]:
+        """Model-control flags: explicit mode loading every model but the refused ones, when any were refused
+        or the watchdog (which reloads models through the API) is on."""
+        if not self.refused:
+            return watchdog_flags() if self.watchdog else []
+        keep = sorted(set(model_names(self.repo)) - set(self.refused))
+        return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in keep)]
+
     def verify_artifacts(self) -> None:
-        """Raise ServerError naming every artifact that does not match its recorded hash."""
+        """Raise ServerError naming every artifact that does not match its recorded hash; with
+        `exclude_unverified`, record those models (and the ensembles using them) in `refused` instead."""
         from serving import integrity
 
+        self.refused = {}
         problems = integrity.verify_repository(self.repo)
+        if problems and self.exclude_unverified:
+            by_model = integrity.failed_models(self.repo)
+            if "" not in by_model:  # every problem belongs to a model folder
+                for model, lines in by_model.items():
+                    self.refused[model] = "artifact verification failed: " + "; ".join(lines)
+                ensembles = ensemble_steps(self.repo)
+                while grown := {
+                    e: sorted(set(steps) & set(self.refused))
+                    for e, steps in ensembles.items()
+                    if e not in self.refused and set(steps) & set(self.refused)
+                }:  # ensembles of ensembles: until nothing more is refused
+                    for ensemble, bad in grown.items():
+                        self.refused[ensemble] = f"uses {', '.join(bad)}, refused by artifact verification"
+                for model, why in sorted(self.refused.items()):
+                    log.error("not loading model %s: %s", model, why)
+                return
         if problems:
             lines = "\n".join(f"  {p}" for p in problems)
             raise ServerError(
@@ -256,7 +307,8 @@ class TritonServer:
             index = client.get_model_repository_index(headers={ADMIN_HEADER: self.key})
         finally:
             client.close()
-        return {m["name"]: m.get("reason", "") or m.get("state", "") for m in index if m.get("state") != "READY"}
+        found = {m["name"]: m.get("reason", "") or m.get("state", "") for m in index if m.get("state") != "READY"}
+        return {**found, **self.refused}
 
     def ready(self) -> bool:
         try:
@@ -315,6 +367,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--admin-key-file", type=Path, help=f"key for the restricted APIs ({RESTRICTED})")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.add_argument("--no-verify", action="store_true", help="start even if artifacts fail their hash check")
+    p.add_argument(
+        "--exclude-unverified", action="store_true", help="start without the models whose artifacts fail the check"
+    )
     p.add_argument("--watchdog", action="store_true", help="reload a model whose python backend stub died")
     args = p.parse_args(argv)
     if not args.repo.is_dir():
@@ -337,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         args.run_dir,
         args.admin_key_file,
         verify=not args.no_verify,
+        exclude_unverified=args.exclude_unverified,
         watchdog=args.watchdog,
     )
     stop = {"now": False}

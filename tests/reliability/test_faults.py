@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from models import spec
 from reliability import faults
 from reliability.load import ERROR, OK, WRONG
 
@@ -32,6 +33,39 @@ def test_a_missing_and_a_corrupt_model_file_are_reported_by_name_while_the_other
     assert result["healthy_model_answer"] == "correct"
     problems = "\n".join(result["integrity_problems"])
     assert result["missing_file"] in problems and result["corrupt_file"] in problems
+
+
+def test_with_exclude_unverified_a_tampered_model_and_its_ensemble_are_refused_by_name_and_the_others_serve(
+    repo, workload, tmp_path
+):
+    """TritonServer(exclude_unverified=True): the default (refuse to start) is in test_security.py."""
+    from reliability.load import Caller, Endpoint
+    from reliability.reference import check
+    from serving.server import ServerError
+
+    small = faults.copy_repo(repo, tmp_path / "repo", MODELS)
+    tampered = spec.version_dir("nhits", small) / spec.ONNX_INT8
+    tampered.write_bytes(tampered.read_bytes() + b"\0")
+    with pytest.raises(ServerError, match=str(tampered)):
+        faults.make_server(small, tmp_path / "refused").start(timeout=120)
+    server = faults.make_server(small, tmp_path / "run")
+    server.exclude_unverified = True
+    server.start(timeout=180)
+    try:
+        unavailable = server.unavailable_models()
+        assert set(unavailable) == {"nhits", "forecast"}, unavailable
+        assert str(tampered) in unavailable["nhits"] and "nhits" in unavailable["forecast"]
+        caller = Caller(Endpoint(server.grpc_url, server.http_url))
+        try:
+            for model in ("reservoir", "forecast_blend"):
+                case = workload.cases[model][0]
+                assert check(model, caller.call("grpc", model, case.inputs), case.expected) is None, model
+            with pytest.raises(Exception, match="(?i)nhits|not found|unavailable|not ready"):
+                caller.call("http", "nhits", workload.cases["nhits"][0].inputs)
+        finally:
+            caller.close()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
