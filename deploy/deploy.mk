@@ -31,10 +31,10 @@ docker-build: ## build the serving image (SERVER_IMAGE) with the exported REPO b
 		{ echo "$(REPO) holds no exported model: run 'make docker-export' (gpu) or 'make export' (cpu) first" >&2; exit 1; }
 	$(DOCKER) build -f docker/Dockerfile --build-arg TRITONSERVER_IMAGE=$(TRITONSERVER_IMAGE) -t $(SERVER_IMAGE) .
 
-docker-run: ## run the serving image on one GPU in the foreground (add ARGS=--model-config-name=cpu for the cpu target)
+docker-run: ## run the serving image on one GPU in the foreground, key from TRITON_ADMIN_KEY (ARGS=--model-config-name=cpu: cpu target)
 	$(DOCKER) run --rm $(if $(filter --model-config-name=cpu,$(ARGS)),,--gpus 1) --shm-size=1g \
-		-p 8000:8000 -p 8001:8001 -p 8002:8002 $(SERVER_IMAGE) \
-		tritonserver --model-repository=/models --metrics-config=summary_latencies=true \
+		-e TRITON_ADMIN_KEY -p 8000:8000 -p 8001:8001 -p 8002:8002 $(SERVER_IMAGE) \
+		triton-serve --model-repository=/models --metrics-config=summary_latencies=true \
 		--cache-config=local,size=268435456 --allow-metrics=true $(ARGS)
 
 compose-up: ## start Triton (gpu) + Prometheus (:9090) + Grafana (:3000) with docker/compose.yaml
@@ -42,7 +42,8 @@ compose-up: ## start Triton (gpu) + Prometheus (:9090) + Grafana (:3000) with do
 	@echo "Grafana http://localhost:3000  Prometheus http://localhost:9090  Triton http://localhost:8000"
 
 compose-down: ## stop the compose stack (volumes kept)
-	$(COMPOSE) down
+	@# compose interpolates the whole file, so its required TRITON_ADMIN_KEY must be set even to stop
+	TRITON_ADMIN_KEY="$${TRITON_ADMIN_KEY:-not-needed-to-stop}" $(COMPOSE) down
 
 k8s-render: ## print the Kubernetes manifests of overlay K8S_OVERLAY (gpu | cpu)
 	$(KUBECTL) kustomize deploy/kubernetes/overlays/$(K8S_OVERLAY)
@@ -63,7 +64,9 @@ perf-smoke: ## a short perf_analyzer run per model against a running server (PER
 gpu-smoke: ## docker-build, start the server on the GPU, wait until ready, perf-smoke, stop (CI's GPU job)
 	$(MAKE) --no-print-directory docker-build
 	$(DOCKER) rm -f $(SMOKE_CONTAINER) >/dev/null 2>&1 || true
-	$(DOCKER) run -d --name $(SMOKE_CONTAINER) --gpus 1 --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 $(SERVER_IMAGE)
+	@# a throwaway admin key: perf_analyzer uses none of the restricted APIs
+	$(DOCKER) run -d --name $(SMOKE_CONTAINER) --gpus 1 --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \
+		-e TRITON_ADMIN_KEY="$$(head -c 24 /dev/urandom | base64)" $(SERVER_IMAGE)
 	@set -e; trap '$(DOCKER) logs --tail 200 $(SMOKE_CONTAINER); $(DOCKER) rm -f $(SMOKE_CONTAINER) >/dev/null' EXIT; \
 		for i in $$(seq 1 120); do \
 			curl -fsS -o /dev/null http://localhost:8000/v2/health/ready && break; \

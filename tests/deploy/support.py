@@ -26,6 +26,10 @@ DASHBOARD = DOCKER / "grafana" / "dashboards" / "triton.json"
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 APT_PACKAGES = ROOT / ".ci" / "apt-packages.txt"
 
+# The serving image's entry point (docker/triton-serve, installed on PATH): it verifies the artifacts and
+# starts tritonserver with the restricted APIs; the Dockerfile CMD, compose and Kubernetes all run it.
+ENTRYPOINT = "triton-serve"
+ENTRYPOINT_SCRIPT = DOCKER / ENTRYPOINT
 # Production flags (docker/Dockerfile CMD); compose, Kubernetes and `make docker-run` repeat them.
 PRODUCTION_FLAGS = (
     "--model-repository=/models",
@@ -131,6 +135,30 @@ def dockerfile_cmd(path: Path) -> list[str]:
     cmds = [json.loads(rest) for word, rest in dockerfile_instructions(path) if word == "CMD"]
     assert len(cmds) == 1, f"{path.name}: expected one exec-form CMD"
     return cmds[0]
+
+
+def shell_assignment(path: Path, name: str) -> str:
+    """The value of a top-level `NAME=value` / `NAME="value"` / `NAME=${X:-value}` line of a shell script."""
+    m = re.search(rf"^{name}=(.*)$", path.read_text(), re.M)
+    assert m, f"{path.name} no longer assigns {name}"
+    value = m.group(1).strip()
+    default = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return (default.group(1) if default else value).strip('"')
+
+
+def compose_memory_bytes(value: str | int) -> int:
+    """Bytes of a compose memory value ("16g", "16gb", "512m"; Docker's units are binary)."""
+    m = re.fullmatch(r"(\d+)([kmg]?)b?", str(value).strip().lower())
+    assert m, f"not a compose memory value: {value!r}"
+    return int(m.group(1)) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[m.group(2)]
+
+
+def k8s_memory_bytes(value: str | int) -> int:
+    """Bytes of a Kubernetes memory quantity ("16Gi" binary, "16G" decimal)."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(value).strip())
+    assert m, f"not a Kubernetes memory quantity: {value!r}"
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    return int(m.group(1)) * units.get(m.group(2) or "", 1)
 
 
 def dockerignore_excludes(patterns: list[str], path: str) -> bool:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
-from tests.deploy.support import COMPOSE, DOCKER, METRICS_PORT, check, load_yaml, promtool, tool
+from tests.deploy.support import (
+    COMPOSE,
+    DOCKER,
+    K8S,
+    METRICS_PORT,
+    check,
+    compose_memory_bytes,
+    k8s_memory_bytes,
+    load_yaml,
+    promtool,
+    tool,
+)
 
 
 def services() -> dict:
@@ -24,6 +36,17 @@ def test_triton_reserves_a_gpu_and_publishes_its_three_ports():
     assert {p.split(":")[-1] for p in triton["ports"]} == {"8000", "8001", "8002"}
     assert triton["build"]["dockerfile"] == "docker/Dockerfile"
     assert (DOCKER / triton["build"]["context"]).resolve() == DOCKER.parent
+
+
+def test_triton_needs_the_admin_key_and_is_limited_in_memory_as_on_kubernetes():
+    triton = services()["triton"]
+    # ${VAR:?message}: compose itself refuses to start without a key (triton-serve would refuse anyway)
+    key = triton["environment"]["TRITON_ADMIN_KEY"]
+    assert re.fullmatch(r"\$\{TRITON_ADMIN_KEY:\?[^}$]+\}", key), key
+    limit = triton["deploy"]["resources"]["limits"]["memory"]
+    (container,) = load_yaml(K8S / "base" / "deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    assert compose_memory_bytes(limit) == k8s_memory_bytes(container["resources"]["limits"]["memory"])
+    assert triton["restart"] == "unless-stopped"
 
 
 def _bind_mounts(service: dict) -> list[tuple[Path, str]]:

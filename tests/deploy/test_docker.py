@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import sys
 import tomllib
@@ -14,6 +15,8 @@ from tests.deploy.support import (
     COMPOSE,
     DEPLOY,
     DOCKER,
+    ENTRYPOINT,
+    ENTRYPOINT_SCRIPT,
     K8S,
     PRODUCTION_FLAGS,
     ROOT,
@@ -26,6 +29,7 @@ from tests.deploy.support import (
     dockerignore_excludes,
     load_yaml,
     make_vars,
+    shell_assignment,
     tool,
 )
 
@@ -155,13 +159,14 @@ def test_healthcheck_asks_the_ready_endpoint():
 
 def test_server_flags_are_the_same_in_image_compose_kubernetes_and_make():
     cmd = dockerfile_cmd(DOCKERFILES[0])
-    assert cmd[0] == "tritonserver" and tuple(cmd[1:]) == PRODUCTION_FLAGS
+    assert cmd[0] == ENTRYPOINT and tuple(cmd[1:]) == PRODUCTION_FLAGS
     compose = load_yaml(COMPOSE)["services"]["triton"]["command"]
     assert compose == cmd
     deployment = load_yaml(K8S / "base" / "deployment.yaml")
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == cmd
     dry_run = check(["make", "-n", "--no-print-directory", "docker-run"]).replace("\\\n", " ")
-    assert " ".join(PRODUCTION_FLAGS) in " ".join(dry_run.split())
+    assert " ".join([ENTRYPOINT, *PRODUCTION_FLAGS]) in " ".join(dry_run.split())
+    assert "-e TRITON_ADMIN_KEY " in dry_run, "docker-run passes the host's key through, never its value"
     # the same response cache size as the local cpu server of serving/server.py
     assert f"--cache-config=local,size={server.CACHE_BYTES}" in cmd
 
@@ -171,3 +176,40 @@ def test_exported_onnx_opset_runs_on_the_serving_images_onnxruntime():
     match = re.search(r"^OPSET\s*=\s*(\d+)", (ROOT / "export" / "onnx_export.py").read_text(), re.M)
     assert match, "export/onnx_export.py no longer defines OPSET"
     assert int(match.group(1)) <= 23
+
+
+def test_entrypoint_restricts_the_same_apis_behind_the_same_header_as_the_local_launcher():
+    """docker/triton-serve repeats serving/server.py's RESTRICTED and ADMIN_HEADER (a shell script cannot import them)."""
+    assert shell_assignment(ENTRYPOINT_SCRIPT, "RESTRICTED") == server.RESTRICTED
+    assert shell_assignment(ENTRYPOINT_SCRIPT, "ADMIN_HEADER") == server.ADMIN_HEADER
+    assert shell_assignment(ENTRYPOINT_SCRIPT, "DEFAULT_REPOSITORY") == "/models"
+
+
+def test_serving_image_installs_the_entrypoint_and_verifies_the_baked_repository():
+    instructions = dockerfile_instructions(DOCKERFILES[0])
+    integrity_py = shell_assignment(ENTRYPOINT_SCRIPT, "INTEGRITY_PY")  # ${TRITON_INTEGRITY_PY:-...} default
+    assert ("COPY", f"serving/integrity.py {integrity_py}") in instructions
+    # on PATH and executable whatever mode the checkout gave the file
+    assert ("COPY", f"--chmod=0755 docker/{ENTRYPOINT} /usr/local/bin/{ENTRYPOINT}") in instructions
+    assert os.access(ENTRYPOINT_SCRIPT, os.X_OK), "git should record docker/triton-serve as executable"
+    # the build fails on a baked repository whose artifacts do not match their records
+    verify = ("RUN", f"python3 -I {integrity_py} --repo /models")
+    assert verify in instructions
+    assert instructions.index(verify) > instructions.index(("COPY", "model_repository /models"))
+
+
+def test_integrity_check_runs_as_a_plain_script_on_the_image_python():
+    """The image has no project package and its python3 is 3.10: serving/integrity.py must import only the
+    standard library at module level (onnx only inside the --scan helpers) and use nothing newer."""
+    source = (ROOT / "serving" / "integrity.py").read_text()
+    tree = ast.parse(source)
+    imported = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "a package-relative import fails when the file runs as a script"
+            imported.add(node.module.split(".")[0])
+    assert imported - set(sys.stdlib_module_names) - {"__future__"} == set()
+    assert 'if __name__ == "__main__":' in source
+    ast.parse(source, feature_version=(3, 10))  # syntax the image's python3.10 accepts

@@ -9,6 +9,7 @@ from functools import cache
 import pytest
 
 from tests.deploy.support import (
+    ENTRYPOINT,
     GRPC_PORT,
     HTTP_PORT,
     K8S,
@@ -116,7 +117,7 @@ def test_gpu_overlay_requests_a_gpu_and_runs_the_tensorrt_configs():
     c = container(objs)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert c["resources"]["requests"]["nvidia.com/gpu"] == 1
-    assert c["args"] == ["tritonserver", *PRODUCTION_FLAGS]
+    assert c["args"] == [ENTRYPOINT, *PRODUCTION_FLAGS]
     tolerations = objs["Deployment"]["spec"]["template"]["spec"]["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
 
@@ -126,7 +127,7 @@ def test_cpu_overlay_selects_the_cpu_configs_without_a_gpu():
     c = container(objs)
     assert "nvidia.com/gpu" not in str(c["resources"])
     assert c["args"] == [
-        "tritonserver",
+        ENTRYPOINT,
         *PRODUCTION_FLAGS,
         "--model-config-name=cpu",
         "--backend-directory=/opt/tritonserver/backends",  # where docker/Dockerfile puts onnxruntime_py
@@ -150,3 +151,19 @@ def test_cpu_overlay_tolerates_more_queue_time_than_gpu():
         return float(metric["target"]["averageValue"])
 
     assert queue_target(render("gpu")) < queue_target(render("cpu"))
+
+
+def test_admin_key_comes_from_a_secret_that_is_not_committed(rendered):
+    """triton-serve refuses to start without TRITON_ADMIN_KEY; both overlays read it from the Secret
+    triton-admin-key (created with kubectl, README), whose name nameSuffix must not rewrite."""
+    _, objs = rendered
+    env = {e["name"]: e for e in container(objs).get("env", [])}
+    assert env["TRITON_ADMIN_KEY"] == {
+        "name": "TRITON_ADMIN_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "triton-admin-key", "key": "key"}},
+    }
+    assert not [e for e in env.values() if "value" in e and "KEY" in e["name"]], "a key in the manifest"
+    assert "Secret" not in objs
+    assert container(objs)["args"][0] == ENTRYPOINT
+    readme = (K8S.parents[1] / "README.md").read_text()
+    assert 'kubectl create secret generic triton-admin-key --from-literal=key="$(openssl rand' in readme
