@@ -15,6 +15,7 @@ does not match, has no record, or is missing refuses the start with one line per
 the refused models and the ensembles that use them left unloaded and named with their files in
 `unavailable_models()`); `--no-verify` skips the check, for experiments only. `--watchdog` reloads a model whose python backend stub died
 (Triton 2.51 does not restart it: serving.watchdog); it runs the server in explicit model-control mode.
+`--restart` starts tritonserver again when it exits unexpectedly (it can abort under load, RELIABILITY.md).
 
 The model-repository (load/unload), shared-memory, logging and trace APIs are restricted behind a key: clients
 send the header `triton-admin-key: <key>` over HTTP and `triton-grpc-protocol-triton-admin-key`
@@ -52,6 +53,9 @@ ADMIN_HEADER = "triton-admin-key"
 RESTRICTED = "model-repository,shared-memory,logging,trace"
 CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_RUN_DIR = Path("build/triton-run")
+# --restart: Triton 2.51 can abort under load (python backend lock_exception, RELIABILITY.md)
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
 
 
 def model_names(repo: Path) -> list[str]:
@@ -371,6 +375,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--exclude-unverified", action="store_true", help="start without the models whose artifacts fail the check"
     )
     p.add_argument("--watchdog", action="store_true", help="reload a model whose python backend stub died")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help=f"start tritonserver again when it exits unexpectedly (at most {MAX_RESTARTS} times in "
+        f"{RESTART_WINDOW_S:.0f} s; each crashed server's log is kept)",
+    )
     args = p.parse_args(argv)
     if not args.repo.is_dir():
         p.error(f"model repository {args.repo} does not exist")
@@ -409,9 +419,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"Triton ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
     print(f"log: {server.log_path}; restricted APIs ({RESTRICTED}) need header '{ADMIN_HEADER}'")
+    restarts: list[float] = []
     try:
-        while not stop["now"] and server.process.poll() is None:
-            time.sleep(0.5)
+        while True:
+            while not stop["now"] and server.process.poll() is None:
+                time.sleep(0.5)
+            if stop["now"] or not args.restart:
+                break
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
+            code = server.process.returncode
+            crash_log = server.log_path.with_name(f"tritonserver.crash{len(restarts)}-{int(time.time())}.log")
+            server.log_path.replace(crash_log)
+            if len(restarts) > MAX_RESTARTS:
+                print(
+                    f"error: tritonserver exited {len(restarts)} times within {RESTART_WINDOW_S:.0f} s; "
+                    f"giving up (last log: {crash_log})",
+                    file=sys.stderr,
+                )
+                return 1
+            log.error("tritonserver exited with code %s (log kept in %s): restarting (--restart)", code, crash_log)
+            try:
+                server.start(args.timeout)
+            except ServerError as exc:
+                print(f"error: restart failed: {exc}", file=sys.stderr)
+                return 1
+            print(f"Triton ready again after exit code {code}: HTTP {server.http_url}  gRPC {server.grpc_url}")
     finally:
         server.stop()
     if server.process.returncode not in (0, -signal.SIGTERM, None) and not stop["now"]:

@@ -136,3 +136,58 @@ def test_a_restart_under_load_ends_every_request_in_a_correct_answer_or_an_expli
     assert result["summary"]["errors"] == 0, result["summary"]["error_messages"]
     assert result["requests_spanning_the_restart"]["ok"] > 0
     assert result["first_correct_answer_after_ready_s"] is not None
+
+
+def test_the_launcher_with_restart_brings_a_killed_tritonserver_back_on_the_same_ports(repo, workload, tmp_path):
+    """`python -m serving.server --restart`: tritonserver killed (as the lock_exception abort of soak run 3
+    ended it) -> started again, same ports, the crashed server's log kept; SIGTERM still stops it cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from reliability.load import Caller, Endpoint
+    from reliability.reference import check
+    from serving import procs
+    from serving.server import free_port
+
+    small = faults.copy_repo(repo, tmp_path / "repo", ("forecast_blend",))
+    ports = [free_port(), free_port(), free_port()]
+    run_dir = tmp_path / "run"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", "--repo", str(small), "--run-dir", str(run_dir), "--restart",
+         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=spec.ROOT,
+    )  # fmt: skip
+    case = workload.cases["forecast_blend"][0]
+
+    def answer_within(seconds: float) -> bool:
+        """A fresh client per try: a tritonclient whose server was killed keeps failing on its dead connection."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            caller = Caller(Endpoint(f"127.0.0.1:{ports[1]}", f"127.0.0.1:{ports[0]}"))
+            try:
+                got = caller.call("http", "forecast_blend", case.inputs)
+                return check("forecast_blend", got, case.expected) is None
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.25)
+            finally:
+                caller.close()
+        return False
+
+    try:
+        assert answer_within(120), "the launcher never served"
+        servers = [p for p in procs.children(cli.pid) if p.argv and p.argv[0].endswith("tritonserver")]
+        assert len(servers) == 1, servers
+        os.kill(servers[0].pid, signal.SIGKILL)
+        time.sleep(1.0)
+        assert answer_within(120), "no correct answer after the kill"
+        again = [p for p in procs.children(cli.pid) if p.argv and p.argv[0].endswith("tritonserver")]
+        assert again and again[0].pid != servers[0].pid
+        assert list(run_dir.glob("tritonserver.crash1-*.log")), "the crashed server's log was not kept"
+    finally:
+        cli.send_signal(signal.SIGTERM)
+        out, _ = cli.communicate(timeout=60)
+    assert cli.returncode == 0, out
+    assert "restarting (--restart)" in out and "Triton stopped" in out
