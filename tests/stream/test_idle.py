@@ -38,7 +38,8 @@ def short_idle(repo, tmp_path_factory):
     )
     assert n == 1, "the cpu config of reservoir_stream no longer sets max_sequence_idle_microseconds"
     (model / "configs" / "cpu.pbtxt").write_text(config)
-    (model / "1" / spec.ONNX_FP32).symlink_to(spec.version_dir(spec.STREAM.name, repo) / spec.ONNX_FP32)
+    for name in (spec.ONNX_FP32, spec.ONNX_FP32 + ".json"):  # the file and its provenance record (verified)
+        (model / "1" / name).symlink_to(spec.version_dir(spec.STREAM.name, repo) / name)
     server = TritonServer(
         root / "repo",
         http_port=free_port(),
