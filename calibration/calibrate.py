@@ -121,28 +121,31 @@ def add_fp32_rerank(int8_path: Path, fp32_path: Path, factor: int | None = None)
     )
     topk.input[1] = "rerank/shortlist_k"
     h = onnx.helper
-    graph.node.extend(
-        [
-            h.make_node(
-                "Gather", ["rerank/catalog_rows", "rerank/shortlist_ids"], ["rerank/rows"], "rerank/Gather", axis=0
-            ),
-            h.make_node("Unsqueeze", [q_norm, "rerank/axis2"], ["rerank/q_col"], "rerank/Unsqueeze"),
-            h.make_node("MatMul", ["rerank/rows", "rerank/q_col"], ["rerank/exact3"], "rerank/MatMul"),
-            h.make_node("Squeeze", ["rerank/exact3", "rerank/axis2"], ["rerank/exact"], "rerank/Squeeze"),
-            h.make_node(
-                "TopK",
-                ["rerank/exact", "rerank/k"],
-                [scores_out, "rerank/pos"],
-                "rerank/TopK",
-                axis=1,
-                largest=1,
-                sorted=1,
-            ),
-            h.make_node(
-                "GatherElements", ["rerank/shortlist_ids", "rerank/pos"], [ids_out], "rerank/GatherElements", axis=1
-            ),
-        ]
-    )
+    rerank = [
+        h.make_node(
+            "Gather", ["rerank/catalog_rows", "rerank/shortlist_ids"], ["rerank/rows"], "rerank/Gather", axis=0
+        ),
+        h.make_node("Unsqueeze", [q_norm, "rerank/axis2"], ["rerank/q_col"], "rerank/Unsqueeze"),
+        h.make_node("MatMul", ["rerank/rows", "rerank/q_col"], ["rerank/exact3"], "rerank/MatMul"),
+        h.make_node("Squeeze", ["rerank/exact3", "rerank/axis2"], ["rerank/exact"], "rerank/Squeeze"),
+        h.make_node(
+            "TopK",
+            ["rerank/exact", "rerank/k"],
+            [scores_out, "rerank/pos"],
+            "rerank/TopK",
+            axis=1,
+            largest=1,
+            sorted=1,
+        ),
+        h.make_node(
+            "GatherElements", ["rerank/shortlist_ids", "rerank/pos"], [ids_out], "rerank/GatherElements", axis=1
+        ),
+    ]
+    # right after the shortlist TopK: later nodes (the value guard's sentinels) read scores_out / ids_out
+    nodes = list(graph.node)
+    at = nodes.index(topk) + 1
+    del graph.node[:]
+    graph.node.extend(nodes[:at] + rerank + nodes[at:])
     onnx.save(model, str(int8_path), save_as_external_data=False)
     return {"rerank": {"shortlist": shortlist, "k": k, "fp32_catalog_bytes": int(catalog_t.nbytes)}}
 
@@ -609,6 +612,23 @@ def onnx_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
+def int8_guard(name: str, int8: Path, artifacts: Path) -> dict[str, Any]:
+    """common.guard_check on the INT8 file with test-split rows; CliError when a sentinel or a good row is off."""
+    from models import registry
+
+    names, _ = common.io_names(name)
+    feeds = {n: t.numpy() for n, t in zip(names, registry.example_inputs(name, artifacts, "test", 16), strict=True)}
+    ranges = {
+        k.removeprefix("valid_range."): tuple(int(x) for x in v.split(","))
+        for k, v in onnx_metadata(int8).items()
+        if k.startswith("valid_range.")
+    }
+    result = common.guard_check(common.ort_session(int8), feeds, ranges)
+    if not result["passed"]:
+        raise CliError(f"{name}: the value guard of {int8} failed: {result['problems'][0]}")
+    return result
+
+
 def _n_users(repo: Path) -> int:
     props = onnx_metadata(spec.version_dir("user_embedding", repo) / spec.ONNX_FP32)
     lo_hi = props.get("valid_range.user_id", f"0,{spec.N_USERS}")
@@ -700,6 +720,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shutil.copyfile(fp32, int8)
                 meta = {"int8.source_onnx_sha256": meta["int8.source_onnx_sha256"], "int8.scheme": "fp32-copy"}
                 entry["qdq"] = finish_int8(name, fp32, int8, meta)
+            else:  # the value guard survives quantization: bad rows answer sentinels, their batch-mates unmoved
+                entry["guard"] = int8_guard(name, int8, args.artifacts)
             entry["onnx_bytes"] = fp32.stat().st_size
             entry["int8_onnx_bytes"] = int8.stat().st_size
             entry["seconds"] = round(time.perf_counter() - t1, 3)

@@ -374,7 +374,7 @@ class Client(_Base):
             try:
                 if probe:
                     self._probe(ep, op, limit)
-                outputs = self._attempt(ep, op, arrays, limit)
+                outputs = op.answered(arrays, self._attempt(ep, op, arrays, limit))
             except RETRYABLE as exc:
                 attempts.failed(ep, exc)
                 continue
@@ -508,7 +508,7 @@ class AsyncClient(_Base):
             try:
                 if probe:
                     await self._probe(ep, op, limit)
-                outputs = await ep.transport.infer(op.name, arrays, op.output_names, limit)
+                outputs = op.answered(arrays, await ep.transport.infer(op.name, arrays, op.output_names, limit))
             except RETRYABLE as exc:
                 attempts.failed(ep, exc)
                 continue

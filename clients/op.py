@@ -10,7 +10,7 @@ import numpy as np
 
 from clients.errors import InvalidInputError
 from clients.results import Answer
-from clients.validate import Ranges, check
+from clients.validate import Ranges, check, sentinel_problem
 from models.spec import ModelSpec, Tensor
 
 
@@ -55,3 +55,10 @@ class Op:
 
     def check(self, arrays: dict[str, np.ndarray], ranges: Ranges | None = None) -> None:
         check(self.spec, arrays, ranges, self.step)
+
+    def answered(self, arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs, or InvalidInputError when the server answered a row with the in-graph sentinel."""
+        problem = sentinel_problem(self.spec, arrays, outputs, self.step)
+        if problem is not None:
+            raise InvalidInputError(problem)
+        return outputs

@@ -82,12 +82,14 @@ def _check_sequence_id(sequence_id: int) -> int:
     return sequence_id
 
 
-def _forecast(result) -> np.ndarray:
+def _forecast(result, tick: float) -> np.ndarray:
     out = result.as_numpy(FORECAST)
     if out is None or out.shape != (1, spec.HORIZON):
         raise InferenceServerError(
             f"response has no '{FORECAST}' of shape [1, {spec.HORIZON}] (got {getattr(out, 'shape', None)})"
         )
+    if np.isnan(out).all():  # the in-graph sentinel (models/guard.py): the server kept the sequence's state
+        raise InvalidInputError(f"the server answered the invalid-input sentinel (NaN) for tick {tick!r}")
     return out[0]
 
 
@@ -170,7 +172,7 @@ class StreamClient:
         self._sent += 1
         if end:
             self.sequence_id = None
-        return _forecast(result)
+        return _forecast(result, tick)
 
     def close(self) -> None:
         """End the open sequence so the server frees its state now (see the module docstring)."""
@@ -265,7 +267,7 @@ async def _replay_many_async(
             except Exception as exc:
                 raise from_exception(exc, f"{model} sequence {sequence_id} tick {t}", timeout) from exc
             latencies[row, t] = (time.perf_counter() - t0) * 1e3
-            forecasts[row, t] = _forecast(result)
+            forecasts[row, t] = _forecast(result, float(series[row, t]))
 
     try:
         async with asyncio.TaskGroup() as group:  # the first failure cancels the other sequences

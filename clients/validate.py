@@ -1,15 +1,15 @@
 """Client-side input checks that mirror the server's, message for message, so a bad request fails before it is sent.
 
-Order and wording follow Triton core (request normalisation: batch axis, batch size, data type, shape) and then
-the project's backend (`serving/backend/model.py` `_check`: empty batch, NaN/Inf, id range). For an ensemble the
-value checks are reported the way Triton relays the failing step: "in ensemble 'recommend', user_embedding: ...".
+Order and wording follow Triton core (request normalisation: batch axis, batch size, data type, shape); then the
+values that Triton cannot refuse per request (NaN/Inf, ids outside the table), which every exported graph answers
+with a sentinel instead (models/guard.py: NaN in every float output, -1 in every id output). A bad value is refused
+here before sending; when it was not (validate=False, or no id range known), `sentinel_problem` finds the rows
+the server answered with the sentinel and the client raises the same InvalidInputError. For an ensemble the
+message names its first step: "in ensemble 'recommend', user_embedding: ...".
 
-In the `forecast` ensemble nhits and reservoir check the window in parallel and Triton relays whichever step
-fails first; the client names nhits, the first step.
-
-Two deliberate differences: a batch of 0 rows gets the backend's "has an empty batch" (Triton core reports a
-byte-size mismatch), and with several inputs of different batch sizes the client names the first input whose
-batch differs from the first input's (Triton core names whichever input its hash map visits first).
+With several inputs of different batch sizes the client names the first input whose batch differs from the
+first input's (Triton core names whichever input its hash map visits first); a batch of 0 rows is refused
+("has an empty batch": Triton core reports a byte-size mismatch).
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def core_problem(model: ModelSpec, arrays: dict[str, np.ndarray]) -> str | None:
     return None
 
 
-def backend_problem(model: ModelSpec, arrays: dict[str, np.ndarray], ranges: Ranges | None) -> str | None:
-    """What the project's backend `_check` would reject (empty batch, NaN/Inf, id out of range), or None."""
+def value_problem(model: ModelSpec, arrays: dict[str, np.ndarray], ranges: Ranges | None) -> str | None:
+    """An empty batch, or a value the graph answers with its sentinel (NaN/Inf, id out of range), or None."""
     for t in model.inputs:
         a = arrays[t.name]
         if a.shape[0] == 0:
@@ -81,7 +81,42 @@ def check(model: ModelSpec, arrays: dict[str, np.ndarray], ranges: Ranges | None
     problem = core_problem(model, arrays)
     if problem is not None:
         raise InvalidInputError(problem)
-    problem = backend_problem(model, arrays, ranges)
+    problem = value_problem(model, arrays, ranges)
     if problem is not None:
-        prefix = f"in ensemble '{model.name}', {step}: " if model.ensemble else f"{model.name}: "
-        raise InvalidInputError(prefix + problem)
+        raise InvalidInputError(_prefix(model, step) + problem)
+
+
+def _prefix(model: ModelSpec, step: str) -> str:
+    return f"in ensemble '{model.name}', {step}: " if model.ensemble else f"{model.name}: "
+
+
+def sentinel_rows(model: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Indices of the rows answered with the sentinel: an output row that is NaN (float) or -1 (ids) throughout."""
+    bad = None
+    for t in model.outputs:
+        y = np.asarray(outputs[t.name])
+        rows = y.reshape(len(y), -1)
+        hit = np.isnan(rows).all(axis=1) if np.issubdtype(y.dtype, np.floating) else (rows == -1).all(axis=1)
+        bad = hit if bad is None else bad | hit
+    return np.flatnonzero(bad) if bad is not None else np.array([], np.int64)
+
+
+def sentinel_problem(
+    model: ModelSpec, arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray], step: str = ""
+) -> str | None:
+    """What the server's sentinel rows say about the request (NaN/Inf or an id outside the table), or None."""
+    rows = sentinel_rows(model, outputs)
+    if not len(rows):
+        return None
+    r = int(rows[0])
+    why = f"batch row {r} was answered with the invalid-input sentinel (README: bad values)"
+    for t in model.inputs:
+        a = np.asarray(arrays[t.name])[r]
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            why = f"input '{t.name}' contains NaN or Inf (batch row {r})"
+            break
+        if np.issubdtype(a.dtype, np.integer):
+            why = f"input '{t.name}' value {int(a.reshape(-1)[0])} is outside the model's table (batch row {r})"
+            break
+    more = f"; {len(rows) - 1} more row(s) answered the sentinel" if len(rows) > 1 else ""
+    return _prefix(model, step) + why + more

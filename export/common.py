@@ -138,6 +138,68 @@ def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
     return float(np.max(np.abs(a - r)) / max(float(np.max(np.abs(r))), TINY))
 
 
+GUARD_ROWS = (1, 3)  # rows of a verification batch that guard_check spoils
+GUARD_BOUND = 1e-4  # good rows of a mixed batch vs the same rows alone (batch composition moves a row ~1e-6)
+
+
+def guard_check(sess: Any, feeds: dict[str, np.ndarray], ranges: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """The in-graph value guard (models.guard) of an ONNX file on one batch of good rows.
+
+    Rows GUARD_ROWS of the first input are spoiled (float: NaN, +Inf; ids: lo - 1, hi). They must answer
+    the sentinels (NaN in float outputs, -1 in integer ones; a carried state_out: its state_in unchanged),
+    and the other rows what the file answers for them alone, within GUARD_BOUND (ids equal except where
+    their scores tie within it)."""
+    in_names = [i.name for i in sess.get_inputs()]
+    out_names = [o.name for o in sess.get_outputs()]
+    n = len(feeds[in_names[0]])
+    bad = [r for r in GUARD_ROWS if r < n - 1]
+    good = [r for r in range(n) if r not in bad]
+    spoilt = {k: v.copy() for k, v in feeds.items()}
+    x = spoilt[in_names[0]]
+    if np.issubdtype(x.dtype, np.floating):
+        values = [np.nan, np.inf]
+    else:
+        lo, hi = ranges[in_names[0]]
+        values = [lo - 1, hi]
+    for row, value in zip(bad, values, strict=False):
+        x[row].flat[0] = value
+    got = dict(zip(out_names, sess.run(out_names, spoilt), strict=True))
+    alone = dict(zip(out_names, sess.run(out_names, {k: v[good] for k, v in feeds.items()}), strict=True))
+    problems: list[str] = []
+    errors: dict[str, float] = {}
+    for name in out_names:
+        y = got[name]
+        if name == STREAM_STATE_OUT:
+            sentinel = np.array_equal(y[bad], feeds[STREAM_STATE_IN][bad])
+        elif np.issubdtype(y.dtype, np.floating):
+            sentinel = bool(np.isnan(y[bad]).all())
+        else:
+            sentinel = bool((y[bad] == -1).all())
+        if not sentinel:
+            problems.append(f"output {name}: bad rows {bad} do not answer the sentinel")
+        if np.issubdtype(y.dtype, np.floating):
+            errors[name] = relative_error(y[good], alone[name])
+            if not errors[name] <= GUARD_BOUND:
+                problems.append(f"output {name}: good rows moved by {errors[name]:.3g} > {GUARD_BOUND:g}")
+        else:
+            differ = y[good] != alone[name]
+            if "scores" in got and differ.any():  # ties: equal scores in either order
+                s_mixed, s_alone = got["scores"][good].astype(np.float64), alone["scores"].astype(np.float64)
+                tol = GUARD_BOUND * max(float(np.max(np.abs(s_alone))), TINY)
+                differ &= np.abs(s_mixed - s_alone) > tol
+            errors[name] = float(differ.sum())
+            if differ.any():
+                problems.append(f"output {name}: {int(differ.sum())} ids of good rows differ")
+    return {
+        "rows": n,
+        "bad_rows": bad,
+        "spoilt_with": [str(v) for v in values[: len(bad)]],
+        "good_rows_error": errors,
+        "passed": not problems,
+        "problems": problems,
+    }
+
+
 def reports_dir(artifacts: Path) -> Path:
     d = artifacts / "reports"
     d.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ the last successful export.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import warnings
@@ -114,6 +115,19 @@ def valid_ranges(name: str, model: torch.nn.Module) -> dict[str, tuple[int, int]
     return {i: (0, int(n)) for i in int_inputs}
 
 
+def guarded(
+    model: torch.nn.Module, inputs: list[str], outputs: list[str], ranges: dict[str, tuple[int, int]]
+) -> torch.nn.Module:
+    """The module as served: models.guard's per-row value checks around it (the wire contract for NaN/Inf
+    and ids out of range; a streamed state_out keeps its state_in on a bad row)."""
+    from models.guard import Guarded
+
+    carry = {}
+    if common.STREAM_STATE_OUT in outputs and common.STREAM_STATE_IN in inputs:
+        carry = {outputs.index(common.STREAM_STATE_OUT): inputs.index(common.STREAM_STATE_IN)}
+    return Guarded(model, {inputs.index(k): v for k, v in ranges.items()}, carry).eval()
+
+
 def torch_export(
     model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: list[str], outputs: list[str]
 ) -> tuple[str, int]:
@@ -148,6 +162,10 @@ def torch_export(
     except (TypeError, RuntimeError, NotImplementedError) as e:  # the legacy exporter is gone or cannot trace it
         log.warning("TorchScript exporter failed (%s); trying the dynamo exporter", e)
     batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+    dynamic_shapes = tuple({0: batch} for _ in example)
+    params = inspect.signature(model.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):  # forward(*inputs): models.guard
+        dynamic_shapes = (dynamic_shapes,)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -156,7 +174,7 @@ def torch_export(
             dynamo=True,
             input_names=inputs,
             output_names=outputs,
-            dynamic_shapes=tuple({0: batch} for _ in example),
+            dynamic_shapes=dynamic_shapes,
             opset_version=DYNAMO_OPSET,
             external_data=False,
             report=False,
@@ -261,7 +279,8 @@ def compare(
 def verify(
     name: str, model: torch.nn.Module, onnx_path: Path, artifacts: Path, ranges: dict[str, tuple[int, int]]
 ) -> dict[str, Any]:
-    """ONNX Runtime vs PyTorch on random inputs (batch 7), real test inputs (batch 64) and batch 1."""
+    """ONNX Runtime vs PyTorch on random inputs (batch 7), real test inputs (batch 64) and batch 1; and the
+    value guard on the test batch with two rows spoiled ("guard", common.guard_check)."""
     from models import registry
 
     input_names, output_names = common.io_names(name)
@@ -280,13 +299,18 @@ def verify(
             "batch": int(inputs[0].shape[0]),
             **compare(name, ort_out, _outputs(model, inputs), output_names),
         }
+    results["guard"] = common.guard_check(
+        sess, {n: _to_numpy(t) for n, t in zip(input_names, test, strict=True)}, ranges
+    )
     return results
 
 
 def failures(name: str, checks: dict[str, Any]) -> list[str]:
     """Every bound the verification results exceed, as readable strings."""
-    bad = []
+    bad = [f"{name}/guard: {p}" for p in checks.get("guard", {}).get("problems", [])]
     for case, outs in checks.items():
+        if case == "guard":
+            continue
         for out_name, r in outs.items():
             if not isinstance(r, dict):
                 continue
@@ -318,10 +342,11 @@ def export_one(name: str, artifacts: Path, repo: Path, force: bool, source_hash:
             return {**record, "skipped": True}
 
     t0 = time.perf_counter()
-    model = registry.load_model(name, artifacts).eval()
-    example = tuple(registry.example_inputs(name, artifacts, "train", TRACE_BATCH))
     input_names, output_names = common.io_names(name)
-    ranges = valid_ranges(name, model)
+    trained = registry.load_model(name, artifacts).eval()
+    ranges = valid_ranges(name, trained)
+    model = guarded(trained, input_names, output_names, ranges)
+    example = tuple(registry.example_inputs(name, artifacts, "train", TRACE_BATCH))
     out_dir.mkdir(parents=True, exist_ok=True)
     record_path.unlink(missing_ok=True)
     exporter, opset = torch_export(model, example, onnx_path, input_names, output_names)

@@ -124,13 +124,13 @@ def ort(
 
 
 def config_threads(repo: Path, name: str) -> int:
-    """intra_op_threads of the model's cpu config (0 there means ONNX Runtime's default: the core count)."""
+    """intra_op_thread_count of the model's cpu config (0 there means ONNX Runtime's default: the core count)."""
     import os
 
     from serving.repository import load_config
 
     cfg = load_config(repo / name / "configs" / "cpu.pbtxt")
-    value = cfg.parameters["intra_op_threads"].string_value if "intra_op_threads" in cfg.parameters else "0"
+    value = cfg.parameters["intra_op_thread_count"].string_value if "intra_op_thread_count" in cfg.parameters else "0"
     threads = int(value or 0)
     return threads if threads > 0 else (os.cpu_count() or 1)
 

@@ -66,7 +66,11 @@ class Grid:
 
 def committed(repo: Path, model: str) -> Grid:
     cfg = load_config(repo / model / "configs" / "cpu.pbtxt")
-    threads = int(cfg.parameters["intra_op_threads"].string_value or 0) if "intra_op_threads" in cfg.parameters else 0
+    threads = (
+        int(cfg.parameters["intra_op_thread_count"].string_value or 0)
+        if "intra_op_thread_count" in cfg.parameters
+        else 0
+    )
     db = cfg.dynamic_batching
     return Grid(
         instances=sum(g.count or 1 for g in cfg.instance_group) or 1,
@@ -94,7 +98,7 @@ def edit_for(g: Grid):
         repos.cache_off(name, cfg)
         del cfg.instance_group[1:]
         cfg.instance_group[0].count = g.instances
-        repos.set_parameter(cfg, "intra_op_threads", str(g.threads))
+        repos.set_parameter(cfg, "intra_op_thread_count", str(g.threads))
         cfg.dynamic_batching.max_queue_delay_microseconds = g.delay_us
         del cfg.dynamic_batching.preferred_batch_size[:]
         cfg.dynamic_batching.preferred_batch_size.extend(g.preferred)
@@ -148,12 +152,12 @@ def render_config(text: str, g: Grid, comment: str) -> str:
     if n != 1:
         raise ValueError("cannot find `instance_group [{ kind: KIND_CPU, count: N }]` on one line")
     text, n = re.subn(
-        r'(parameters \{ key: "intra_op_threads", value: \{ string_value: ")\d+(" \} \})',
+        r'(parameters \{ key: "intra_op_thread_count", value: \{ string_value: ")\d+(" \} \})',
         rf"\g<1>{g.threads}\g<2>",
         text,
     )
     if n != 1:
-        raise ValueError('cannot find the `parameters { key: "intra_op_threads", ... }` line')
+        raise ValueError('cannot find the `parameters { key: "intra_op_thread_count", ... }` line')
     pref = f"  preferred_batch_size: [ {', '.join(map(str, g.preferred))} ]\n" if g.preferred else ""
     block = "".join(f"# perf-search: {c}\n" for c in comment.splitlines())
     block += f"dynamic_batching {{\n{pref}  max_queue_delay_microseconds: {g.delay_us}\n}}"
@@ -176,7 +180,7 @@ def apply(repo: Path, model: str, g: Grid, comment: str) -> Path:
     db = cfg.dynamic_batching
     back = Grid(
         cfg.instance_group[0].count,
-        int(cfg.parameters["intra_op_threads"].string_value),
+        int(cfg.parameters["intra_op_thread_count"].string_value),
         int(db.max_queue_delay_microseconds),
         tuple(db.preferred_batch_size),
     )
@@ -184,6 +188,9 @@ def apply(repo: Path, model: str, g: Grid, comment: str) -> Path:
         tmp.unlink()
         raise ValueError(f"{path}: the rewritten config reads back as {back}, not {g}")
     os.replace(tmp, path)
+    from serving.repository import write_variants
+
+    write_variants(repo, [model])  # cpu_fp32 / cpu_int8 follow their base config
     return path
 
 
@@ -198,7 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated (default {','.join(MODELS)})")
     p.add_argument("--budget-ms", type=float, default=analysis.BUDGET_MS, help="p99 budget (default %(default)s ms)")
     p.add_argument("--instances", type=ints, default=INSTANCES, help="instance counts, e.g. 1,2")
-    p.add_argument("--threads", type=ints, default=THREADS, help="intra_op_threads values, e.g. 1,2")
+    p.add_argument("--threads", type=ints, default=THREADS, help="intra_op_thread_count values, e.g. 1,2")
     p.add_argument("--delays", type=ints, default=DELAYS_US, help="max_queue_delay_microseconds values")
     p.add_argument(
         "--preferred", default=";".join(PREFERRED), help='preferred batch sizes, ";"-separated sets, "none" for none'

@@ -1,15 +1,16 @@
 """Fault scenarios against a real tritonserver under load; each returns a dict of what happened.
 
     python -m reliability.faults --repo build/test/model_repository --artifacts build/test/artifacts
-    python -m reliability.faults --scenarios stub_kill,restart --out build/reliability
+    python -m reliability.faults --scenarios kill,restart --out build/reliability
 
-- `stub_kill`: SIGKILL the python backend stub of one model while clients load it and the ensemble that
-  uses it. Records what the in-flight requests got, every error message, whether Triton started a new
-  stub by itself, and (with the StubWatchdog, in explicit model-control mode) the time until the model
-  answered correctly again.
+- `kill`: SIGKILL tritonserver while clients load its models (every model runs inside that one process on
+  the native backends: a crash there is the server's), then start it again on the same ports, as
+  `python -m serving.server --restart`, Docker's restart policy or Kubernetes do. Records what the
+  in-flight requests got, the downtime and what the clients saw; nothing may be answered wrongly.
 - `restart`: stop the server (SIGTERM) and start it again on the same ports while clients that retry
-  unreachable-server errors for up to `retry_s` keep sending. Every request must end in a correct answer
-  or an explicit error, never a wrong answer; records the downtime and what the clients saw.
+  unreachable-server errors for up to `retry_s` keep sending (`restart_with_failover`: a second server
+  takes the traffic). Every request must end in a correct answer or an explicit error, never a wrong
+  answer; records the downtime and what the clients saw.
 - `bad_artifacts`: a repository copy where one model's ONNX file is missing and another's is corrupt;
   the server still starts, serves the healthy model correctly, reports the broken ones (and the
   ensemble that needs them) through `unavailable_models()` with Triton's reason naming the file, and
@@ -24,17 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
 from models import spec
-from reliability.load import ERROR, OK, WRONG, Endpoint, Mix, Record, run_load, summarize
+from reliability.load import ERROR, OK, Endpoint, Mix, Record, run_load, summarize
 from reliability.reference import Workload, build_workload
-from serving import procs
-from serving.watchdog import StubWatchdog
 
 log = logging.getLogger("reliability.faults")
 
@@ -50,11 +51,8 @@ USERS = {
 ENSEMBLE_STEPS = {"forecast": ("nhits", "reservoir", "forecast_blend"), "recommend": ("user_embedding", "similarity")}
 
 
-def make_server(
-    repo: Path, run_dir: Path, extra_args: list[str] | None = None, verify: bool = True, watchdog: bool = False
-):
-    """A TritonServer on free loopback ports (`verify=False` skips the artifact hash check, `watchdog=True`
-    reloads models whose stub died: serving.watchdog)."""
+def make_server(repo: Path, run_dir: Path, extra_args: list[str] | None = None, verify: bool = True):
+    """A TritonServer on free loopback ports (`verify=False` skips the artifact hash check)."""
     from serving.server import TritonServer, free_port
 
     return TritonServer(
@@ -65,7 +63,6 @@ def make_server(
         run_dir=run_dir,
         extra_args=list(extra_args or []),
         verify=verify,
-        watchdog=watchdog,
     )
 
 
@@ -81,94 +78,9 @@ def copy_repo(src: Path, dest: Path, models: tuple[str, ...]) -> Path:
     return dest
 
 
-def _background_load(
-    workload: Workload, endpoint: Endpoint, seconds: float, workers: int, mix: Mix, t0: float, retry_s: float = 0.0
-):
-    box: dict = {}
-
-    def go() -> None:
-        box["run"] = run_load(workload, endpoint, seconds, workers, mix=mix, t0=t0, retry_s=retry_s)
-
-    thread = threading.Thread(target=go, daemon=True, name="fault-load")
-    thread.start()
-    return thread, box
-
-
-def _in_flight(records: list[Record], at: float) -> list[Record]:
-    return [r for r in records if r.t <= at <= r.t + r.latency]
-
-
 def _first_ok_after(records: list[Record], at: float, targets: tuple[str, ...]) -> float | None:
     done = [r.t + r.latency for r in records if r.outcome == OK and r.t > at and r.target in targets]
     return round(min(done) - at, 3) if done else None
-
-
-def stub_kill(
-    server,
-    workload: Workload,
-    model: str,
-    before_s: float = 2.0,
-    after_s: float = 6.0,
-    workers: int = 4,
-    watchdog: StubWatchdog | None = None,
-) -> dict:
-    """Kill `model`'s stub `before_s` into a load of its users; observe for `after_s` more."""
-    targets = tuple(t for t in USERS[model] if t in workload.targets)
-    mix = Mix({t: 1.0 for t in targets}, http_share=0.25)
-    endpoint = Endpoint(server.grpc_url, server.http_url, timeout_s=30.0)
-    t0 = time.monotonic()
-    thread, box = _background_load(workload, endpoint, before_s + after_s, workers, mix, t0)
-    time.sleep(before_s)
-    victim = procs.kill_stub(server.process.pid, model)
-    t_kill = time.monotonic() - t0
-    log.info("killed stub %s (pid %d) at %.2f s", victim.instance, victim.pid, t_kill)
-    restarted_at = None
-    while thread.is_alive():
-        live = procs.stubs(server.process.pid)
-        if restarted_at is None and victim.instance in live and live[victim.instance].pid != victim.pid:
-            restarted_at = round(time.monotonic() - t0 - t_kill, 3)
-        thread.join(timeout=0.1)
-    records = box["run"].records
-    after = [r for r in records if r.t > t_kill]
-    live = procs.stubs(server.process.pid)
-    ok_after = [r for r in after if r.outcome == OK]
-    return {
-        "model": model,
-        "targets": list(targets),
-        "killed": {"instance": victim.instance, "pid": victim.pid, "at_s": round(t_kill, 3)},
-        "watchdog": watchdog is not None,
-        "in_flight": [
-            {"target": r.target, "outcome": r.outcome, "detail": r.detail, "latency_s": round(r.latency, 3)}
-            for r in _in_flight(records, t_kill)
-        ],
-        "stub_restarted_after_s": restarted_at,
-        "stub_alive_at_end": victim.instance in live,
-        "model_ready_at_end": _ready(server, model),
-        "first_correct_answer_after_kill_s": _first_ok_after(records, t_kill, targets),
-        "last_error_after_kill_s": round(
-            max((r.t + r.latency for r in after if r.outcome == ERROR), default=t_kill) - t_kill, 3
-        ),
-        "answers_after_kill": {
-            "ok": len(ok_after),
-            "errors": sum(r.outcome == ERROR for r in after),
-            "wrong": sum(r.outcome == WRONG for r in after),
-        },
-        "watchdog_events": list(watchdog.events) if watchdog is not None else [],
-        "summary": summarize(records),
-        "records": records,
-    }
-
-
-def _ready(server, model: str) -> bool:
-    import tritonclient.http as httpclient
-
-    c = httpclient.InferenceServerClient(server.http_url)
-    try:
-        return bool(c.is_model_ready(model))
-    except Exception:  # noqa: BLE001 - a server that is down is not ready
-        return False
-    finally:
-        c.close()
 
 
 def start_again(server, limit_s: float = 120.0) -> float:
@@ -199,9 +111,11 @@ def restart(
     failover=None,
     retries: int = 6,
     retry_s: float = 0.0,
+    kill: bool = False,
 ) -> dict:
-    """Stop and start `server` (same ports) under load. `production`: clients.Client with `retries` and, when
-    `failover` (a second running TritonServer) is given, failover to it; else bare calls retried for `retry_s`."""
+    """Stop (SIGTERM; `kill`: SIGKILL, a crash) and start `server` (same ports) under load. `production`:
+    clients.Client with `retries` and, when `failover` (a second running TritonServer) is given, failover to
+    it; else bare calls retried for `retry_s`."""
     targets = targets or tuple(workload.targets)
     mix = Mix({t: 1.0 for t in targets}, http_share=0.25)
     endpoint = Endpoint(
@@ -223,7 +137,11 @@ def restart(
     thread.start()
     time.sleep(before_s)
     t_stop = time.monotonic() - t0
-    server.stop()
+    if kill:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(30)
+    else:
+        server.stop()
     t_stopped = time.monotonic() - t0
     port_wait_s = start_again(server)
     t_ready = time.monotonic() - t0
@@ -234,6 +152,7 @@ def restart(
     records = box["run"].records
     across = [r for r in records if r.t <= t_ready and r.t + r.latency >= t_stop]
     return {
+        "signal": "SIGKILL" if kill else "SIGTERM",
         "client": "clients.Client" if production else "tritonclient + retry",
         "failover": failover is not None,
         "targets": list(targets),
@@ -309,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", type=Path, default=Path("build/test/model_repository"))
     p.add_argument("--artifacts", type=Path, default=Path("build/test/artifacts"))
-    p.add_argument("--scenarios", default="bad_artifacts,stub_kill,restart", help="comma-separated")
-    p.add_argument("--model", default="nhits", help="model whose stub is killed")
+    p.add_argument("--scenarios", default="bad_artifacts,kill,restart", help="comma-separated")
+    p.add_argument("--model", default="nhits", help="model whose users carry the load (with the forecast ensemble)")
     p.add_argument("--seconds", type=float, default=10.0, help="load after each fault, s")
     p.add_argument("--out", type=Path, default=Path("build/reliability"))
     args = p.parse_args(argv)
@@ -329,23 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     if "bad_artifacts" in scenarios:
         results["bad_artifacts"] = bad_artifacts(args.repo, work / "bad", workload=workload)
     repo = copy_repo(args.repo, work / "repo", models)
-    if "stub_kill" in scenarios:
-        server = make_server(repo, work / "run-default")
+    if "kill" in scenarios or "restart" in scenarios:
+        server = make_server(repo, work / "run")
         server.start(timeout=300)
         try:
-            results["stub_kill_default_flags"] = _strip(stub_kill(server, workload, args.model, after_s=args.seconds))
-        finally:
-            t = time.monotonic()
-            server.stop()
-            results["stub_kill_default_flags"]["server_stop_took_s"] = round(time.monotonic() - t, 2)
-    if "stub_kill" in scenarios or "restart" in scenarios:
-        server = make_server(repo, work / "run-watchdog", watchdog=True)
-        server.start(timeout=300)
-        try:
-            if "stub_kill" in scenarios:
-                results["stub_kill_with_watchdog"] = _strip(
-                    stub_kill(server, workload, args.model, after_s=args.seconds, watchdog=server.stub_watchdog)
-                )
+            if "kill" in scenarios:
+                results["kill"] = _strip(restart(server, workload, after_s=args.seconds, kill=True))
             if "restart" in scenarios:
                 results["restart_single_server"] = _strip(restart(server, workload, after_s=args.seconds))
                 backup = make_server(repo, work / "run-backup")

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models import spec
+from serving.repository import served_file
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ RTOL = 1e-5  # same file, same ONNX Runtime: only the batch composition differs 
 RTOL_RECURRENT = 1e-4
 RTOL_BY_TARGET = {"reservoir": RTOL_RECURRENT, "forecast": RTOL_RECURRENT, STREAM: RTOL_RECURRENT}
 TARGETS = (*spec.EXPORTED, "forecast", "recommend", STREAM)
-PRECISION_FILES = {"fp32": spec.ONNX_FP32, "int8": spec.ONNX_INT8}
 
 
 @dataclass
@@ -65,26 +65,15 @@ class Workload:
         return [t for t in TARGETS if self.cases.get(t) or (t == STREAM and self.sequences)]
 
 
-def precision(repo: Path, model: str, config_name: str = "cpu") -> str:
-    """The `precision` parameter of a model's config (which ONNX file the backend runs)."""
-    from serving.repository import load_config
-
-    path = repo / model / "configs" / f"{config_name}.pbtxt"
-    if not path.is_file():
-        path = repo / model / "config.pbtxt"
-    params = load_config(path).parameters
-    return params["precision"].string_value.lower() if "precision" in params else "fp32"
-
-
 class Reference:
-    """ONNX Runtime sessions over the files the server loads."""
+    """ONNX Runtime sessions over the files the server loads (each config's default_model_filename)."""
 
     def __init__(self, repo: Path, models: tuple[str, ...] = (*spec.EXPORTED, STREAM), config_name: str = "cpu"):
         self.sessions: dict[str, ort.InferenceSession] = {}
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         for m in models:
-            path = spec.version_dir(m, repo) / PRECISION_FILES[precision(repo, m, config_name)]
+            path = served_file(repo, m, config_name)
             if path.is_file():
                 self.sessions[m] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             else:

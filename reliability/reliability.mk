@@ -8,7 +8,7 @@ RELIABILITY_OUT ?= build/reliability
 
 .PHONY: soak soak-small faults reliability-test integrity-manifest integrity-check
 
-soak: $(VENV)/.installed ## soak the cpu target: SOAK_LOAD x max throughput for SOAK_SECONDS (default 600), every answer checked
+soak: $(VENV)/.installed backend ## soak the cpu target: SOAK_LOAD x max throughput for SOAK_SECONDS (default 600), every answer checked
 	$(PY) -m reliability.soak --repo $(SOAK_REPO) --artifacts $(SOAK_ARTIFACTS) --duration $(SOAK_SECONDS) \
 		--load $(SOAK_LOAD) --out $(RELIABILITY_OUT)
 
@@ -16,7 +16,7 @@ soak-small: export-small ## the soak over the small test repository (SOAK_SECOND
 	$(PY) -m reliability.soak --repo $(TEST_ROOT)/model_repository --artifacts $(TEST_ROOT)/artifacts \
 		--duration $(SOAK_SECONDS) --load $(SOAK_LOAD) --out $(RELIABILITY_OUT)
 
-faults: export-small ## scripted faults under load (stub kill, restart, missing/corrupt model) -> faults.json
+faults: export-small ## scripted faults under load (server killed, restarted, missing/corrupt model) -> faults.json
 	$(PY) -m reliability.faults --repo $(TEST_ROOT)/model_repository --artifacts $(TEST_ROOT)/artifacts \
 		--out $(RELIABILITY_OUT)
 

@@ -7,7 +7,6 @@ model instance name (`<model>_<group>_<index>`, e.g. `nhits_0_0`) right after th
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +32,6 @@ class Proc:
                 if arg and not arg.isdigit() and "/" not in arg and not arg.startswith("triton_"):
                     return arg
         return Path(self.argv[0]).name if self.argv else str(self.pid)
-
-    @property
-    def model(self) -> str:
-        name = self.instance
-        parts = name.rsplit("_", 2)
-        return parts[0] if self.is_stub and len(parts) == 3 else name
 
 
 def _read(pid: int) -> Proc | None:
@@ -81,13 +74,3 @@ def memory(server_pid: int) -> dict[str, int]:
         out[f"stub:{name}"] = rss_kb(p.pid)
     out["total"] = sum(out.values())
     return out
-
-
-def kill_stub(server_pid: int, model: str, sig: int = signal.SIGKILL) -> Proc:
-    """Kill the first stub of `model` (instance `<model>_0_0`); returns it. KeyError when it has none."""
-    live = stubs(server_pid)
-    name = next((n for n, p in sorted(live.items()) if p.model == model), None)
-    if name is None:
-        raise KeyError(f"no live python backend stub for model {model!r}: {sorted(live)}")
-    os.kill(live[name].pid, sig)
-    return live[name]

@@ -4,11 +4,24 @@ agreement between each config, its ONNX file and the ensemble steps.
     python -m serving.repository --repo model_repository --check-layout
     python -m serving.repository --repo model_repository --copy-configs-to build/test/model_repository
     python -m serving.repository --repo model_repository --check-onnx
+    python -m serving.repository --repo model_repository --write-variants
+
+Precision variants. `tritonserver --model-config-name=<variant>` serves `configs/<variant>.pbtxt` of each
+model that has one, and `config.pbtxt` (the gpu target) of each that has none; so every ONNX model carries
+every variant, written from its base config by `--write-variants` (never edited by hand; a test checks):
+
+    cpu       configs/cpu.pbtxt        the precision chosen by measurement (its comment says why)
+    cpu_fp32  configs/cpu_fp32.pbtxt   cpu.pbtxt serving model.onnx
+    cpu_int8  configs/cpu_int8.pbtxt   cpu.pbtxt serving model.int8.onnx
+    gpu       config.pbtxt             TensorRT FP16 model.plan
+    gpu_int8  configs/gpu_int8.pbtxt   config.pbtxt serving model.int8.plan
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -19,7 +32,15 @@ from tritonclient.grpc import model_config_pb2 as mc
 from models import spec
 
 DTYPES = {mc.TYPE_FP32: "float32", mc.TYPE_INT64: "int64", mc.TYPE_INT32: "int32", mc.TYPE_UINT64: "uint64"}
-CONFIG_FILES = ("config.pbtxt", "configs/cpu.pbtxt")
+# variant name -> (the config it is written from, the model file it serves)
+VARIANTS = {
+    "cpu_fp32": ("configs/cpu.pbtxt", spec.ONNX_FP32),
+    "cpu_int8": ("configs/cpu.pbtxt", spec.ONNX_INT8),
+    "gpu_int8": ("config.pbtxt", spec.PLAN_INT8),
+}
+BASE_FILES = ("config.pbtxt", "configs/cpu.pbtxt")
+CONFIG_FILES = (*BASE_FILES, *(f"configs/{v}.pbtxt" for v in VARIANTS))
+_FILENAME_LINE = re.compile(r'^default_model_filename: ".*"$', re.M)
 
 
 def load_config(path: Path) -> mc.ModelConfig:
@@ -35,6 +56,13 @@ def config_paths(repo: Path) -> list[Path]:
 
 def tensors(config_tensors) -> dict[str, tuple[str, tuple[int, ...]]]:
     return {t.name: (DTYPES.get(t.data_type, str(t.data_type)), tuple(t.dims)) for t in config_tensors}
+
+
+def served_file(repo: Path, model: str, config: str = "cpu") -> Path:
+    """The model file that `--model-config-name=<config>` serves: its config's default_model_filename."""
+    path = repo / model / "configs" / f"{config}.pbtxt"
+    cfg = load_config(path if path.is_file() else repo / model / "config.pbtxt")
+    return spec.version_dir(model, repo) / (cfg.default_model_filename or spec.ONNX_FP32)
 
 
 def check_layout(repo: Path) -> list[str]:
@@ -134,6 +162,49 @@ def check_onnx(repo: Path, filename: str = spec.ONNX_FP32) -> list[str]:
     return problems
 
 
+def variant_text(base: str, base_rel: str, filename: str) -> str:
+    """A variant config: the base config's text serving `filename` (the line's reason comment dropped)."""
+    lines = [line.split("  #")[0] if line.startswith("default_model_filename:") else line for line in base.splitlines()]
+    body = "\n".join(lines) + "\n"
+    if not _FILENAME_LINE.search(body):
+        raise ValueError(f"{base_rel} has no default_model_filename line to vary")
+    body = _FILENAME_LINE.sub(f'default_model_filename: "{filename}"', body, count=1)
+    header = (
+        f"# Written from {os.path.relpath(base_rel, 'configs')} by `python -m serving.repository --write-variants`: "
+        f"the same config serving {filename}.\n# Do not edit: edit the base config and write the variants again.\n"
+    )
+    return header + body
+
+
+def variants(repo: Path, models: list[str] | None = None) -> dict[Path, str]:
+    """Every variant file of every ONNX model of `repo` (or of `models`) -> its text as written from its base."""
+    out = {}
+    for name in models if models is not None else [*spec.EXPORTED, spec.STREAM.name]:
+        for variant, (base_rel, filename) in VARIANTS.items():
+            base = repo / name / base_rel
+            if base.is_file():
+                out[repo / name / "configs" / f"{variant}.pbtxt"] = variant_text(base.read_text(), base_rel, filename)
+    return out
+
+
+def write_variants(repo: Path, models: list[str] | None = None) -> list[Path]:
+    written = []
+    for path, text in variants(repo, models).items():
+        if not path.is_file() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            written.append(path)
+    return written
+
+
+def check_variants(repo: Path) -> list[str]:
+    return [
+        f"{path} differs from what its base config gives: run `python -m serving.repository --write-variants`"
+        for path, text in variants(repo).items()
+        if not path.is_file() or path.read_text() != text
+    ]
+
+
 def copy_configs(repo: Path, dest: Path) -> None:
     """Copy configs (not artifacts) so a second repository (tests, small sizes) shares them."""
     for name in spec.MODELS:
@@ -153,14 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-layout", action="store_true", help="configs parse and match models/spec.py")
     p.add_argument("--check-onnx", action="store_true", help="configs match the exported ONNX files")
     p.add_argument("--copy-configs-to", type=Path, metavar="DIR", help="copy every config into DIR")
+    p.add_argument("--write-variants", action="store_true", help="write the precision variants from the base configs")
     args = p.parse_args(argv)
     if not args.repo.is_dir():
         p.error(f"model repository {args.repo} does not exist")
-    if not (args.check_layout or args.check_onnx or args.copy_configs_to):
-        p.error("nothing to do: give --check-layout, --check-onnx or --copy-configs-to")
+    if not (args.check_layout or args.check_onnx or args.copy_configs_to or args.write_variants):
+        p.error("nothing to do: give --check-layout, --check-onnx, --copy-configs-to or --write-variants")
+    if args.write_variants:
+        for path in write_variants(args.repo):
+            print(f"wrote {path}")
     problems = []
     if args.check_layout:
-        problems += check_layout(args.repo) + check_ensembles(args.repo)
+        problems += check_layout(args.repo) + check_ensembles(args.repo) + check_variants(args.repo)
     if args.check_onnx:
         problems += check_onnx(args.repo)
     for line in problems:

@@ -2,20 +2,21 @@
 
     python -m serving.server --repo model_repository          # until Ctrl-C / SIGTERM
 
-The wheel ships `tritonserver` 2.51.0, the python backend and the local response cache. This
-module assembles a backend directory (python backend + the stub for the running Python + the
-project's `onnxruntime_py` backend), sets PATH / LD_LIBRARY_PATH as DESIGN.md requires (without
-the virtualenv first on PATH the models silently received all-zero inputs), starts the server on
-127.0.0.1 with `--model-config-name=cpu`, and waits for readiness with a timeout.
+The wheel ships `tritonserver` 2.51.0, the python backend and the local response cache, but no ONNX
+Runtime backend: Triton's own is built from source at set-up (`make backend`, serving.ort_backend). This
+module assembles a backend directory (that `onnxruntime` backend; the python backend with the stub for
+the running Python, for models that are Python by nature), sets PATH / LD_LIBRARY_PATH as DESIGN.md
+requires (without the virtualenv first on PATH a python model silently received all-zero inputs), starts
+the server on 127.0.0.1 with `--model-config-name=cpu` (`--config-name cpu_fp32` / `cpu_int8`: the other
+precision), and waits for readiness with a timeout.
 
 Before starting, every artifact (`*.onnx`, `*.plan`) is checked against the SHA-256 recorded at export
 (serving.integrity: the provenance record beside each file and `<repo>/integrity.json`); a file that
 does not match, has no record, or is missing refuses the start with one line per file; with
 `--exclude-unverified` the server starts instead with every other model (explicit model-control mode,
 the refused models and the ensembles that use them left unloaded and named with their files in
-`unavailable_models()`); `--no-verify` skips the check, for experiments only. `--watchdog` reloads a model whose python backend stub died
-(Triton 2.51 does not restart it: serving.watchdog); it runs the server in explicit model-control mode.
-`--restart` starts tritonserver again when it exits unexpectedly (it can abort under load, RELIABILITY.md).
+`unavailable_models()`); `--no-verify` skips the check, for experiments only. `--restart` starts
+tritonserver again when it exits unexpectedly (RELIABILITY.md).
 
 The model-repository (load/unload), shared-memory, logging and trace APIs are restricted behind a key: clients
 send the header `triton-admin-key: <key>` over HTTP and `triton-grpc-protocol-triton-admin-key`
@@ -41,7 +42,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ ADMIN_HEADER = "triton-admin-key"
 RESTRICTED = "model-repository,shared-memory,logging,trace"
 CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_RUN_DIR = Path("build/triton-run")
-# --restart: Triton 2.51 can abort under load (python backend lock_exception, RELIABILITY.md)
+# --restart: start tritonserver again if it exits (a crash, an OOM kill)
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 
@@ -77,12 +77,6 @@ def ensemble_steps(repo: Path) -> dict[str, list[str]]:
             if config.platform == "ensemble":
                 out[name] = [step.model_name for step in config.ensemble_scheduling.step]
     return out
-
-
-def watchdog_flags() -> list[str]:
-    from serving.watchdog import EXPLICIT_FLAGS
-
-    return list(EXPLICIT_FLAGS)
 
 
 def admin_headers(key: str, protocol: str = "http") -> dict[str, str]:
@@ -138,7 +132,28 @@ def assemble_backends(run_dir: Path) -> Path:
     ours = backends / BACKEND_NAME
     ours.mkdir(exist_ok=True)
     _install(BACKEND_SOURCE, ours / "model.py")
+    _link(native_backend(), backends / "onnxruntime")
     return backends
+
+
+def native_backend() -> Path:
+    """The ONNX Runtime backend built at set-up (serving.ort_backend); ServerError saying how to build it."""
+    from serving import ort_backend
+
+    try:
+        return ort_backend.require()
+    except ort_backend.BuildError as exc:
+        raise ServerError(str(exc)) from exc
+
+
+def _link(target: Path, link: Path) -> None:
+    """`link` -> `target`, replaced atomically when it points elsewhere."""
+    if link.is_symlink() and link.resolve() == target.resolve():
+        return
+    tmp = link.with_name(link.name + f".tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target.resolve(), target_is_directory=True)
+    os.replace(tmp, link)
 
 
 def server_env() -> dict[str, str]:
@@ -181,10 +196,8 @@ class TritonServer:
     extra_args: list[str] = field(default_factory=list)
     verify: bool = True  # refuse to start over artifacts that do not match their recorded hashes
     exclude_unverified: bool = False  # instead, start without those models (and the ensembles using them)
-    watchdog: bool = False  # reload models whose python backend stub died (explicit model-control mode)
     process: subprocess.Popen | None = None
     key: str = ""
-    stub_watchdog: Any = None
     refused: dict[str, str] = field(default_factory=dict)  # model -> why it was not loaded (verification)
 
     @property
@@ -258,17 +271,12 @@ class TritonServer:
         self.wait_ready(timeout)
         for name, reason in self.unavailable_models().items():
             log.warning("model %s is not ready: %s", name, reason)
-        if self.watchdog:
-            from serving.watchdog import StubWatchdog
-
-            self.stub_watchdog = StubWatchdog(self).start()
         return self
 
     def control_flags(self) -> list[str]:
-        """Model-control flags: explicit mode loading every model but the refused ones, when any were refused
-        or the watchdog (which reloads models through the API) is on."""
+        """Model-control flags: explicit mode loading every model but the refused ones, when any were refused."""
         if not self.refused:
-            return watchdog_flags() if self.watchdog else []
+            return []
         keep = sorted(set(model_names(self.repo)) - set(self.refused))
         return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in keep)]
 
@@ -340,9 +348,6 @@ class TritonServer:
         return "\n".join(text[-lines:])
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.stub_watchdog is not None:
-            self.stub_watchdog.stop()
-            self.stub_watchdog = None
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
@@ -374,7 +379,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--exclude-unverified", action="store_true", help="start without the models whose artifacts fail the check"
     )
-    p.add_argument("--watchdog", action="store_true", help="reload a model whose python backend stub died")
     p.add_argument(
         "--restart",
         action="store_true",
@@ -403,7 +407,6 @@ def main(argv: list[str] | None = None) -> int:
         args.admin_key_file,
         verify=not args.no_verify,
         exclude_unverified=args.exclude_unverified,
-        watchdog=args.watchdog,
     )
     stop = {"now": False}
 

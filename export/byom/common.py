@@ -85,11 +85,13 @@ def check_name(name: str) -> str:
 
 
 def export_onnx(entry: Entry, model: Any, example: tuple, path: Path, meta: dict[str, str]) -> dict[str, Any]:
-    """torch -> ONNX with the project's exporter, dims pinned to the entry's, checked, metadata written."""
+    """torch -> ONNX with the project's exporter and its value guard (models.guard), dims pinned to the
+    entry's, checked, metadata written."""
     from export import onnx_export
 
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    model = onnx_export.guarded(model, entry.input_names, entry.output_names, {})
     exporter, opset = onnx_export.torch_export(model, example, path, entry.input_names, entry.output_names)
     proto = onnx.load(str(path))
     want = entry.dims()
@@ -121,7 +123,11 @@ def export_onnx(entry: Entry, model: Any, example: tuple, path: Path, meta: dict
     inferred = Path(str(path) + ".inferred")
     onnx.shape_inference.infer_shapes_path(str(path), str(inferred), strict_mode=True)  # proves the pinned dims
     inferred.unlink()
-    return {"exporter": exporter, "opset": opset, "export_s": round(time.perf_counter() - t0, 3)}
+    feeds = {n: np.concatenate([t.detach().numpy()] * 4) for n, t in zip(entry.input_names, example, strict=True)}
+    guard = common.guard_check(common.ort_session(path), feeds, {})
+    if not guard["passed"]:
+        raise CliError(f"{entry.name}: the exported value guard failed: {guard['problems'][0]}")
+    return {"exporter": exporter, "opset": opset, "export_s": round(time.perf_counter() - t0, 3), "guard": guard}
 
 
 def run_onnx(path: Path, feeds: dict[str, np.ndarray], batch: int = 256) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ import pytest
 
 from clients import ranges_from_repository
 from models import data, spec
+from serving.repository import served_file
 from serving.server import free_port
 
 PROTOCOLS = ("grpc", "http")
@@ -57,7 +58,7 @@ def onnx_runtime(repo: Path):
 
     def run(model: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if model not in sessions:
-            path = spec.version_dir(model, repo) / spec.ONNX_FP32
+            path = served_file(repo, model)  # the file the cpu config serves (similarity: model.int8.onnx)
             sessions[model] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         names = [t.name for t in spec.MODELS[model].outputs]
         return dict(zip(names, sessions[model].run(names, feed), strict=True))

@@ -129,8 +129,7 @@ def test_cpu_overlay_selects_the_cpu_configs_without_a_gpu():
     assert c["args"] == [
         ENTRYPOINT,
         *PRODUCTION_FLAGS,
-        "--model-config-name=cpu",
-        "--backend-directory=/opt/tritonserver/backends",  # where docker/Dockerfile puts onnxruntime_py
+        "--model-config-name=cpu",  # Triton's ONNX Runtime backend, in the image's default backend directory
     ]
     assert "tolerations" not in objs["Deployment"]["spec"]["template"]["spec"]
     assert objs["Deployment"]["metadata"]["name"].endswith("-cpu"), "cpu and gpu can share a namespace"

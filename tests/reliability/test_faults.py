@@ -1,5 +1,5 @@
 """Faults under load against private tritonservers (the session server is left alone): a model file
-missing or corrupt at start, a python backend stub killed, the server stopped and started again.
+missing or corrupt at start, the server killed or stopped and started again.
 What each scenario saw goes to build/reliability/faults_test.json."""
 
 from __future__ import annotations
@@ -73,59 +73,45 @@ def small_repo(repo, tmp_path_factory) -> Path:
     return faults.copy_repo(repo, tmp_path_factory.mktemp("faults") / "repo", MODELS)
 
 
-def test_a_killed_stub_fails_its_requests_explicitly_and_triton_does_not_restart_it(
-    small_repo, workload, tmp_path, record
-):
-    server = faults.make_server(small_repo, tmp_path / "run")
-    server.start(timeout=180)
-    try:
-        result = faults.stub_kill(server, workload, "forecast_blend", before_s=1.5, after_s=4.0)
-    finally:
-        server.stop()
-    record("faults_test", {"stub_kill_default_flags": _strip(result)})
-    outcomes = {r["outcome"] for r in result["in_flight"]}
-    assert outcomes <= {OK, ERROR}
-    assert result["summary"]["wrong"] == 0
-    assert result["answers_after_kill"]["errors"] > 0
-    after = [r for r in result["records"] if r.t > result["killed"]["at_s"] + 1.0 and r.outcome == ERROR]
-    assert after and all("not healthy" in r.detail for r in after), {r.detail for r in after}
-    # Triton 2.51: no restart, the model still reports READY (if this changes, RELIABILITY.md must too).
-    assert result["stub_restarted_after_s"] is None and result["model_ready_at_end"]
-
-
 @pytest.fixture(scope="module")
-def explicit_server(small_repo, tmp_path_factory):
-    """`TritonServer(watchdog=True)`: explicit model-control mode and serving.watchdog.StubWatchdog."""
-    server = faults.make_server(small_repo, tmp_path_factory.mktemp("explicit-run"), watchdog=True)
+def fault_server(small_repo, tmp_path_factory):
+    server = faults.make_server(small_repo, tmp_path_factory.mktemp("fault-run"))
     server.start(timeout=180)
     yield server
     server.stop()
 
 
-def test_the_watchdog_reloads_a_model_whose_stub_died_and_answers_are_correct_again(explicit_server, workload, record):
-    dog = explicit_server.stub_watchdog
-    assert dog is not None and "--model-control-mode=explicit" in explicit_server.command(Path("b"))
-    result = faults.stub_kill(explicit_server, workload, "nhits", before_s=1.5, after_s=8.0, watchdog=dog)
-    record("faults_test", {"stub_kill_with_watchdog": _strip(result)})
+def test_a_killed_server_started_again_loses_no_answer_and_gives_no_wrong_one(fault_server, workload, record):
+    """SIGKILL of tritonserver under load (on the native backends a crash anywhere is the server's), started again
+    at once: requests in flight end in an explicit error (ServerUnavailableError) or, retried, a correct answer;
+    once the client's circuit breaker lets its probe through (cooldown 5 s), every answer is correct again."""
+    result = faults.restart(
+        fault_server, workload, before_s=1.5, after_s=8.0, targets=("nhits", "forecast"), retries=20, kill=True
+    )
+    record("faults_test", {"kill": _strip(result)})
+    records = result["records"]
+    assert result["signal"] == "SIGKILL"
+    assert records and all(r.outcome in (OK, ERROR) for r in records)
     assert result["summary"]["wrong"] == 0
-    assert dog.events and dog.events[0]["error"] is None, dog.events
-    assert result["stub_alive_at_end"] and result["model_ready_at_end"]
-    recovered = result["first_correct_answer_after_kill_s"]
-    assert recovered is not None and recovered < 30, result
-    late = [r for r in result["records"] if r.t > result["killed"]["at_s"] + recovered + 1.0]
+    recovered = result["first_correct_answer_after_ready_s"]
+    assert recovered is not None and recovered < 5.0 + 3.0, result
+    cooldown = 5.0  # clients.Client's circuit breaker: each worker's client probes again after it
+    late = [r for r in records if r.t > result["stop_at_s"] + result["ready_again_after_s"] + cooldown + 1.0]
     assert late and all(r.outcome == OK for r in late), {r.detail for r in late if r.outcome != OK}
-    assert {r.target for r in late} == {"nhits", "forecast"}
 
 
 def test_a_restart_under_load_ends_every_request_in_a_correct_answer_or_an_explicit_error(
-    explicit_server, small_repo, workload, tmp_path, record
+    fault_server, small_repo, workload, tmp_path, record
 ):
-    """clients.Client with a second server to fail over to: the restart of the first costs no request."""
+    """clients.Client with a second server to fail over to: the restart of the first costs no request, but for
+    Triton 2.51's shutdown race (RELIABILITY.md): at SIGTERM it counts no ensemble request as in flight and unloads
+    the composing models under them, so an ensemble request executing at that instant fails, explicitly
+    (INTERNAL, ONNX Runtime's error), within a second of the stop. Nothing is answered wrongly."""
     backup = faults.make_server(small_repo, tmp_path / "backup")
     backup.start(timeout=180)
     try:
         result = faults.restart(
-            explicit_server, workload, before_s=1.5, after_s=3.0, targets=("nhits", "forecast"), failover=backup
+            fault_server, workload, before_s=1.5, after_s=3.0, targets=("nhits", "forecast"), failover=backup
         )
     finally:
         backup.stop()
@@ -133,18 +119,23 @@ def test_a_restart_under_load_ends_every_request_in_a_correct_answer_or_an_expli
     records = result["records"]
     assert records and all(r.outcome in (OK, ERROR) for r in records)
     assert sum(r.outcome == WRONG for r in records) == 0
-    assert result["summary"]["errors"] == 0, result["summary"]["error_messages"]
+    errors = [r for r in records if r.outcome == ERROR]
+    race = [r for r in errors if r.target == "forecast" and "in ensemble 'forecast'" in r.detail]
+    assert errors == race, {r.detail[:160] for r in errors if r not in race}
+    assert all(result["stop_at_s"] - 1.0 <= r.t <= result["stop_at_s"] + 1.0 for r in race), [r.t for r in race]
+    assert len(race) <= 8, f"{len(race)} ensemble requests lost to the shutdown race"
     assert result["requests_spanning_the_restart"]["ok"] > 0
     assert result["first_correct_answer_after_ready_s"] is not None
 
 
 def test_the_launcher_with_restart_brings_a_killed_tritonserver_back_on_the_same_ports(repo, workload, tmp_path):
-    """`python -m serving.server --restart`: tritonserver killed (as the lock_exception abort of soak run 3
-    ended it) -> started again, same ports, the crashed server's log kept; SIGTERM still stops it cleanly."""
+    """`python -m serving.server --restart`: tritonserver killed -> started again, same ports, the crashed
+    server's log kept; SIGTERM still stops it cleanly."""
     import os
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
     from reliability.load import Caller, Endpoint
@@ -161,6 +152,16 @@ def test_the_launcher_with_restart_brings_a_killed_tritonserver_back_on_the_same
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=spec.ROOT,
     )  # fmt: skip
     case = workload.cases["forecast_blend"][0]
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(cli.stdout), daemon=True)
+    reader.start()
+
+    def launcher_says(text: str, seconds: float) -> bool:
+        """The server can answer before the launcher's own readiness poll has seen it: wait for its line."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not any(text in line for line in list(lines)):
+            time.sleep(0.1)
+        return any(text in line for line in list(lines))
 
     def answer_within(seconds: float) -> bool:
         """A fresh client per try: a tritonclient whose server was killed keeps failing on its dead connection."""
@@ -177,7 +178,7 @@ def test_the_launcher_with_restart_brings_a_killed_tritonserver_back_on_the_same
         return False
 
     try:
-        assert answer_within(120), "the launcher never served"
+        assert launcher_says("Triton ready:", 120) and answer_within(30), "the launcher never served"
         servers = [p for p in procs.children(cli.pid) if p.argv and p.argv[0].endswith("tritonserver")]
         assert len(servers) == 1, servers
         os.kill(servers[0].pid, signal.SIGKILL)
@@ -188,6 +189,8 @@ def test_the_launcher_with_restart_brings_a_killed_tritonserver_back_on_the_same
         assert list(run_dir.glob("tritonserver.crash1-*.log")), "the crashed server's log was not kept"
     finally:
         cli.send_signal(signal.SIGTERM)
-        out, _ = cli.communicate(timeout=60)
+        cli.wait(timeout=60)
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert cli.returncode == 0, out
     assert "restarting (--restart)" in out and "Triton stopped" in out

@@ -82,6 +82,14 @@ RESTRICTED_CALLS = {
 }
 
 
+def client_ready(triton, model: str) -> bool:
+    c = httpclient.InferenceServerClient(triton.http_url)
+    try:
+        return bool(c.is_model_ready(model))
+    finally:
+        c.close()
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("call", sorted(RESTRICTED_CALLS))
 def test_model_control_and_shared_memory_calls_are_refused_without_the_right_key(triton, protocol, call):
@@ -94,7 +102,7 @@ def test_model_control_and_shared_memory_calls_are_refused_without_the_right_key
             assert triton.key not in str(err.value)
     finally:
         client.close()
-    assert procs.stubs(triton.process.pid), "the python backend stubs are gone"
+    assert triton.ready() and all(client_ready(triton, m) for m in ("forecast_blend", "nhits")), "a model went away"
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -191,7 +199,8 @@ def test_an_oversized_request_is_refused_cleanly_and_the_server_keeps_answering(
 @pytest.mark.parametrize("batch", [2**31, 2**32 + 1, 2**40])
 def test_a_request_declaring_a_huge_shape_with_little_data_is_refused(triton, protocol, batch):
     """Binary (HTTP) and raw (gRPC) tensors: Triton compares the declared size with the bytes sent. A batch of
-    2**40 overflows Triton's batch check and reaches the backend, whose own shape check refuses it."""
+    2**40 overflows Triton 2.51's batch check and reaches the backend, where ONNX Runtime refuses the tensor
+    ("Invalid rank", an INTERNAL error: HTTP 500 / gRPC INTERNAL, RELIABILITY.md); the server answers on."""
     import tritonclient.grpc.service_pb2 as pb
     import tritonclient.grpc.service_pb2_grpc as pb_grpc
 
@@ -217,7 +226,8 @@ def test_a_request_declaring_a_huge_shape_with_little_data_is_refused(triton, pr
                 headers={"Inference-Header-Content-Length": str(len(body))},
             )
             response = conn.getresponse()
-            assert response.status == 400 and "error" in json.loads(response.read())
+            want = 500 if batch == 2**40 else 400
+            assert response.status == want and "error" in json.loads(response.read())
         finally:
             conn.close()
     else:
@@ -231,7 +241,8 @@ def test_a_request_declaring_a_huge_shape_with_little_data_is_refused(triton, pr
         with grpc.insecure_channel(triton.grpc_url) as channel:
             with pytest.raises(grpc.RpcError) as err:
                 pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, timeout=10)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        want = grpc.StatusCode.INTERNAL if batch == 2**40 else grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.code() == want, err.value.details()
     assert triton.ready()
 
 

@@ -47,21 +47,52 @@ def test_configs_match_the_exported_onnx_files(repo: Path, filename: str):
     assert repository.check_onnx(repo, filename) == []
 
 
-def test_gpu_configs_are_tensorrt_plans_and_cpu_configs_use_the_project_backend():
+def test_gpu_configs_are_tensorrt_plans_and_cpu_configs_use_the_onnx_runtime_backend():
     for name in (*spec.EXPORTED, spec.STREAM.name):
         gpu = repository.load_config(REPO / name / "config.pbtxt")
         cpu = repository.load_config(REPO / name / "configs" / "cpu.pbtxt")
         assert gpu.platform == "tensorrt_plan" and gpu.instance_group[0].kind == gpu.instance_group[0].KIND_GPU
-        assert cpu.backend == "onnxruntime_py" and cpu.instance_group[0].kind == cpu.instance_group[0].KIND_CPU
-        assert {"precision", "intra_op_threads"} <= set(cpu.parameters)
+        assert gpu.default_model_filename == spec.PLAN_FP16
+        assert cpu.backend == "onnxruntime" and cpu.instance_group[0].kind == cpu.instance_group[0].KIND_CPU
+        assert cpu.default_model_filename in (spec.ONNX_FP32, spec.ONNX_INT8)
+        assert {"intra_op_thread_count", "inter_op_thread_count"} <= set(cpu.parameters)
 
 
-def test_response_cache_is_on_for_recommend_and_the_gpu_similarity_only():
-    """Not on the cpu similarity: Triton 2.51 caches a python-backend error as an empty success
-    (tests/reliability/test_fuzz.py::test_a_repeated_bad_request_gets_its_error_again_not_an_empty_success)."""
+def test_precision_variants_are_their_base_config_with_only_the_model_file_changed():
+    assert repository.check_variants(REPO) == []
+    for name in (*spec.EXPORTED, spec.STREAM.name):
+        for variant, (base_rel, filename) in repository.VARIANTS.items():
+            base = repository.load_config(REPO / name / base_rel)
+            other = repository.load_config(REPO / name / "configs" / f"{variant}.pbtxt")
+            assert other.default_model_filename == filename
+            other.default_model_filename = base.default_model_filename
+            assert other == base, f"{name}/{variant} differs from {base_rel} in more than its model file"
+
+
+def test_a_hand_edited_variant_is_caught(tmp_path: Path):
+    repository.copy_configs(REPO, tmp_path)
+    path = tmp_path / "nhits" / "configs" / "cpu_int8.pbtxt"
+    path.write_text(path.read_text().replace("max_queue_delay_microseconds: 500", "max_queue_delay_microseconds: 7"))
+    assert [p for p in repository.check_variants(tmp_path) if "nhits/configs/cpu_int8.pbtxt" in p]
+
+
+def test_stateful_stream_uses_implicit_state_on_both_targets_with_no_control_tensors():
+    for rel in ("config.pbtxt", "configs/cpu.pbtxt"):
+        seq = repository.load_config(REPO / spec.STREAM.name / rel).sequence_batching
+        assert not seq.control_input, f"{rel}: control tensors the graph does not have"
+        (state,) = seq.state
+        assert (state.input_name, state.output_name, list(state.dims)) == ("state_in", "state_out", [1000])
+        assert state.initial_state[0].zero_data
+
+
+def test_response_cache_is_on_for_similarity_and_recommend_on_both_targets():
+    """Triton caches whatever the model answered; no backend here answers a value problem with an error (the graph
+    answers a sentinel, tests/serving/test_server.py checks the cache repeats it), so both may cache."""
     cached = {
         p.relative_to(REPO).as_posix()
         for p in repository.config_paths(REPO)
         if repository.load_config(p).response_cache.enable
     }
-    assert cached == {"similarity/config.pbtxt", "recommend/config.pbtxt"}
+    want = {"recommend/config.pbtxt", "similarity/config.pbtxt", "similarity/configs/cpu.pbtxt"}
+    want |= {f"similarity/configs/{v}.pbtxt" for v in repository.VARIANTS}
+    assert cached == want

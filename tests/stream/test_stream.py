@@ -1,6 +1,7 @@
-"""The stateful streaming reservoir served by the session's real Triton (cpu target: the backend keeps
-one state per correlation id), driven by clients.stream: parity with the windowed model and the
-PyTorch reference, isolation between sequences, START / END semantics, and many sequences at once.
+"""The stateful streaming reservoir served by the session's real Triton (cpu target: Triton's implicit state
+management carries state_out -> state_in per sequence, as on the gpu target), driven by clients.stream:
+parity with the windowed model and the PyTorch reference, isolation between sequences, START / END
+semantics, a bad tick, and many sequences at once.
 
 Tolerance: every comparison is per element relative, max |a - b| / |b| <= RTOL = 1e-4. The forecast
 is exp(loc + scale * (u + r)) > 0, so this is an absolute bound of 1e-4 on log(forecast), the scaled
@@ -25,8 +26,6 @@ from tritonclient.utils import InferenceServerException
 from clients.errors import InvalidInputError
 from clients.stream import StreamClient, StreamError, model_counts, replay, replay_many
 from models import data, registry, spec
-
-from .probes import live_states
 
 RTOL = 1e-4
 _ids = itertools.count(0x5EED_0000)  # sequence ids of this module, apart from other tests' ids
@@ -157,30 +156,56 @@ def test_a_tick_for_an_unknown_or_ended_sequence_is_a_clear_error(triton, series
         client.open(0)
 
 
-def test_a_rejected_tick_carrying_end_still_frees_the_sequence(triton, series):
+def raw_tick(raw, value: float, sequence_id: int, **flags) -> np.ndarray:
+    tick = grpcclient.InferInput("tick", [1, 1], "FP32")
+    tick.set_data_from_numpy(np.array([[value]], np.float32))
+    return raw.infer(spec.STREAM.name, [tick], sequence_id=sequence_id, client_timeout=30, **flags).as_numpy(
+        "forecast"
+    )[0]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_bad_tick_answers_the_sentinel_and_leaves_its_sequence_as_it_was(triton, series, bad):
+    ticks = series[6, :12]
+    clean, _ = replay(triton.grpc_url, ticks, new_id())
     sequence_id = new_id()
     raw = grpcclient.InferenceServerClient(triton.grpc_url)
     try:
-        good = grpcclient.InferInput("tick", [1, 1], "FP32")
-        good.set_data_from_numpy(series[0, :1].reshape(1, 1))
-        raw.infer(spec.STREAM.name, [good], sequence_id=sequence_id, sequence_start=True)
-        held = live_states(triton)
-        bad = grpcclient.InferInput("tick", [1, 1], "FP32")
-        bad.set_data_from_numpy(np.array([[np.nan]], np.float32))
-        with pytest.raises(InferenceServerException, match="NaN or Inf"):
-            raw.infer(spec.STREAM.name, [bad], sequence_id=sequence_id, sequence_end=True)
-        assert live_states(triton) == held - 1
+        got = [raw_tick(raw, ticks[0], sequence_id, sequence_start=True)]
+        for t, value in enumerate(ticks[1:], start=1):
+            if t == 5:
+                assert np.isnan(raw_tick(raw, bad, sequence_id)).all(), "a bad tick got a real-looking answer"
+            got.append(raw_tick(raw, value, sequence_id, sequence_end=t == len(ticks) - 1))
     finally:
         raw.close()
+    assert rel_err(np.stack(got), clean) <= RTOL, "the bad tick moved the sequence's state"
+
+
+def test_a_bad_tick_carrying_end_still_ends_the_sequence(triton, series):
+    sequence_id = new_id()
+    raw = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:
+        raw_tick(raw, series[0, 0], sequence_id, sequence_start=True)
+        assert np.isnan(raw_tick(raw, np.nan, sequence_id, sequence_end=True)).all()
+        with pytest.raises(InferenceServerException, match="must specify the START flag"):
+            raw_tick(raw, series[0, 1], sequence_id)
+    finally:
+        raw.close()
+    with StreamClient(triton.grpc_url) as client:  # the client refuses it before sending
+        client.open(new_id())
+        client.send(series[0, 0])
+        with pytest.raises(InvalidInputError, match="not a finite number"):
+            client.send(float("nan"))
+        assert client.is_open
 
 
 def test_300_concurrent_sequences_are_batched_and_each_equals_its_reference(triton, series, reservoir):
     n, steps = 300, 12
     rows = series[np.arange(n) % series.shape[0], :steps] * (1.0 + np.arange(n)[:, None] / n)  # all distinct
     rows = rows.astype(np.float32)
-    held = live_states(triton)
     before = model_counts(triton.grpc_url)
-    forecasts, latencies = replay_many(triton.grpc_url, rows, first_sequence_id=new_id(n))
+    first = new_id(n)
+    forecasts, latencies = replay_many(triton.grpc_url, rows, first_sequence_id=first)
     after = model_counts(triton.grpc_url)
 
     assert forecasts.shape == (n, steps, spec.HORIZON) and latencies.shape == (n, steps)
@@ -189,4 +214,10 @@ def test_300_concurrent_sequences_are_batched_and_each_equals_its_reference(trit
     inferences, executions = after.inferences - before.inferences, after.executions - before.executions
     assert inferences == n * steps
     assert executions < inferences / 4, f"{inferences} ticks took {executions} executions: not batched"
-    assert live_states(triton) == held, "END did not free every sequence's state"
+    raw = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:  # END released every sequence in Triton's sequence batcher: continuing one is refused
+        for row in (0, n // 2, n - 1):
+            with pytest.raises(InferenceServerException, match="must specify the START flag"):
+                raw_tick(raw, rows[row, 0], first + row)
+    finally:
+        raw.close()
