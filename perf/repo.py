@@ -37,9 +37,10 @@ def copy_repository(
     models: Iterable[str] | None = None,
     edit: Edit | None = None,
     variants: dict[str, tuple[str, Edit | None]] | None = None,
+    config: str = "cpu",
 ) -> Path:
     """Copy configs of `models` (default all) from src to dst, apply `edit(name, cfg)` to the config each
-    model is served with (configs/cpu.pbtxt, or config.pbtxt for ensembles), link the version files.
+    model is served with (configs/<config>.pbtxt, or config.pbtxt for ensembles), link the version files.
     `variants` adds models served from another one's config: {new_name: (source_name, edit)}."""
     src, dst = Path(src).resolve(), Path(dst)
     if dst.exists():
@@ -53,8 +54,9 @@ def copy_repository(
         for f in sorted((sdir / "1").iterdir()) if (sdir / "1").is_dir() else []:
             if f.is_file() and f.name != ".gitkeep":
                 os.symlink(f.resolve(), ddir / "1" / f.name)
-        served = "configs/cpu.pbtxt" if (sdir / "configs" / "cpu.pbtxt").is_file() else "config.pbtxt"
-        for rel in ("config.pbtxt", "configs/cpu.pbtxt"):
+        mine = f"configs/{config}.pbtxt"
+        served = mine if (sdir / mine).is_file() else "config.pbtxt"
+        for rel in ("config.pbtxt", mine):
             if not (sdir / rel).is_file():
                 continue
             (ddir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +115,9 @@ def wait_models(server: TritonServer, models: Iterable[str], timeout: float = 12
 
 
 @contextlib.contextmanager
-def serve(repo: Path, run_dir: Path, timeout: float = 300.0, tries: int = 3) -> Iterator[TritonServer]:
+def serve(
+    repo: Path, run_dir: Path, timeout: float = 300.0, tries: int = 3, config: str = "cpu"
+) -> Iterator[TritonServer]:
     """A real tritonserver over `repo` on free ports, every model ready; stopped on exit.
 
     A free port can be taken between choosing and binding it (other servers run on this machine): the
@@ -121,7 +125,12 @@ def serve(repo: Path, run_dir: Path, timeout: float = 300.0, tries: int = 3) -> 
     last: Exception | None = None
     for _ in range(tries):
         server = TritonServer(
-            repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), run_dir=run_dir
+            repo,
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            run_dir=run_dir,
+            config_name=config,
         )
         try:
             server.start(timeout)

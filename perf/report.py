@@ -287,11 +287,14 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
             f"| **dynamic batching on / off** at c{m['dynbatch_concurrency']} (throughput) | {_x(m['dynbatch'])} |"
         )
     if m.get("ort"):
-        b = m.get("served_batch")
-        same = m["ort"].get("fp32", {}).get(str(b), {})
+        b, prec = m.get("served_batch"), m.get("served_precision", "fp32")
+        same = m["ort"].get(prec, {}).get(str(b), {})
         out.append(
-            f"| ONNX Runtime FP32 in-process at the served batch ({b}) | {_f(same.get('throughput'))}/s ({same.get('threads')} threads) |"
+            f"| ONNX Runtime {prec.upper()} (the served file) in-process at the served batch ({b}) | "
+            f"{_f(same.get('throughput'))}/s ({same.get('threads')} threads) |"
         )
+        if m.get("c16_over_ort_b1") is not None:
+            out.append(f"| **served at c16 / ORT FP32 batch-1 loop** | {_x(m['c16_over_ort_b1'])} |")
         out.append(
             f"| **served / in-process ORT at that batch** | {_f(100 * m['served_over_ort'] if m.get('served_over_ort') else None, 0, ' %')} |"
         )
@@ -327,6 +330,20 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
                 )
         out.append("")
     out += ["gRPC concurrency sweep:", ""] + _point_table(m["sweep"]) + [""]
+    if m.get("compare"):
+        cmp = m["compare"]
+        out += [
+            f"Against `configs/{cmp['config']}.pbtxt` on a second server, each point right after the committed one:",
+            "",
+            f"| concurrency | infer/s | infer/s ({cmp['config']}) | ratio | p50 / p99 ms | p50 / p99 ms ({cmp['config']}) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in cmp["points"]:
+            out.append(
+                f"| {r['concurrency']} | {_f(r['throughput'])} | {_f(r['other_throughput'])} | {_x(r['throughput_ratio'])} "
+                f"| {_f(r['p50_ms'], 2)} / {_f(r['p99_ms'], 2)} | {_f(r['other_p50_ms'], 2)} / {_f(r['other_p99_ms'], 2)} |"
+            )
+        out.append("")
     for run, title, x in (
         ("http", "HTTP", "concurrency"),
         ("batch", "client-side batches (-b)", "concurrency"),

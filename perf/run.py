@@ -29,6 +29,7 @@ import secrets
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-ms", type=float, default=analysis.BUDGET_MS, help="p99 budget for the chosen point")
     p.add_argument("--quick", action="store_true", help="short windows, two points per sweep (tests, smoke runs)")
     p.add_argument("--baseline-seconds", type=float, default=3.0, help="wall time per in-process baseline")
+    p.add_argument(
+        "--compare",
+        metavar="CONFIG",
+        help="also serve every model with configs/CONFIG.pbtxt on a second server and measure each scenario's "
+        "sweep there right after the committed one (e.g. cpu_fp32 / cpu_int8: the other precision)",
+    )
     p.add_argument("--skip-batching-off", action="store_true")
     p.add_argument("--skip-baselines", action="store_true")
     p.add_argument("--skip-extras", action="store_true", help="no shared-memory comparison, no 1,000-asset timing")
@@ -119,7 +126,9 @@ def batching_off_repository(args, run_dir: Path, scenarios: list[sc.Scenario]) -
     return repos.copy_repository(args.repo, run_dir / "repos" / "batching-off", models=todo, edit=repos.batching_off)
 
 
-def run_scenarios(served, off, scenarios, args, run_dir: Path, measurement, key: str, repo: Path, phases: dict) -> None:
+def run_scenarios(
+    served, off, scenarios, args, run_dir: Path, measurement, key: str, repo: Path, phases: dict, other=None
+) -> None:
     """Each scenario in turn. For a model with goals the two sides of each ratio are measured back to back
     (sweep, then the same concurrencies without dynamic batching, then the in-process baselines), so that
     the load other work puts on the shared cores moves both sides alike."""
@@ -145,6 +154,15 @@ def run_scenarios(served, off, scenarios, args, run_dir: Path, measurement, key:
                 if i == 0 and rec:
                     peak = max(peak or 0.0, rec["row"]["throughput"])
             phases["served"] = phases.get("served", 0.0) + time.monotonic() - t0
+            if i == 0 and other is not None:  # the same points on the --compare config, right after
+                t0 = time.monotonic()
+                other_urls = {"grpc": other.grpc_url, "http": other.http_url}
+                other_pts = [replace(p, label=f"{p.label}@{args.compare}") for p in pts]
+                if other_pts:
+                    analyzer.warmup(other_pts[0], other_urls, 16 if args.quick else 64)
+                for point in other_pts:
+                    measure(point, other_urls, run_dir / "runs" / s.name, key, stats)
+                phases["compare"] = phases.get("compare", 0.0) + time.monotonic() - t0
             if i == 0 and off is not None and s.batching_off:
                 t0 = time.monotonic()
                 off_urls = {"grpc": off.grpc_url, "http": off.http_url}
@@ -234,9 +252,12 @@ def baseline_for(s: sc.Scenario, args, run_dir: Path) -> dict:
     if "eager" in s.baselines:
         entry["eager"] = baselines.eager(name, args.artifacts, rows, secs).as_dict()
     if "ort" in s.baselines:
+        from serving.repository import served_file
+
         threads = baselines.config_threads(args.repo, name)
         b = served_batch(run_dir, name, args.budget_ms)
         entry["served_batch"] = b
+        entry["served_precision"] = "int8" if served_file(args.repo, name).name == spec.ONNX_INT8 else "fp32"
         entry["ort"] = {}
         for precision, filename in (("fp32", spec.ONNX_FP32), ("int8", spec.ONNX_INT8)):
             if not (spec.version_dir(name, args.repo) / filename).is_file():
@@ -314,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             "artifacts": str(args.artifacts),
             "quick": args.quick,
             "budget_ms": args.budget_ms,
+            "compare": args.compare,
             "scenarios": [s.name for s in scenarios],
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "n_items": _n_items(args.artifacts),
@@ -330,9 +352,17 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         served = stack.enter_context(repos.serve(served_repo, run_dir / "server-served"))
         off = stack.enter_context(repos.serve(off_repo, run_dir / "server-batching-off")) if off_repo else None
+        other = None
+        if args.compare:
+            other_repo = repos.copy_repository(
+                args.repo, run_dir / "repos" / args.compare, edit=repos.cache_off, config=args.compare
+            )
+            other = stack.enter_context(
+                repos.serve(other_repo, run_dir / f"server-{args.compare}", config=args.compare)
+            )
         env["versions"]["tritonserver"] = repos.server_version(served.http_url)
         phases["servers_start"] = time.monotonic() - t0
-        run_scenarios(served, off, scenarios, args, run_dir, measurement, key, served_repo, phases)
+        run_scenarios(served, off, scenarios, args, run_dir, measurement, key, served_repo, phases, other)
         t1 = time.monotonic()
         more = {} if args.skip_extras else extras(served, args, key)
         phases["extras"] = time.monotonic() - t1
