@@ -6,7 +6,9 @@ For each model: load the trained module, export it with the tensor names of
 `models.spec` and a dynamic batch axis (opset 17, one self-contained file at
 `<repo>/<model>/1/model.onnx`), run the ONNX checker and strict shape inference,
 then compare ONNX Runtime (CPU) with PyTorch on fresh random inputs and on real
-test-split inputs. Results go to `<artifacts>/reports/export.json`.
+test-split inputs. The exported module is the trained one inside models.guard's per-row value checks
+(NaN/Inf rows and ids out of range answer NaN / -1); the guard is verified on a test batch with two
+spoiled rows. Results go to `<artifacts>/reports/export.json`.
 
 Error measure, per output tensor: max|ort - torch| / max(max|torch|, 1e-12), which
 must be <= 1e-4 in FP32. Integer outputs (top-k ids) must be identical except at
@@ -51,8 +53,8 @@ TRACE_BATCH = 2  # not 1, so the tracer cannot specialise the batch axis away
 RANDOM_BATCH = 7
 TEST_BATCH = 64
 RECORD_SUFFIX = ".json"  # model.onnx -> model.onnx.json
-# Metadata key the serving backend reads (onnxruntime custom_metadata_map) to reject bad ids:
-# "lo,hi" means lo <= id < hi.
+# Metadata key of the id range the graph's value guard enforces (models/guard.py), read back by the clients
+# (clients.ranges_from_repository) and the checks: "lo,hi" means lo <= id < hi.
 VALID_RANGE_KEY = "valid_range.{input}"
 
 _ROOT = Path(__file__).resolve().parent.parent

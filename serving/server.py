@@ -45,8 +45,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-BACKEND_NAME = "onnxruntime_py"
-BACKEND_SOURCE = Path(__file__).resolve().parent / "backend" / "model.py"
 ADMIN_HEADER = "triton-admin-key"
 # Only health, metadata, statistics and inference stay open: anyone reaching the port could otherwise load or
 # unload models, map shared memory, raise the log verbosity (log flooding) or turn tracing on.
@@ -116,7 +114,8 @@ def _install(src: Path, dest: Path) -> None:
 
 
 def assemble_backends(run_dir: Path) -> Path:
-    """python backend + stub for this Python + the project's backend, in one backend directory."""
+    """Triton's ONNX Runtime backend (built by serving.ort_backend) and its python backend with the stub for
+    this Python, in one backend directory."""
     triton = pytriton_dir()
     backends = run_dir / "backends"
     python_dir = backends / "python"
@@ -129,9 +128,6 @@ def assemble_backends(run_dir: Path) -> Path:
     if not stub.is_file():
         raise ServerError(f"the wheel has no python backend stub for Python {version} ({stub})")
     _install(stub, python_dir / stub.name)
-    ours = backends / BACKEND_NAME
-    ours.mkdir(exist_ok=True)
-    _install(BACKEND_SOURCE, ours / "model.py")
     _link(native_backend(), backends / "onnxruntime")
     return backends
 

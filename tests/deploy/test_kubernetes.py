@@ -135,7 +135,7 @@ def test_cpu_overlay_selects_the_cpu_configs_without_a_gpu():
     assert objs["Deployment"]["metadata"]["name"].endswith("-cpu"), "cpu and gpu can share a namespace"
 
 
-def test_python_backend_gets_a_shared_memory_volume(rendered):
+def test_pods_get_a_memory_backed_dev_shm_for_shared_memory(rendered):
     _, objs = rendered
     spec = objs["Deployment"]["spec"]["template"]["spec"]
     mounts = {m["name"]: m["mountPath"] for m in container(objs)["volumeMounts"]}
@@ -166,3 +166,13 @@ def test_admin_key_comes_from_a_secret_that_is_not_committed(rendered):
     assert container(objs)["args"][0] == ENTRYPOINT
     readme = (K8S.parents[1] / "README.md").read_text()
     assert 'kubectl create secret generic triton-admin-key --from-literal=key="$(openssl rand' in readme
+
+
+def test_pods_drain_before_triton_gets_sigterm_and_the_grace_period_covers_both(rendered):
+    """A terminating pod leaves the endpoints at once; the preStop sleep keeps Triton up until traffic has moved
+    (Triton 2.51 can crash when a request arrives while it stops), then SIGTERM and Triton's 30 s exit timeout."""
+    _, objs = rendered
+    spec = objs["Deployment"]["spec"]["template"]["spec"]
+    command = container(objs)["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and int(command[1]) >= 5
+    assert spec["terminationGracePeriodSeconds"] >= int(command[1]) + 30

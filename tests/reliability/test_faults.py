@@ -104,9 +104,9 @@ def test_a_restart_under_load_ends_every_request_in_a_correct_answer_or_an_expli
     fault_server, small_repo, workload, tmp_path, record
 ):
     """clients.Client with a second server to fail over to: the restart of the first costs no request, but for
-    Triton 2.51's shutdown race (RELIABILITY.md): at SIGTERM it counts no ensemble request as in flight and unloads
-    the composing models under them, so an ensemble request executing at that instant fails, explicitly
-    (INTERNAL, ONNX Runtime's error), within a second of the stop. Nothing is answered wrongly."""
+    Triton 2.51's shutdown race (RELIABILITY.md): after SIGTERM it unloads the models at the end of its exit
+    timeout (5 s) even under running requests, so an ensemble request executing then fails, explicitly
+    (INTERNAL, ONNX Runtime's error), while the server stops. Nothing is answered wrongly."""
     backup = faults.make_server(small_repo, tmp_path / "backup")
     backup.start(timeout=180)
     try:
@@ -122,7 +122,8 @@ def test_a_restart_under_load_ends_every_request_in_a_correct_answer_or_an_expli
     errors = [r for r in records if r.outcome == ERROR]
     race = [r for r in errors if r.target == "forecast" and "in ensemble 'forecast'" in r.detail]
     assert errors == race, {r.detail[:160] for r in errors if r not in race}
-    assert all(result["stop_at_s"] - 1.0 <= r.t <= result["stop_at_s"] + 1.0 for r in race), [r.t for r in race]
+    stopping = (result["stop_at_s"] - 1.0, result["stop_at_s"] + result["stop_took_s"] + 1.0)
+    assert all(stopping[0] <= r.t <= stopping[1] for r in race), ([r.t for r in race], stopping)
     assert len(race) <= 8, f"{len(race)} ensemble requests lost to the shutdown race"
     assert result["requests_spanning_the_restart"]["ok"] > 0
     assert result["first_correct_answer_after_ready_s"] is not None

@@ -31,13 +31,18 @@ def client(triton, protocol: str):
     return grpcclient.InferenceServerClient(triton.grpc_url)
 
 
-def infer(triton, protocol: str, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    mod = PROTOCOLS[protocol]
-    tensors = []
+def tensors_of(mod, inputs: dict[str, np.ndarray]) -> list:
+    out = []
     for name, array in inputs.items():
         t = mod.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         t.set_data_from_numpy(array)
-        tensors.append(t)
+        out.append(t)
+    return out
+
+
+def infer(triton, protocol: str, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    mod = PROTOCOLS[protocol]
+    tensors = tensors_of(mod, inputs)
     known = spec.MODELS.get(model)
     outputs = [mod.InferRequestedOutput(t.name) for t in known.outputs] if known else None
     c = client(triton, protocol)
@@ -47,15 +52,6 @@ def infer(triton, protocol: str, model: str, inputs: dict[str, np.ndarray]) -> d
         return {t.name: result.as_numpy(t.name) for t in known.outputs}
     finally:
         c.close()
-
-
-def tensors_of(mod, inputs: dict[str, np.ndarray]) -> list:
-    out = []
-    for name, array in inputs.items():
-        t = mod.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        t.set_data_from_numpy(array)
-        out.append(t)
-    return out
 
 
 def burst(triton, protocol: str, model: str, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
