@@ -5,6 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Triton Model Analyzer's own virtualenv (perf/model-analyzer.txt says why)
+MA_VENV ?= .venv-ma
 # TARGET: cpu = ONNX for Triton's ONNX Runtime backend; gpu = also TensorRT plans
 TARGET ?= cpu
 # SIZE: full = the sizes of DESIGN.md; small = tests and CI
@@ -68,7 +70,7 @@ demo: backend export ## start Triton, call every model and ensemble over gRPC an
 system-deps: ## install the Debian packages of .ci/apt-packages.txt that are missing
 	@scripts/install-system-deps.sh
 
-test: system-deps backend export-small ## run the test suite against a real Triton (installs what it needs)
+test: system-deps backend $(MA_VENV)/.installed export-small ## run the test suite against a real Triton (installs what it needs)
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed ## ruff lint and format check

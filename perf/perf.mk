@@ -3,7 +3,7 @@
 PERF_DEPS ?= system-deps export   # `make perf PERF_DEPS=` measures what is already exported
 PERF_ARGS ?=                      # e.g. --models nhits,similarity  or  --quick
 BUDGET_MS ?= 10                   # p99 budget of the chosen point and of the config search
-SEARCH_ARGS ?=                    # e.g. --models nhits --delays 100,500,2000
+SEARCH_ARGS ?=                    # e.g. --models nhits,similarity --concurrency 1,16 (search space: perf/search.yaml)
 APPLY ?=                          # APPLY=1: perf-search writes each winner into configs/cpu.pbtxt
 
 .PHONY: perf perf-small perf-search perf-report perf-gate perf-baseline
@@ -14,8 +14,14 @@ perf: $(PERF_DEPS) ## perf_analyzer scenarios + baselines on a local Triton -> p
 perf-small: system-deps export-small ## the same, quick profile, on the small test repository (~3 min)
 	$(PY) -m perf.run --repo $(TEST_ROOT)/model_repository --artifacts $(TEST_ROOT)/artifacts --quick $(PERF_ARGS)
 
-perf-search: system-deps ## config search (instances, threads, queue delay, preferred batch) under a p99 budget
-	$(PY) -m perf.search --repo $(REPO) --artifacts $(ARTIFACTS) --budget-ms $(strip $(BUDGET_MS)) $(if $(strip $(APPLY)),--apply,) $(SEARCH_ARGS)
+# Triton Model Analyzer in its own virtualenv (perf/model-analyzer.txt says why)
+$(MA_VENV)/.installed: perf/model-analyzer.txt
+	@test -x $(MA_VENV)/bin/python || $(PYTHON) -m venv $(MA_VENV)
+	$(MA_VENV)/bin/python -m pip install -q -r perf/model-analyzer.txt
+	@touch $@
+
+perf-search: system-deps backend $(MA_VENV)/.installed ## Model Analyzer searches the cpu configs under a p99 budget (APPLY=1 writes the winners)
+	MA_VENV=$(MA_VENV) $(PY) -m perf.search --repo $(REPO) --artifacts $(ARTIFACTS) --budget-ms $(strip $(BUDGET_MS)) $(if $(strip $(APPLY)),--apply,) $(SEARCH_ARGS)
 
 perf-report: ## rebuild perf/report.md and every figure (incl. the search frontier) from perf/results, no measuring
 	$(PY) -m perf.report

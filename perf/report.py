@@ -183,38 +183,6 @@ def plot_goals(goals: list[dict], path: Path) -> Path:
     return path
 
 
-def plot_search(search: dict, path: Path) -> Path:
-    models = list(search["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
-    budget = search["budget_ms"]
-    for ax, name in zip(axes[0], models, strict=True):
-        s = search["models"][name]
-        pts = [p for p in s["points"] if p.get("p99_ms") is not None]
-        ax.scatter(
-            [p["p99_ms"] for p in pts], [p["throughput"] for p in pts], s=18, c="0.6", label="grid point x concurrency"
-        )
-        front = s.get("frontier", [])
-        ax.plot([p["p99_ms"] for p in front], [p["throughput"] for p in front], "o-", color="C0", label="frontier")
-        if s.get("winner"):
-            w = s["winner"]
-            ax.plot([w["p99_ms"]], [w["throughput"]], "*", ms=16, color="gold", mec="k", label="winner")
-        if s.get("current"):
-            c = s["current"]
-            ax.plot([c["p99_ms"]], [c["throughput"]], "s", ms=8, mfc="none", mec="C3", label="committed config")
-        ax.axvline(budget, color="grey", ls=":", lw=1)
-        ax.set_xscale("log")
-        _plain_log_axes(ax, y=False)
-        ax.set_xlabel("p99 latency (ms)")
-        ax.set_ylabel("throughput (inferences/s)")
-        ax.set_title(f"{name}: config search (budget {budget:g} ms)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 # ----------------------------------------------------------------------------------- markdown
 
 
@@ -242,7 +210,7 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
         out += [
             f"Served with the committed `configs/cpu.pbtxt`: {config['instances']} instance(s) x {config['threads']} "
             f"intra-op thread(s), max queue delay {config['delay_us']} µs, preferred batch sizes "
-            f"{config['preferred'] or 'none'} (response cache off for the measurement).",
+            f"{config['preferred'] or 'none'}, `{config.get('file', 'model.onnx')}` (response cache off for the measurement).",
             "",
         ]
     if fig:
@@ -359,40 +327,45 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
     return out
 
 
-def _search_section(search: dict, fig: str | None) -> list[str]:
+def _search_section(search: dict) -> list[str]:
     out = [
-        "## Config search",
+        "## Config search (Model Analyzer)",
         "",
-        f"Command: `{search['command']}` ({search['date']}). Every grid point was served by a real tritonserver on a "
-        f"temporary copy of the repository holding only that model; perf_analyzer measured it at concurrency "
-        f"{', '.join(map(str, search['concurrency']))}. The winner is the highest throughput whose p99 <= {search['budget_ms']:g} ms.",
+        f"Command: `{search['command']}` ({search['date']}, {search['tool']}). Every variant was served by a real "
+        f"tritonserver that Model Analyzer started; perf_analyzer measured it at concurrency "
+        f"{', '.join(map(str, search['concurrency']))}. The winner is the highest throughput whose p99 <= "
+        f"{search['budget_ms']:g} ms. Model Analyzer's own summary and detailed reports and plots are in the run's "
+        "`ma/reports` and `ma/plots`.",
         "",
     ]
-    if fig:
-        out += [f"![config search frontier]({fig})", ""]
     for name, s in search["models"].items():
         out += [
             f"### {name}",
             "",
-            "| instances | intra-op threads | max queue delay µs | preferred batch | c | infer/s | p99 ms | avg batch |",
-            "|---|---|---|---|---|---|---|---|",
+            "| variant | instances | intra-op threads | max queue delay µs | preferred batch | file | c | infer/s | p99 ms | within budget |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in s["points"]:
-            g = p["grid"]
+            g = p["settings"]
             mark = " (committed)" if p.get("committed") else ""
             out.append(
-                f"| {g['instances']}{mark} | {g['threads']} | {g['delay_us']} | {g['preferred'] or '–'} | {p['concurrency']} | "
-                f"{_f(p['throughput'])} | {_f(p['p99_ms'], 2)} | {_f(p.get('avg_batch'))} |"
+                f"| {p['variant']}{mark} | {g['instances']} | {g['threads']} | {g['delay_us']} | {g['preferred'] or '–'} | "
+                f"{g['file']} | {p['concurrency']} | {_f(p['throughput'])} | {_f(p['p99_ms'], 2)} | "
+                f"{'yes' if p['meets_budget'] else 'no'} |"
             )
         w = s.get("winner")
         out += [
             "",
             (
-                f"Winner: {w['grid']} at c{w['concurrency']}: {_f(w['throughput'])}/s, p99 {_f(w['p99_ms'], 2)} ms"
-                + (" (applied to configs/cpu.pbtxt)." if search.get("applied") else " (not applied: run with --apply).")
+                f"Winner: {w['variant']} at c{w['concurrency']}: {_f(w['throughput'])}/s, p99 {_f(w['p99_ms'], 2)} ms"
+                + (
+                    " (applied to configs/cpu.pbtxt)."
+                    if search.get("applied")
+                    else " (not applied: APPLY=1 writes it)."
+                )
             )
             if w
-            else f"No grid point meets p99 <= {search['budget_ms']:g} ms.",
+            else f"No variant meets p99 <= {search['budget_ms']:g} ms.",
             "",
         ]
     return out
@@ -504,7 +477,7 @@ def render(summary: dict, figures: dict[str, str], search: dict | None) -> str:
     else:
         out += [f"not measured: {a.get('skipped') or a.get('error') or 'no record'}", ""]
     if search:
-        out += _search_section(search, figures.get("search"))
+        out += _search_section(search)
     out += [
         "## How to read this",
         "",
@@ -541,8 +514,6 @@ def write(run_dir: Path, out_dir: Path = DEFAULT_OUT, search: dict | None = None
         figures["stream"] = plot_stream(summary["stream"], out_dir / "stream_vs_windowed.png").name
     if any(g["value"] is not None for g in summary["goals"]):
         figures["goals"] = plot_goals(summary["goals"], out_dir / "goals.png").name
-    if search and search.get("models"):
-        figures["search"] = plot_search(search, out_dir / "search_frontier.png").name
     path = out_dir / "report.md"
     path.write_text(render(summary, figures, search))
     log.info("report %s with %d figures", path, len(figures))

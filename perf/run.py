@@ -390,16 +390,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def served_configs(repo: Path, scenarios: list[sc.Scenario]) -> dict:
     """The committed cpu-config settings each measured model was served with."""
-    from dataclasses import asdict
+    from perf.search import settings
+    from serving.repository import load_config
 
-    from perf.search import committed
-
-    out = {}
-    for s in scenarios:
-        if (repo / s.model / "configs" / "cpu.pbtxt").is_file():
-            g = committed(repo, s.model)
-            out[s.model] = {**asdict(g), "preferred": list(g.preferred)}
-    return out
+    return {
+        s.model: settings(load_config(repo / s.model / "configs" / "cpu.pbtxt"))
+        for s in scenarios
+        if (repo / s.model / "configs" / "cpu.pbtxt").is_file()
+    }
 
 
 def _n_items(artifacts: Path) -> int | None:

@@ -1,309 +1,349 @@
-"""Config search under a latency budget, in the spirit of Triton Model Analyzer's brute-force mode.
+"""`make perf-search`: Triton Model Analyzer searches the cpu configs under a p99 budget; `--apply` writes the winners.
 
-    python -m perf.search --models nhits,reservoir,similarity --budget-ms 10          # measure, change nothing
-    python -m perf.search --models nhits --budget-ms 10 --apply                        # ... and write the winner
+    python -m perf.search --models nhits,similarity            # profile, change nothing
+    python -m perf.search --models nhits --apply               # ... and write the winner into configs/cpu.pbtxt
 
-For each model, a small grid over the cpu config's instance count x ONNX Runtime intra-op threads
-(points using more cores than the machine has are skipped), max_queue_delay_microseconds and
-preferred batch sizes, plus the committed config itself. Every grid point is served by a real
-tritonserver on a temporary copy of the repository holding only that model (response cache off) and
-measured with perf_analyzer at each --concurrency. The winner is the highest throughput (over grid
-points and concurrencies) whose p99 is within the budget. With --apply the winner is written into
-<repo>/<model>/configs/cpu.pbtxt with a comment saying how it was chosen; without it nothing changes.
-Results: perf/results/search/<id>/search.json (+ raw perf_analyzer CSV/JSON), `latest` pointing at it.
+Model Analyzer (its own virtualenv `.venv-ma`, perf/model-analyzer.txt says why) runs `model-analyzer profile`
+in local launch mode: it starts the wheel's tritonserver, with this project's backend directory (Triton's ONNX
+Runtime backend from `make backend`), over a copy of the repository whose `config.pbtxt` is each model's
+committed `configs/cpu.pbtxt` (response cache off), every model `cpu_only`, and measures every combination
+of perf/search.yaml (instance count, ONNX Runtime intra-op threads, queue delay, preferred batch sizes, the
+model file: FP32 or INT8) with perf_analyzer on real input data at each concurrency. The objective is
+throughput, the constraint p99 <= the budget; the winner is the fastest variant-and-concurrency that meets
+it. Everything lands in perf/results/search/<id>/: Model Analyzer's config, results CSV, summary and
+detailed reports and plots (`ma/`), every variant's config (`ma/output_repository/`) and `search.json`
+(every measured point, the winners); `latest` points at the newest run.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import csv
 import json
 import logging
 import os
 import re
-import secrets
 import shutil
+import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import yaml
 
 from models import spec
 from perf import analysis, analyzer, inputs
-from perf import repo as repos
 from serving.repository import load_config
 
 log = logging.getLogger("perf.search")
 
 DEFAULT_OUT = spec.ROOT / "perf" / "results" / "search"
-MODELS = ("nhits", "reservoir", "similarity")
-INSTANCES = (1, 2)
-THREADS = (1, 2)
-DELAYS_US = (100, 2000)
-PREFERRED = ("none", "16,64")  # "none": Triton forms the largest batch it can within the delay
-CONCURRENCY = (4, 16)
-MEASUREMENT = analyzer.Measurement(interval_ms=1000, stability=50, max_trials=4)
-INPUT_KIND = {
-    "nhits": "windows",
-    "reservoir": "windows",
-    "similarity": "queries",
-    "forecast_blend": "blend",
-    "user_embedding": "user_ids",
-}
+SPACE = Path(__file__).resolve().parent / "search.yaml"
+MA_VENV = Path(os.environ.get("MA_VENV", spec.ROOT / ".venv-ma")).resolve()
+RESULTS_CSV = "metrics-model-inference.csv"
+COMMENT = "# perf-search: "
 
 
-@dataclass(frozen=True)
-class Grid:
-    instances: int
-    threads: int
-    delay_us: int
-    preferred: tuple[int, ...]  # () = none
-
-    def label(self) -> str:
-        pref = "-".join(map(str, self.preferred)) or "none"
-        return f"i{self.instances}-t{self.threads}-d{self.delay_us}-p{pref}"
+def read_space(path: Path = SPACE) -> dict:
+    space = yaml.safe_load(path.read_text())
+    for name, m in space["models"].items():
+        missing = {"input", "instances", "intra_op_threads", "max_queue_delay_us", "files"} - set(m)
+        if missing:
+            raise ValueError(f"{path}: model {name} lacks {sorted(missing)}")
+    return space
 
 
-def committed(repo: Path, model: str) -> Grid:
-    cfg = load_config(repo / model / "configs" / "cpu.pbtxt")
-    threads = (
-        int(cfg.parameters["intra_op_thread_count"].string_value or 0)
-        if "intra_op_thread_count" in cfg.parameters
-        else 0
-    )
-    db = cfg.dynamic_batching
-    return Grid(
-        instances=sum(g.count or 1 for g in cfg.instance_group) or 1,
-        threads=threads,
-        delay_us=int(db.max_queue_delay_microseconds),
-        preferred=tuple(db.preferred_batch_size),
-    )
+def model_config_parameters(m: dict) -> dict:
+    """perf/search.yaml's lists as Model Analyzer's manual search space (every combination is one variant)."""
+    batching: dict = {"max_queue_delay_microseconds": list(m["max_queue_delay_us"])}
+    if m.get("preferred_batch_size"):
+        batching["preferred_batch_size"] = [list(p) for p in m["preferred_batch_size"]]
+    return {
+        "instance_group": [[{"kind": "KIND_CPU", "count": int(n)}] for n in m["instances"]],
+        "parameters": {"intra_op_thread_count": {"string_value": [str(t) for t in m["intra_op_threads"]]}},
+        "dynamic_batching": batching,
+        "default_model_filename": list(m["files"]),
+    }
 
 
-def _preferred(text: str) -> tuple[int, ...]:
-    return () if text.strip().lower() in ("", "none") else tuple(int(v) for v in text.split(","))
+def input_repository(repo: Path, dst: Path, models: list[str]) -> Path:
+    """Each model's committed cpu config as its config.pbtxt (what Model Analyzer varies), cache off, files linked."""
+    from google.protobuf import text_format
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    for name in models:
+        (dst / name / "1").mkdir(parents=True)
+        cfg = load_config(repo / name / "configs" / "cpu.pbtxt")
+        cfg.ClearField("response_cache")
+        (dst / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+        for f in sorted(spec.version_dir(name, repo).iterdir()):
+            if f.is_file() and f.name != ".gitkeep":
+                (dst / name / "1" / f.name).symlink_to(f.resolve())
+    return dst
 
 
-def grid(instances, threads, delays, preferred, cores: int, oversubscribe: bool = False) -> list[Grid]:
-    out = []
-    for i, t, d, p in itertools.product(instances, threads, delays, preferred):
-        if i * t > cores and not oversubscribe:
-            continue
-        out.append(Grid(i, t, d, _preferred(p)))
-    return out
+def ma_config(args, space: dict, work: Path, data: dict[str, Path], ports: list[int]) -> dict:
+    """The YAML Model Analyzer reads: local launch of our tritonserver, our backends, perf_analyzer of our venv."""
+    from serving.server import assemble_backends, pytriton_dir, server_env
+
+    env = server_env()
+    cudart = analyzer.cuda_runtime_dir()  # perf_analyzer 2.51 links libcudart.so.12; MA hands it this environment
+    library_path = os.pathsep.join(p for p in (str(cudart or ""), env["LD_LIBRARY_PATH"]) if p)
+    loopback = {f"{kind}_address": "127.0.0.1" for kind in ("http", "grpc", "metrics")}
+    return {
+        "model_repository": str(work / "input_repository"),
+        "output_model_repository_path": str(work / "ma" / "output_repository"),
+        "override_output_model_repository": True,
+        "export_path": str(work / "ma"),
+        "checkpoint_directory": str(work / "ma" / "checkpoints"),
+        "triton_launch_mode": "local",
+        "triton_server_path": str(pytriton_dir() / "bin" / "tritonserver"),
+        "triton_http_endpoint": f"127.0.0.1:{ports[0]}",
+        "triton_grpc_endpoint": f"127.0.0.1:{ports[1]}",
+        "triton_metrics_url": f"http://127.0.0.1:{ports[2]}/metrics",
+        "triton_server_flags": {"backend_directory": str(assemble_backends(work / "run").resolve()), **loopback},
+        "triton_server_environment": {"LD_LIBRARY_PATH": library_path, "PATH": env["PATH"]},
+        "triton_output_path": str(work / "ma" / "tritonserver.log"),
+        "perf_analyzer_path": str(Path(sys.executable).parent / "perf_analyzer"),
+        "perf_output": True,
+        "perf_output_path": str(work / "ma" / "perf_analyzer.log"),
+        "run_config_search_mode": "brute",
+        "latency_budget": args.budget_ms,
+        "objectives": ["perf_throughput"],
+        "client_protocol": "grpc",
+        "profile_models": {
+            name: {
+                "cpu_only": True,
+                "model_config_parameters": model_config_parameters(space["models"][name]),
+                "parameters": {"concurrency": list(args.concurrency), "batch_sizes": [1]},
+                "perf_analyzer_flags": {
+                    "input-data": str(data[name]),
+                    "measurement-mode": "time_windows",
+                    "measurement-interval": int(space.get("measurement_interval_ms", 1500)),
+                },
+            }
+            for name in args.models
+        },
+    }
 
 
-def edit_for(g: Grid):
-    def edit(name, cfg) -> None:
-        repos.cache_off(name, cfg)
-        del cfg.instance_group[1:]
-        cfg.instance_group[0].count = g.instances
-        repos.set_parameter(cfg, "intra_op_thread_count", str(g.threads))
-        cfg.dynamic_batching.max_queue_delay_microseconds = g.delay_us
-        del cfg.dynamic_batching.preferred_batch_size[:]
-        cfg.dynamic_batching.preferred_batch_size.extend(g.preferred)
-
-    return edit
-
-
-def frontier(points: list[dict]) -> list[dict]:
-    """Pareto front: no other point has both lower p99 and higher throughput (sorted by p99)."""
-    front, best = [], -1.0
-    for p in sorted(points, key=lambda p: (p["p99_ms"], -p["throughput"])):
-        if p["throughput"] > best:
-            front.append(p)
-            best = p["throughput"]
-    return front
-
-
-def measure(model: str, g: Grid, args, out_dir: Path, data: Path, key: str, tag: str) -> list[dict]:
-    work = out_dir / "repos" / tag
-    repo = repos.copy_repository(args.repo, work, models=[model], edit=edit_for(g))
-    points = []
-    with repos.serve(repo, out_dir / "servers" / tag) as server:
-        urls = {"grpc": server.grpc_url, "http": server.http_url}
-        first = analyzer.Point(model=model, label="warmup", concurrency=1, input_data=str(data))
-        analyzer.warmup(first, urls, 16 if args.quick else 64)
-        for c in args.concurrency:
-            point = analyzer.Point(
-                model=model, label=f"{model}.{tag}", concurrency=c, input_data=str(data), measurement=args.measurement
-            )
-            rec = analyzer.run_point(point, urls, out_dir / "runs" / model, key=key)
-            f = analysis.flat(rec)
-            points.append(
+def read_results(work: Path) -> list[dict]:
+    """Model Analyzer's inference results, one row per variant x concurrency, with each variant's settings."""
+    path = work / "ma" / "results" / RESULTS_CSV
+    if not path.is_file():
+        raise RuntimeError(f"Model Analyzer wrote no {path}: see {work / 'ma.log'}")
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            variant = r["Model Config Path"]
+            cfg = load_config(work / "ma" / "output_repository" / variant / "config.pbtxt")
+            rows.append(
                 {
-                    "grid": asdict(g),
-                    "tag": tag,
-                    **{k: f[k] for k in ("concurrency", "throughput", "p50_ms", "p99_ms", "avg_batch", "stable")},
+                    "model": r["Model"],
+                    "variant": variant,
+                    "settings": settings(cfg),
+                    "concurrency": int(r["Concurrency"]),
+                    "throughput": float(r["Throughput (infer/sec)"]),
+                    "p99_ms": float(r["p99 Latency (ms)"]),
+                    "meets_budget": r["Satisfies Constraints"].strip().lower() == "yes",
+                    "committed": variant.endswith("_config_default"),
                 }
             )
-    shutil.rmtree(work, ignore_errors=True)
-    return points
+    return rows
+
+
+def settings(cfg) -> dict:
+    """The searched fields of a config."""
+    db = cfg.dynamic_batching
+    threads = cfg.parameters["intra_op_thread_count"].string_value if "intra_op_thread_count" in cfg.parameters else ""
+    return {
+        "instances": sum(g.count or 1 for g in cfg.instance_group) or 1,
+        "threads": int(threads or 0),
+        "delay_us": int(db.max_queue_delay_microseconds),
+        "preferred": list(db.preferred_batch_size),
+        "file": cfg.default_model_filename or spec.ONNX_FP32,
+    }
+
+
+def winner(rows: list[dict]) -> dict | None:
+    ok = [r for r in rows if r["meets_budget"]]
+    return max(ok, key=lambda r: r["throughput"]) if ok else None
 
 
 # ----------------------------------------------------------------------------------- --apply
 
 
-def render_config(text: str, g: Grid, comment: str) -> str:
-    """The cpu.pbtxt text with the grid point's values and a comment; everything else kept as written."""
-    lines = [ln for ln in text.splitlines() if not ln.startswith("# perf-search")]
+def render_config(text: str, s: dict, comment: str) -> str:
+    """The committed cpu.pbtxt text with the winner's settings and a comment; everything else as written."""
+    lines = [ln for ln in text.splitlines() if not ln.startswith(COMMENT)]
     text = "\n".join(lines) + "\n"
-    text, n = re.subn(r"(instance_group \[\{ kind: KIND_CPU, count: )\d+( \}\])", rf"\g<1>{g.instances}\g<2>", text)
-    if n != 1:
-        raise ValueError("cannot find `instance_group [{ kind: KIND_CPU, count: N }]` on one line")
-    text, n = re.subn(
-        r'(parameters \{ key: "intra_op_thread_count", value: \{ string_value: ")\d+(" \} \})',
-        rf"\g<1>{g.threads}\g<2>",
-        text,
+    edits = (
+        (r"(instance_group \[\{ kind: KIND_CPU, count: )\d+( \}\])", rf"\g<1>{s['instances']}\g<2>"),
+        (
+            r'(parameters \{ key: "intra_op_thread_count", value: \{ string_value: ")\d+(" \} \})',
+            rf"\g<1>{s['threads']}\g<2>",
+        ),
+        (r'^default_model_filename: "[^"]*"', f'default_model_filename: "{s["file"]}"'),
     )
-    if n != 1:
-        raise ValueError('cannot find the `parameters { key: "intra_op_thread_count", ... }` line')
-    pref = f"  preferred_batch_size: [ {', '.join(map(str, g.preferred))} ]\n" if g.preferred else ""
-    block = "".join(f"# perf-search: {c}\n" for c in comment.splitlines())
-    block += f"dynamic_batching {{\n{pref}  max_queue_delay_microseconds: {g.delay_us}\n}}"
-    text, n = re.subn(r"dynamic_batching \{\n.*?\n\}", lambda _: block, text, flags=re.S)
+    for pattern, repl in edits:
+        text, n = re.subn(pattern, repl, text, flags=re.M)
+        if n != 1:
+            raise ValueError(f"cannot find one line matching {pattern!r} in the config")
+    pref = f"  preferred_batch_size: [ {', '.join(map(str, s['preferred']))} ]\n" if s["preferred"] else ""
+    block = "".join(f"{COMMENT}{c}\n" for c in comment.splitlines())
+    block += f"dynamic_batching {{\n{pref}  max_queue_delay_microseconds: {s['delay_us']}\n}}"
+    text, n = re.subn(r"(?:^# [^\n]*\n)*dynamic_batching \{\n.*?\n\}", lambda _: block, text, flags=re.S | re.M)
     if n != 1:
         raise ValueError("cannot find one `dynamic_batching { ... }` block")
     return text
 
 
-def apply(repo: Path, model: str, g: Grid, comment: str) -> Path:
+def apply(repo: Path, model: str, s: dict, comment: str) -> Path:
+    """Write `s` into <repo>/<model>/configs/cpu.pbtxt (checked by reading it back), then its variants."""
+    from serving.repository import write_variants
+
     path = repo / model / "configs" / "cpu.pbtxt"
-    text = render_config(path.read_text(), g, comment)
     tmp = path.with_suffix(".pbtxt.tmp")
-    tmp.write_text(text)
+    tmp.write_text(render_config(path.read_text(), s, comment))
     try:
-        cfg = load_config(tmp)
+        back = settings(load_config(tmp))
     except ValueError:
         tmp.unlink()
         raise
-    db = cfg.dynamic_batching
-    back = Grid(
-        cfg.instance_group[0].count,
-        int(cfg.parameters["intra_op_thread_count"].string_value),
-        int(db.max_queue_delay_microseconds),
-        tuple(db.preferred_batch_size),
-    )
-    if back != g:
+    if back != s:
         tmp.unlink()
-        raise ValueError(f"{path}: the rewritten config reads back as {back}, not {g}")
+        raise ValueError(f"{path}: the rewritten config reads back as {back}, not {s}")
     os.replace(tmp, path)
-    from serving.repository import write_variants
-
-    write_variants(repo, [model])  # cpu_fp32 / cpu_int8 follow their base config
+    write_variants(repo, [model])
     return path
+
+
+def winner_comment(run_id: str, result: dict, entry: dict) -> str:
+    w = entry["winner"]
+    return (
+        f"chosen by Model Analyzer, run {run_id} (`make perf-search APPLY=1`, {result['cores']} cores): highest "
+        f"throughput with p99 <= {result['budget_ms']:g} ms of {len(entry['points'])} measured points:\n"
+        f"{w['throughput']:.0f} infer/s, p99 {w['p99_ms']:.2f} ms at concurrency {w['concurrency']} (gRPC)"
+    )
+
+
+def describe(s: dict) -> str:
+    pref = ",".join(map(str, s["preferred"])) or "none"
+    return f"{s['instances']} instance(s) x {s['threads']} thread(s), delay {s['delay_us']} us, preferred {pref}, {s['file']}"
 
 
 # ----------------------------------------------------------------------------------- CLI
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ints = lambda s: tuple(int(v) for v in s.split(","))  # noqa: E731
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--space", type=Path, default=SPACE)
+    space = read_space(pre.parse_known_args(argv)[0].space)
     p = argparse.ArgumentParser(prog="python -m perf.search", description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", type=Path, default=SPACE, help="search space YAML (default perf/search.yaml)")
     p.add_argument("--repo", type=Path, default=spec.MODEL_REPOSITORY)
     p.add_argument("--artifacts", type=Path, default=spec.ARTIFACTS)
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated (default {','.join(MODELS)})")
+    p.add_argument("--models", default=",".join(space["models"]), help="comma-separated models of perf/search.yaml")
     p.add_argument("--budget-ms", type=float, default=analysis.BUDGET_MS, help="p99 budget (default %(default)s ms)")
-    p.add_argument("--instances", type=ints, default=INSTANCES, help="instance counts, e.g. 1,2")
-    p.add_argument("--threads", type=ints, default=THREADS, help="intra_op_thread_count values, e.g. 1,2")
-    p.add_argument("--delays", type=ints, default=DELAYS_US, help="max_queue_delay_microseconds values")
-    p.add_argument(
-        "--preferred", default=";".join(PREFERRED), help='preferred batch sizes, ";"-separated sets, "none" for none'
-    )
-    p.add_argument("--concurrency", type=ints, default=CONCURRENCY, help="perf_analyzer concurrencies per point")
-    p.add_argument("--oversubscribe", action="store_true", help="also try instances x threads > cores")
-    p.add_argument("--quick", action="store_true", help="short measurement windows (tests)")
+    p.add_argument("--concurrency", default=",".join(map(str, space["concurrency"])), help="e.g. 1,4,16")
     p.add_argument("--apply", action="store_true", help="write each winner into <repo>/<model>/configs/cpu.pbtxt")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--apply-run", type=Path, metavar="RUN", help="apply the winners of a finished run, measure nothing")
     args = p.parse_args(argv)
+    args.space = space
+    if args.apply_run is not None:
+        if not (args.apply_run / "search.json").is_file():
+            p.error(f"{args.apply_run / 'search.json'} does not exist")
+        return args
     args.models = [m for m in args.models.split(",") if m]
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     for m in args.models:
-        if m not in INPUT_KIND:
-            p.error(f"--models: {m!r} is not a searchable model ({', '.join(INPUT_KIND)})")
-        if not (spec.version_dir(m, args.repo) / spec.ONNX_FP32).is_file():
-            p.error(f"{spec.version_dir(m, args.repo) / spec.ONNX_FP32} is missing: run `make export` first")
-    if args.budget_ms <= 0:
-        p.error("--budget-ms must be > 0")
-    args.measurement = analyzer.Measurement(500, 50, 3) if args.quick else MEASUREMENT
+        if m not in space["models"]:
+            p.error(f"--models: {m!r} is not in perf/search.yaml ({', '.join(space['models'])})")
+        for f in space["models"][m]["files"]:
+            if not (spec.version_dir(m, args.repo) / f).is_file():
+                p.error(f"{spec.version_dir(m, args.repo) / f} is missing: run `make export` first")
+    if args.budget_ms <= 0 or not args.concurrency:
+        p.error("--budget-ms must be > 0 and --concurrency name at least one value")
+    if not (MA_VENV / "bin" / "model-analyzer").is_file():
+        p.error(f"Model Analyzer is not installed in {MA_VENV}: run `make perf-search` (it creates that virtualenv)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    from serving.server import free_port
+
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        pa_version = analyzer.version()
-    except analyzer.AnalyzerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    cores = len(os.sched_getaffinity(0))
-    preferred = args.preferred.split(";")
-    points_grid = grid(args.instances, args.threads, args.delays, preferred, cores, args.oversubscribe)
+    if args.apply_run is not None:
+        result = json.loads((args.apply_run / "search.json").read_text())
+        for model, entry in result["models"].items():
+            if entry.get("winner"):
+                path = apply(
+                    args.repo, model, entry["winner"]["settings"], winner_comment(args.apply_run.name, result, entry)
+                )
+                print(f"{model}: {describe(entry['winner']['settings'])} -> {path}")
+        return 0
     run_id = time.strftime("%Y%m%d-%H%M%S")
-    out_dir = args.out / run_id
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key = os.environ.setdefault("TRITON_ADMIN_KEY", secrets.token_urlsafe(24))
+    work = (args.out / run_id).resolve()
+    work.mkdir(parents=True)
     command = "python -m perf.search " + " ".join(argv if argv is not None else sys.argv[1:])
+    input_repository(args.repo, work / "input_repository", args.models)
+    data = {
+        m: inputs.write(args.space["models"][m]["input"], args.artifacts, args.repo, work / "inputs" / f"{m}.json")
+        for m in args.models
+    }
+    config = ma_config(args, args.space, work, data, [free_port(), free_port(), free_port()])
+    (work / "ma").mkdir()
+    (work / "ma" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = analyzer.environment()
+    cmd = [str(MA_VENV / "bin" / "model-analyzer"), "profile", "-f", str(work / "ma" / "config.yaml")]
+    log.info("%s (log %s)", " ".join(cmd), work / "ma.log")
+    t0 = time.monotonic()
+    with open(work / "ma.log", "wb") as logfile:
+        code = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, cwd=work).returncode
+    if code != 0:
+        tail = (work / "ma.log").read_text(errors="replace").splitlines()[-15:]
+        print(f"error: model-analyzer exited {code}; last lines of {work / 'ma.log'}:", file=sys.stderr)
+        print("\n".join(tail), file=sys.stderr)
+        return 1
+    rows = read_results(work)
     result: dict = {
         "command": command,
+        "tool": "Triton Model Analyzer 1.58.0, brute search, local launch, cpu_only (perf/search.yaml)",
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "budget_ms": args.budget_ms,
-        "concurrency": list(args.concurrency),
-        "cores": cores,
-        "perf_analyzer": pa_version,
+        "concurrency": args.concurrency,
+        "cores": len(os.sched_getaffinity(0)),
+        "seconds": round(time.monotonic() - t0, 1),
         "applied": args.apply,
         "models": {},
     }
-    t0 = time.monotonic()
     for model in args.models:
-        data = inputs.write(INPUT_KIND[model], args.artifacts, args.repo, out_dir / "inputs" / f"{model}.json", n=512)
-        current = committed(args.repo, model)
-        todo = [("committed", current)] + [(g.label(), g) for g in points_grid if g != current]
-        pts: list[dict] = []
-        for tag, g in todo:
-            log.info("%s: %s", model, tag)
-            got = measure(model, g, args, out_dir, data, key, tag)
-            for p in got:
-                p["committed"] = tag == "committed"
-            pts += got
-        ok = [p for p in pts if p["p99_ms"] is not None and p["p99_ms"] <= args.budget_ms]
-        winner = max(ok, key=lambda p: p["throughput"]) if ok else None
-        cur = [p for p in pts if p["committed"]]
-        cur_ok = [p for p in cur if p["p99_ms"] <= args.budget_ms]
-        entry = {
-            "points": pts,
-            "frontier": frontier(pts),
-            "winner": winner,
-            "current": max(cur_ok or cur, key=lambda p: p["throughput"]) if cur else None,
-        }
-        if winner and args.apply:
-            g = Grid(**{**winner["grid"], "preferred": tuple(winner["grid"]["preferred"])})
-            comment = (
-                f"chosen by `{command}` on {result['date']} ({cores} cores): highest throughput with p99 <= "
-                f"{args.budget_ms:g} ms among {len(pts)} measured points\n"
-                f"{g.instances} instance(s) x {g.threads} thread(s), delay {g.delay_us} us, preferred "
-                f"{list(g.preferred) or 'none'}: {winner['throughput']:.0f} infer/s, p99 {winner['p99_ms']:.2f} ms "
-                f"at concurrency {winner['concurrency']} (perf_analyzer {pa_version}, gRPC)"
-            )
-            entry["applied_to"] = str(apply(args.repo, model, g, comment))
-            log.info("%s: wrote %s into %s", model, g.label(), entry["applied_to"])
-        result["models"][model] = entry
-        if winner:
-            print(
-                f"{model}: winner {winner['tag']} at c{winner['concurrency']}: {winner['throughput']:.0f}/s, p99 {winner['p99_ms']:.2f} ms"
-            )
+        mine = [r for r in rows if r["model"] == model]
+        best = winner(mine)
+        committed = winner([r for r in mine if r["committed"]])
+        entry = {"points": mine, "winner": best, "committed": committed}
+        if best is None:
+            print(f"{model}: no variant meets p99 <= {args.budget_ms:g} ms ({len(mine)} points measured)")
         else:
-            print(f"{model}: no grid point meets p99 <= {args.budget_ms:g} ms")
-    result["seconds"] = round(time.monotonic() - t0, 1)
-    shutil.rmtree(out_dir / "repos", ignore_errors=True)
-    (out_dir / "search.json").write_text(json.dumps(result, indent=2) + "\n")
+            print(
+                f"{model}: {describe(best['settings'])}: {best['throughput']:.0f}/s at c{best['concurrency']}, "
+                f"p99 {best['p99_ms']:.2f} ms"
+            )
+        if best is not None and args.apply:
+            entry["applied_to"] = str(apply(args.repo, model, best["settings"], winner_comment(run_id, result, entry)))
+        result["models"][model] = entry
+    (work / "search.json").write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(work / "input_repository", ignore_errors=True)  # links only
     latest = args.out / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     latest.symlink_to(run_id)
-    print(
-        f"search: {out_dir / 'search.json'} ({result['seconds']:.0f} s){'' if args.apply else '; nothing applied (use --apply)'}"
-    )
+    print(f"search: {work / 'search.json'}; Model Analyzer's reports: {work / 'ma' / 'reports'}")
+    if not args.apply:
+        print("nothing applied (APPLY=1 / --apply writes the winners into configs/cpu.pbtxt)")
     return 0
 
 

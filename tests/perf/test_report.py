@@ -28,7 +28,6 @@ def test_the_report_and_every_figure_it_links_are_written(written: Path):
         "latency_nhits.png",
         "latency_similarity.png",
         "stream_vs_windowed.png",
-        "search_frontier.png",
         "goals.png",
     } <= set(links)
     for name in links:
