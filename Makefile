@@ -11,6 +11,8 @@ TARGET ?= cpu
 SIZE ?= full
 ARTIFACTS ?= artifacts
 REPO ?= model_repository
+# the configs make export serves (export-small: the committed ones, into the test repository)
+CONFIGS ?= $(REPO)
 # Versions move together (DESIGN.md): server 2.51.0 = NGC 24.10 = TensorRT 10.5.
 TRITONSERVER_IMAGE_VERSION ?= 24.10
 TRITONSERVER_IMAGE ?= nvcr.io/nvidia/tritonserver:$(TRITONSERVER_IMAGE_VERSION)-py3
@@ -19,6 +21,8 @@ TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
 TEST_ROOT ?= build/test
 SOURCES := $(shell find models export calibration -name '*.py' 2>/dev/null) pyproject.toml
 STAMP := $(ARTIFACTS)/.export-$(strip $(SIZE))-$(strip $(TARGET)).stamp
+# make export builds here, beside $(REPO) on its file system, and moves the verified model folders in
+STAGE = $(dir $(patsubst %/,%,$(REPO))).$(notdir $(patsubst %/,%,$(REPO))).stage
 size_flag = $(if $(filter small,$(strip $(SIZE))),--small,)
 
 .PHONY: help venv backend system-deps export export-small serve demo test lint clean
@@ -44,20 +48,25 @@ backend: system-deps $(VENV)/.installed ## build Triton's ONNX Runtime backend f
 export: $(VENV)/.installed backend ## train, export ONNX, calibrate INT8, build TensorRT plans (TARGET=gpu), report
 	@$(MAKE) --no-print-directory $(STAMP)
 
-$(STAMP): $(SOURCES)
-	$(PY) -m serving.repository --repo $(REPO) --check-layout
+# Atomic: every stage after training writes into $(STAGE), a copy of the repository's model folders beside it;
+# the last one verifies the stage (hashes, layout) and moves each model folder into $(REPO) (serving/publish.py).
+# A failed or interrupted run leaves $(REPO) byte-identical, and the stage for inspection.
+$(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null)
+	$(PY) -m serving.repository --repo $(CONFIGS) --check-layout
 	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag)
-	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(REPO)
-	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(REPO)
-	$(PY) -m export.build_engine --artifacts $(ARTIFACTS) --repo $(REPO) --target $(strip $(TARGET))
-	$(PY) -m export.benchmark --artifacts $(ARTIFACTS) --repo $(REPO) $(size_flag)
-	$(PY) -m export.summary --artifacts $(ARTIFACTS) --repo $(REPO)
-	$(PY) -m serving.integrity --repo $(REPO) --write --scan
+	$(PY) -m serving.publish --repo $(REPO) --prepare $(STAGE) --configs-from $(CONFIGS)
+	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(STAGE)
+	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(STAGE)
+	$(PY) -m export.build_engine --artifacts $(ARTIFACTS) --repo $(STAGE) --target $(strip $(TARGET))
+	$(PY) -m export.benchmark --artifacts $(ARTIFACTS) --repo $(STAGE) $(size_flag)
+	$(PY) -m export.summary --artifacts $(ARTIFACTS) --repo $(STAGE)
+	$(PY) -m serving.integrity --repo $(STAGE) --write --scan
+	$(PY) -m serving.publish --repo $(REPO) --commit $(STAGE) --check-layout
 	@touch $@
 
 export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_ROOT)
-	$(PY) -m serving.repository --repo model_repository --copy-configs-to $(TEST_ROOT)/model_repository
-	@$(MAKE) --no-print-directory export SIZE=small ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository
+	@$(MAKE) --no-print-directory export SIZE=small ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository \
+		CONFIGS=model_repository
 
 serve: backend export ## start the local Triton (cpu target) on 127.0.0.1 until Ctrl-C
 	$(PY) -m serving.server --repo $(REPO)
@@ -76,7 +85,7 @@ lint: $(VENV)/.installed ## ruff lint and format check
 	$(VENV)/bin/ruff format --check .
 
 clean: ## remove generated artifacts (not the virtualenv)
-	rm -rf $(ARTIFACTS) build perf/results
+	rm -rf $(ARTIFACTS) build perf/results $(STAGE)
 	find $(REPO) -path '*/1/*' ! -name .gitkeep ! -name model.py -delete
 	rm -f $(REPO)/integrity.json
 
