@@ -20,7 +20,21 @@ TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
 
 TEST_ROOT ?= build/test
 SOURCES := $(shell find models export calibration -name '*.py' 2>/dev/null) pyproject.toml
-STAMP := $(ARTIFACTS)/.export-$(strip $(SIZE))-$(strip $(TARGET)).stamp
+# Your data (README "Your data"): SERIES=prices.csv (unique_id, ds, y; .parquet too), CATALOG=items.npy (or
+# .parquet with an id column), USERS=users.parquet, INPUT_SIZE / HORIZON (168 / 24), RESERVOIR_TRANSFORM=identity
+# for series with values <= 0. Each changes what is trained, so each is part of the stamp's name.
+SERIES ?=
+CATALOG ?=
+USERS ?=
+INPUT_SIZE ?=
+HORIZON ?=
+RESERVOIR_TRANSFORM ?=
+data_flags = $(if $(SERIES),--series $(SERIES)) $(if $(CATALOG),--catalog $(CATALOG)) $(if $(USERS),--users $(USERS)) \
+	$(if $(INPUT_SIZE),--input-size $(INPUT_SIZE)) $(if $(HORIZON),--horizon $(HORIZON)) \
+	$(if $(RESERVOIR_TRANSFORM),--reservoir-transform $(RESERVOIR_TRANSFORM))
+$(foreach f,$(SERIES) $(CATALOG) $(USERS),$(if $(wildcard $(f)),,$(error $(f) does not exist (SERIES / CATALOG / USERS name your files))))
+data_tag = $(if $(strip $(data_flags)),-$(shell echo '$(strip $(data_flags))' | sha1sum | cut -c1-8))
+STAMP := $(ARTIFACTS)/.export-$(strip $(SIZE))-$(strip $(TARGET))$(data_tag).stamp
 # make export builds here, beside $(REPO) on its file system, and moves the verified model folders in
 STAGE = $(dir $(patsubst %/,%,$(REPO))).$(notdir $(patsubst %/,%,$(REPO))).stage
 size_flag = $(if $(filter small,$(strip $(SIZE))),--small,)
@@ -51,17 +65,17 @@ export: $(VENV)/.installed backend ## train, export ONNX, calibrate INT8, build 
 # Atomic: every stage after training writes into $(STAGE), a copy of the repository's model folders beside it;
 # the last one verifies the stage (hashes, layout) and moves each model folder into $(REPO) (serving/publish.py).
 # A failed or interrupted run leaves $(REPO) byte-identical, and the stage for inspection.
-$(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null)
-	$(PY) -m serving.repository --repo $(CONFIGS) --check-layout
-	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag)
-	$(PY) -m serving.publish --repo $(REPO) --prepare $(STAGE) --configs-from $(CONFIGS)
+$(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(SERIES) $(CATALOG) $(USERS)
+	$(PY) -m serving.repository --repo $(CONFIGS) --check-layout --any-dims
+	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag) $(data_flags)
+	$(PY) -m serving.publish --repo $(REPO) --prepare $(STAGE) --configs-from $(CONFIGS) --artifacts $(ARTIFACTS)
 	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m export.build_engine --artifacts $(ARTIFACTS) --repo $(STAGE) --target $(strip $(TARGET))
 	$(PY) -m export.benchmark --artifacts $(ARTIFACTS) --repo $(STAGE) $(size_flag)
 	$(PY) -m export.summary --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m serving.integrity --repo $(STAGE) --write --scan
-	$(PY) -m serving.publish --repo $(REPO) --commit $(STAGE) --check-layout
+	$(PY) -m serving.publish --repo $(REPO) --commit $(STAGE) --check-layout --artifacts $(ARTIFACTS)
 	@touch $@
 
 export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_ROOT)

@@ -309,6 +309,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", help="comma-separated folders to prepare (default: every model of models/spec.py)")
     p.add_argument("--configs-from", type=Path, metavar="REPO", help="prepare: take the config files from REPO")
     p.add_argument("--check-layout", action="store_true", help="commit: the stage's configs must match the spec")
+    p.add_argument(
+        "--artifacts", type=Path, help="training artifacts: the configs take the dims they record (models.spec.Dims)"
+    )
     return p.parse_args(argv)
 
 
@@ -327,10 +330,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
         elif args.prepare:
             from models import spec
+            from serving.repository import set_dims
 
+            if args.artifacts is not None:
+                spec.use_dims_of(args.artifacts)
             names = [m for m in (args.models or ",".join(spec.MODELS)).split(",") if m]
-            print(prepare(args.repo, args.prepare, names, args.configs_from))
+            stage = prepare(args.repo, args.prepare, names, args.configs_from)
+            set_dims(stage)
+            print(stage)
         else:
+            if args.artifacts is not None:
+                from models import spec
+
+                spec.use_dims_of(args.artifacts)
             moved = commit(args.commit, args.repo, check=_layout_check if args.check_layout else None)
             print(f"published {', '.join(moved)} into {args.repo}")
     except (PublishError, OSError) as exc:
