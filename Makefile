@@ -39,7 +39,7 @@ STAMP := $(ARTIFACTS)/.export-$(strip $(SIZE))-$(strip $(TARGET))$(data_tag).sta
 STAGE = $(dir $(patsubst %/,%,$(REPO))).$(notdir $(patsubst %/,%,$(REPO))).stage
 size_flag = $(if $(filter small,$(strip $(SIZE))),--small,)
 
-.PHONY: help venv backend system-deps export export-small serve demo test lint clean
+.PHONY: help venv backend system-deps export export-small serve rollout demo test lint clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -82,8 +82,16 @@ export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_
 	@$(MAKE) --no-print-directory export SIZE=small ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository \
 		CONFIGS=model_repository
 
+# MODEL_CONTROL=explicit: models load and unload through the restricted API afterwards (what `make rollout` needs)
+MODEL_CONTROL ?= none
 serve: backend export ## start the local Triton (cpu target) on 127.0.0.1 until Ctrl-C
-	$(PY) -m serving.server --repo $(REPO)
+	$(PY) -m serving.server --repo $(REPO) --model-control $(MODEL_CONTROL)
+
+# A new version of one model, from another export (FROM: its repository), into the running server without
+# downtime: written with its hashes, canary-checked through the server, then swapped (serving/rollout.py).
+rollout: $(VENV)/.installed ## MODEL=<name> FROM=<export repository>: roll a new version out to the running Triton
+	@test -n "$(MODEL)" -a -n "$(FROM)" || { echo "make rollout needs MODEL=<served model> FROM=<export repository>" >&2; exit 2; }
+	$(PY) -m serving.rollout --model $(MODEL) --from $(FROM) --repo $(REPO) $(if $(URL),--url $(URL))
 
 demo: backend export ## start Triton, call every model and ensemble over gRPC and HTTP, stop
 	$(PY) -m clients demo --repo $(REPO)

@@ -434,14 +434,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if errs.max() <= bound.value
             else [f"ONNX vs nf.predict relative error {errs.max():.3g} > {bound.value:g}"]
         )
-        report["passed"], report["failures"] = not bad, bad
-        common.write_json(out_dir / "report.json", report)
-        if bad:
-            raise CliError(
-                f"verification failed, {args.out_repo} is unchanged: {bad[0]} (series "
-                f"{rec['verification']['worst_series']}; the same weights in float32 vs float64: {f32_err:.3g}; "
-                f"bound {bound.source}); details in {out_dir / 'report.json'}"
-            )
+        byom.settle(
+            report,
+            bad,
+            out_dir,
+            args.out_repo,
+            f"series {rec['verification']['worst_series']}; the same weights in float32 vs float64: {f32_err:.3g}; "
+            f"bound {bound.source}",
+        )
         common.write_json(
             fp32.with_name(fp32.name + ".json"), {"model": entry.name, "onnx_sha256": common.sha256_file(fp32), **rec}
         )

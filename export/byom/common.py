@@ -124,6 +124,17 @@ def _round_up(x: float) -> float:
     return float(np.ceil(x / e) * e)
 
 
+def settle(report: dict[str, Any], bad: list[str], out_dir: Path, out_repo: Path, detail: str) -> None:
+    """Record the outcome in `<out_dir>/report.json` (a refused import too); CliError when a bound failed,
+    before anything reached `out_repo`."""
+    report["passed"], report["failures"] = not bad, bad
+    common.write_json(out_dir / "report.json", report)
+    if bad:
+        raise CliError(
+            f"verification failed, {out_repo} is unchanged: {bad[0]} ({detail}); details in {out_dir / 'report.json'}"
+        )
+
+
 def commit(stage: Any, names: list[str]) -> None:
     """Move the verified entries from a serving.publish.Staging into the repository, or one CliError."""
     from serving.publish import PublishError
