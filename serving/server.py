@@ -16,7 +16,9 @@ does not match, has no record, or is missing refuses the start with one line per
 `--exclude-unverified` the server starts instead with every other model (explicit model-control mode,
 the refused models and the ensembles that use them left unloaded and named with their files in
 `unavailable_models()`); `--no-verify` skips the check, for experiments only. `--restart` starts
-tritonserver again when it exits unexpectedly (RELIABILITY.md).
+tritonserver again when it exits unexpectedly (RELIABILITY.md). `--model-control explicit` loads every model
+at start and then accepts load / unload through the restricted model-repository API: what
+`python -m serving.rollout` needs to replace a model's version without a restart.
 
 The model-repository (load/unload), shared-memory, logging and trace APIs are restricted behind a key: clients
 send the header `triton-admin-key: <key>` over HTTP and `triton-grpc-protocol-triton-admin-key`
