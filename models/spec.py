@@ -129,3 +129,11 @@ EXPORTED = ("nhits", "reservoir", "forecast_blend", "similarity", "user_embeddin
 
 def version_dir(model: str, repo: Path | None = None) -> Path:
     return (repo or MODEL_REPOSITORY) / model / "1"
+
+
+def served_version_dir(model: str, repo: Path | None = None) -> Path:
+    """The version Triton serves under `latest 1` (its default policy): the highest numeric folder, which
+    is version 1 until serving.rollout adds another."""
+    root = (repo or MODEL_REPOSITORY) / model
+    versions = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
+    return root / str(max(versions)) if versions else version_dir(model, repo)

@@ -59,10 +59,11 @@ def tensors(config_tensors) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 
 def served_file(repo: Path, model: str, config: str = "cpu") -> Path:
-    """The model file that `--model-config-name=<config>` serves: its config's default_model_filename."""
+    """The model file that `--model-config-name=<config>` serves: its config's default_model_filename, in the
+    version Triton serves (the highest: serving.rollout adds versions)."""
     path = repo / model / "configs" / f"{config}.pbtxt"
     cfg = load_config(path if path.is_file() else repo / model / "config.pbtxt")
-    return spec.version_dir(model, repo) / (cfg.default_model_filename or spec.ONNX_FP32)
+    return spec.served_version_dir(model, repo) / (cfg.default_model_filename or spec.ONNX_FP32)
 
 
 def check_layout(repo: Path, dims: bool = True) -> list[str]:
