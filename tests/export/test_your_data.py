@@ -73,9 +73,12 @@ def your_export(files, repo: Path, tmp_path_factory) -> dict:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    exporting = stage / "nhits" / "1"  # export.onnx_export drops the old record, then writes model.onnx anew
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None and not (stage / "nhits/1/model.onnx").exists():
-        time.sleep(0.05)
+    while time.monotonic() < deadline and proc.poll() is None:
+        if exporting.is_dir() and not (exporting / "model.onnx.json").exists():
+            break
+        time.sleep(0.02)
     killed_in_stage = proc.poll() is None and stage.is_dir()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
