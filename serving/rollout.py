@@ -464,7 +464,7 @@ def rollout(
             "seconds": round(time.monotonic() - t2, 2),
             **canary_check(control, model, inputs, want, before, str(new)),
         }
-    except RolloutError as exc:
+    except BaseException as exc:  # a failed check, a server error, Ctrl-C: undo, then report it
         out.error = str(exc)
         if loaded_canary:
             _quietly(control.unload, canary_name)
