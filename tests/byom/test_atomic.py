@@ -4,7 +4,6 @@ Issue 16 found a refused import leaving `<name>/` and `<name>_stream/` behind, w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,18 +17,12 @@ import pytest
 
 from models import spec
 from serving import integrity
+from tests.conftest import snapshot
 
 from .conftest import HAS_RESERVOIRPY, import_esn, save_esn
 
 TINY_ESN = dict(units=30, lr=0.5, sr=0.9, ridge=1e-3, seed=4)
 WINDOW = "24"
-
-
-def snapshot(repo: Path) -> dict[str, str]:
-    return {
-        p.relative_to(repo).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(repo.rglob("*"))
-    }
 
 
 def stages_beside(repo: Path) -> list[Path]:

@@ -6,7 +6,6 @@ them, and a real Triton answers with the user's ids (exactly the top-10 numpy co
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -20,19 +19,13 @@ import pytest
 
 from models import spec
 from serving.server import TritonServer, free_port
+from tests.conftest import snapshot
 
 pytestmark = pytest.mark.slow
 
 INPUT, H, DIM = 48, 12, 32
 ITEM_IDS = 10_000 + 7 * np.arange(300)
 USER_IDS = 500 + 3 * np.arange(200)
-
-
-def snapshot(repo: Path) -> dict[str, str]:
-    return {
-        p.relative_to(repo).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(repo.rglob("*"))
-    }
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ into a repository of their own, as `make export REPO=...` writes them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import threading
@@ -26,6 +25,7 @@ from reliability.reference import Case, Reference, Workload
 from serving import integrity, rollout
 from serving.repository import copy_configs, served_file
 from serving.server import TritonServer, free_port
+from tests.conftest import snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +33,6 @@ MODELS = ("nhits", "reservoir", "forecast_blend", "similarity", "user_embedding"
 SERVED = (*MODELS, "forecast", "recommend")
 NEW_ITEMS = 64
 KEPT_USERS = 50  # the broken user table: ids >= 50 are gone
-
-
-def snapshot(repo: Path) -> dict[str, str]:
-    """Every path under the repository -> sha256 of its bytes ('dir' for a folder)."""
-    return {
-        p.relative_to(repo).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(repo.rglob("*"))
-    }
 
 
 def export_next(tmp: Path, artifacts: Path, model: str, edit) -> Path:
