@@ -13,6 +13,8 @@ TARGET ?= cpu
 SIZE ?= full
 ARTIFACTS ?= artifacts
 REPO ?= model_repository
+# the configs make export serves (export-small: the committed ones, into the test repository)
+CONFIGS ?= $(REPO)
 # Versions move together (DESIGN.md): server 2.51.0 = NGC 24.10 = TensorRT 10.5.
 TRITONSERVER_IMAGE_VERSION ?= 24.10
 TRITONSERVER_IMAGE ?= nvcr.io/nvidia/tritonserver:$(TRITONSERVER_IMAGE_VERSION)-py3
@@ -20,10 +22,26 @@ TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
 
 TEST_ROOT ?= build/test
 SOURCES := $(shell find models export calibration -name '*.py' 2>/dev/null) pyproject.toml
-STAMP := $(ARTIFACTS)/.export-$(strip $(SIZE))-$(strip $(TARGET)).stamp
+# Your data (README "Your data"): SERIES=prices.csv (unique_id, ds, y; .parquet too), CATALOG=items.npy (or
+# .parquet with an id column), USERS=users.parquet, INPUT_SIZE / HORIZON (168 / 24), RESERVOIR_TRANSFORM=identity
+# for series with values <= 0. Each changes what is trained, so each is part of the stamp's name.
+SERIES ?=
+CATALOG ?=
+USERS ?=
+INPUT_SIZE ?=
+HORIZON ?=
+RESERVOIR_TRANSFORM ?=
+data_flags = $(if $(SERIES),--series $(SERIES)) $(if $(CATALOG),--catalog $(CATALOG)) $(if $(USERS),--users $(USERS)) \
+	$(if $(INPUT_SIZE),--input-size $(INPUT_SIZE)) $(if $(HORIZON),--horizon $(HORIZON)) \
+	$(if $(RESERVOIR_TRANSFORM),--reservoir-transform $(RESERVOIR_TRANSFORM))
+$(foreach f,$(SERIES) $(CATALOG) $(USERS),$(if $(wildcard $(f)),,$(error $(f) does not exist (SERIES / CATALOG / USERS name your files))))
+data_tag = $(if $(strip $(data_flags)),-$(shell echo '$(strip $(data_flags))' | sha1sum | cut -c1-8))
+STAMP := $(ARTIFACTS)/.export-$(strip $(SIZE))-$(strip $(TARGET))$(data_tag).stamp
+# make export builds here, beside $(REPO) on its file system, and moves the verified model folders in
+STAGE = $(dir $(patsubst %/,%,$(REPO))).$(notdir $(patsubst %/,%,$(REPO))).stage
 size_flag = $(if $(filter small,$(strip $(SIZE))),--small,)
 
-.PHONY: help venv backend system-deps export export-small serve demo test lint clean
+.PHONY: help venv backend system-deps export export-small serve rollout demo test lint clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -46,23 +64,36 @@ backend: system-deps $(VENV)/.installed ## build Triton's ONNX Runtime backend f
 export: $(VENV)/.installed backend ## train, export ONNX, calibrate INT8, build TensorRT plans (TARGET=gpu), report
 	@$(MAKE) --no-print-directory $(STAMP)
 
-$(STAMP): $(SOURCES)
-	$(PY) -m serving.repository --repo $(REPO) --check-layout
-	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag)
-	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(REPO)
-	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(REPO)
-	$(PY) -m export.build_engine --artifacts $(ARTIFACTS) --repo $(REPO) --target $(strip $(TARGET))
-	$(PY) -m export.benchmark --artifacts $(ARTIFACTS) --repo $(REPO) $(size_flag)
-	$(PY) -m export.summary --artifacts $(ARTIFACTS) --repo $(REPO)
-	$(PY) -m serving.integrity --repo $(REPO) --write --scan
+# Atomic: every stage after training writes into $(STAGE), a copy of the repository's model folders beside it;
+# the last one verifies the stage (hashes, layout) and moves each model folder into $(REPO) (serving/publish.py).
+# A failed or interrupted run leaves $(REPO) byte-identical, and the stage for inspection.
+$(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(SERIES) $(CATALOG) $(USERS)
+	$(PY) -m serving.repository --repo $(CONFIGS) --check-layout --any-dims
+	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag) $(data_flags)
+	$(PY) -m serving.publish --repo $(REPO) --prepare $(STAGE) --configs-from $(CONFIGS) --artifacts $(ARTIFACTS)
+	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(STAGE)
+	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(STAGE)
+	$(PY) -m export.build_engine --artifacts $(ARTIFACTS) --repo $(STAGE) --target $(strip $(TARGET))
+	$(PY) -m export.benchmark --artifacts $(ARTIFACTS) --repo $(STAGE) $(size_flag)
+	$(PY) -m export.summary --artifacts $(ARTIFACTS) --repo $(STAGE)
+	$(PY) -m serving.integrity --repo $(STAGE) --write --scan
+	$(PY) -m serving.publish --repo $(REPO) --commit $(STAGE) --check-layout --artifacts $(ARTIFACTS)
 	@touch $@
 
 export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_ROOT)
-	$(PY) -m serving.repository --repo model_repository --copy-configs-to $(TEST_ROOT)/model_repository
-	@$(MAKE) --no-print-directory export SIZE=small ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository
+	@$(MAKE) --no-print-directory export SIZE=small ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository \
+		CONFIGS=model_repository
 
+# MODEL_CONTROL=explicit: models load and unload through the restricted API afterwards (what `make rollout` needs)
+MODEL_CONTROL ?= none
 serve: backend export ## start the local Triton (cpu target) on 127.0.0.1 until Ctrl-C
-	$(PY) -m serving.server --repo $(REPO)
+	$(PY) -m serving.server --repo $(REPO) --model-control $(MODEL_CONTROL)
+
+# A new version of one model, from another export (FROM: its repository), into the running server without
+# downtime: written with its hashes, canary-checked through the server, then swapped (serving/rollout.py).
+rollout: $(VENV)/.installed ## MODEL=<name> FROM=<export repository>: roll a new version out to the running Triton
+	@test -n "$(MODEL)" -a -n "$(FROM)" || { echo "make rollout needs MODEL=<served model> FROM=<export repository>" >&2; exit 2; }
+	$(PY) -m serving.rollout --model $(MODEL) --from $(FROM) --repo $(REPO) $(if $(URL),--url $(URL))
 
 demo: backend export ## start Triton, call every model and ensemble over gRPC and HTTP, stop
 	$(PY) -m clients demo --repo $(REPO)
@@ -78,7 +109,7 @@ lint: $(VENV)/.installed ## ruff lint and format check
 	$(VENV)/bin/ruff format --check .
 
 clean: ## remove generated artifacts (not the virtualenv)
-	rm -rf $(ARTIFACTS) build perf/results
+	rm -rf $(ARTIFACTS) build perf/results $(STAGE)
 	find $(REPO) -path '*/1/*' ! -name .gitkeep ! -name model.py -delete
 	rm -f $(REPO)/integrity.json
 

@@ -566,7 +566,7 @@ def evaluate(names: Sequence[str], artifacts: Path, repo: Path, ev: Evaluator | 
         _, ids8 = ev.predict("similarity", "int8", {"query": q}, "test")
         results["similarity"] = _recall_entry(ids32, ids8)
     if "user_embedding" in names:
-        ids = (np.arange(1024, dtype=np.int64) % _n_users(repo))[:, None]
+        ids = data.load_user_ids(artifacts, "test", 1024)[:, None]  # ids that have a user (a user's own ids too)
         err = common.relative_error(
             ev.predict("user_embedding", "int8", {"user_id": ids})[0],
             ev.predict("user_embedding", "fp32", {"user_id": ids})[0],
@@ -629,12 +629,6 @@ def int8_guard(name: str, int8: Path, artifacts: Path) -> dict[str, Any]:
     return result
 
 
-def _n_users(repo: Path) -> int:
-    props = onnx_metadata(spec.version_dir("user_embedding", repo) / spec.ONNX_FP32)
-    lo_hi = props.get("valid_range.user_id", f"0,{spec.N_USERS}")
-    return int(lo_hi.split(",")[1])
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -655,6 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.artifacts, "artifacts directory", f"train with `python -m models.train --out {args.artifacts}`"
     )
     common.require_dir(args.repo, "model repository")
+    spec.use_dims_of(args.artifacts)  # the window, horizon and embedding sizes training used
     needed = set(names) | ({"nhits", "reservoir"} if "forecast_blend" in names else set())
     for name in sorted(needed):
         path = spec.version_dir(name, args.repo) / spec.ONNX_FP32

@@ -59,7 +59,7 @@ def ranges_from_repository(repo: Path | str) -> Ranges:
 
     from models import spec
 
-    path = spec.version_dir("user_embedding", Path(repo)) / spec.ONNX_FP32
+    path = spec.served_version_dir("user_embedding", Path(repo)) / spec.ONNX_FP32
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `make export` (or pass n_users)")
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

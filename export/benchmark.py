@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = common.parse_models(args.models)
     common.require_dir(args.artifacts, "artifacts directory")
     common.require_dir(args.repo, "model repository")
+    spec.use_dims_of(args.artifacts)  # the window, horizon and embedding sizes training used
     if args.threads < 1:
         raise CliError(f"--threads must be at least 1, got {args.threads}")
     common.setup_logging(args.verbose)

@@ -311,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = common.parse_models(args.models)
     common.require_dir(args.artifacts, "artifacts directory")
     common.require_dir(args.repo, "model repository")
+    spec.use_dims_of(args.artifacts)  # the window, horizon and embedding sizes training used
     if args.workspace_gib <= 0:
         raise CliError(f"--workspace-gib must be positive, got {args.workspace_gib}")
     common.setup_logging(args.verbose)

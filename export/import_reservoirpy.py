@@ -21,12 +21,20 @@ D is the ESN's output dimension (1 for a one-step-ahead predictor; train the rea
 values and it is the project's 24-step forecast, which is what `clients.stream` reads). The weights go
 into the project's `models.reservoir.Reservoir` with `transform="identity"` (no log / exp, no residual).
 
-Checks: ONNX (FP32) against `esn.run` on held-out data, windowed and tick by tick, relative error
-<= 1e-5 (max|onnx - esn| / max|esn| per window or sequence), else exit 1. `--series` gives the data
-(.npy, or .csv / .txt first column): its first half feeds INT8 calibration, its second half the checks;
-without it a seeded synthetic signal is used and a warning says so. INT8 reuses the project's
-calibration (the recurrent GEMMs stay FP32, only the readout may be INT8) and falls back to an FP32
-copy when INT8 moves the output by more than 1 %. Report: `<artifacts>/byom/<name>/report.json`.
+Checks: ONNX (FP32) against `esn.run` on held-out data, windowed and tick by tick, max|onnx - esn| / max|esn|
+per window or tick within the bound, else exit 1. The default bound comes from the model itself: the same
+weights run in numpy float32 differ from `esn.run` (float64) by some e32, the rounding this ESN amplifies
+(a readout with large weights, i.e. a small ridge, amplifies more); the bound is 4 x e32 within [1e-5, 1e-4]
+(export.byom.common.derive_bound). An ESN with e32 above 1e-4 cannot be served in float32 and is refused
+before anything is exported, with its largest readout weight and ridge named; `--bound` overrides.
+`--series` gives the data (.npy, or .csv / .txt first column): its first half feeds INT8 calibration, its
+second half the checks; without it a seeded synthetic signal is used and a warning says so. INT8 reuses the
+project's calibration (the recurrent GEMMs stay FP32, only the readout may be INT8) and falls back to an FP32
+copy when INT8 moves the output by more than 1 %.
+
+Atomic: both entries are built in a stage beside --out-repo (serving.publish) and moved in only after every
+check passed; a refused option, a failed bound or a killed run leaves --out-repo byte-identical. Report:
+`<artifacts>/byom/<name>/report.json` (written for failed imports too).
 """
 
 from __future__ import annotations
@@ -46,12 +54,12 @@ from export.byom import common as byom
 from export.byom.common import Entry, Unsupported
 from export.common import CliError
 from models import spec
+from serving import publish
 
 log = logging.getLogger("export.import_reservoirpy")
 
 PROG = "export.import_reservoirpy"
 EXTRA = "reservoirpy"
-PEER_BOUND = 1e-5  # ONNX vs esn.run, relative
 N_VERIFY_WINDOWS = 64
 N_STREAMS = 4  # held-out ticks are cut into this many sequences
 MAX_STREAM_TICKS = 200
@@ -302,19 +310,51 @@ def esn_streams(model: Any, streams: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
+def float32_run(esn: EsnWeights, series: np.ndarray) -> np.ndarray:
+    """The ESN's equations in numpy float32 with the same weights, from the zero state: (B, T) -> (B, T, D).
+    Independent of the exported module: it measures what float32 itself does to this ESN."""
+    f = np.float32
+    w_t, w_in, bias, lr = esn.w.T.astype(f), esn.w_in.astype(f), esn.bias.astype(f), f(esn.lr)
+    w_x_t, w_u, b_out = esn.w_x.T.astype(f), esn.w_u.astype(f), esn.b_out.astype(f)
+    u = series.astype(f)
+    x = np.zeros((len(u), esn.units), f)
+    out = np.empty((*u.shape, esn.out_dim), f)
+    for t in range(u.shape[1]):
+        ut = u[:, t : t + 1]
+        x = (f(1) - lr) * x + lr * np.tanh(x @ w_t + ut * w_in + bias)
+        out[:, t] = x @ w_x_t + ut * w_u + b_out
+    return out
+
+
+@dataclass
+class References:
+    windows: np.ndarray  # esn.run per verification window, (V, D)
+    streams: np.ndarray  # esn.run per tick of each sequence, (S, L, D)
+    float32_err: float  # the same weights in float32 against those, max per answer
+
+
+def references(model: Any, esn: EsnWeights, data: Data) -> References:
+    windows, streams = esn_windows(model, data.verify_windows), esn_streams(model, data.streams)
+    d = esn.out_dim
+    err = max(
+        float(byom.relative_errors(float32_run(esn, data.verify_windows)[:, -1], windows, d).max()),
+        float(byom.relative_errors(float32_run(esn, data.streams), streams, d).max()),
+    )
+    return References(windows, streams, err)
+
+
 # ----------------------------------------------------------------------------- stages
 
 
 def import_windowed(
-    entry: Entry, model: Any, module: Any, esn: EsnWeights, data: Data, args: Any, meta: dict[str, str]
+    entry: Entry, module: Any, esn: EsnWeights, data: Data, ref: References, paths: dict[str, Path], meta: dict
 ) -> dict[str, Any]:
     import torch
 
-    fp32 = entry.version_dir(args.out_repo) / spec.ONNX_FP32
+    fp32 = entry.version_dir(paths["repo"]) / spec.ONNX_FP32
     rec = byom.export_onnx(entry, module, (torch.from_numpy(data.calib_windows[:2]),), fp32, meta)
-    ref = esn_windows(model, data.verify_windows)
     ours = byom.run_onnx(fp32, {"window": data.verify_windows})[0]
-    errs = byom.relative_errors(ours, ref, esn.out_dim)
+    errs = byom.relative_errors(ours, ref.windows, esn.out_dim)
     rec["verification"] = {
         "reference": "esn.reset(); esn.run(window)[-1], float64",
         "windows": len(errs),
@@ -325,7 +365,7 @@ def import_windowed(
         entry,
         fp32,
         {"window": data.calib_windows},
-        args.artifacts / "byom" / args.name / "calibration" / f"{entry.name}.npz",
+        paths["calibration"] / f"{entry.name}.npz",
         lambda p: float(
             byom.relative_errors(byom.run_onnx(p, {"window": data.verify_windows})[0], ours, esn.out_dim).max()
         ),
@@ -334,7 +374,7 @@ def import_windowed(
 
 
 def import_stream(
-    entry: Entry, model: Any, module: Any, esn: EsnWeights, data: Data, args: Any, meta: dict[str, str]
+    entry: Entry, module: Any, esn: EsnWeights, data: Data, ref: References, paths: dict[str, Path], meta: dict
 ) -> dict[str, Any]:
     import torch
 
@@ -347,11 +387,10 @@ def import_stream(
         else:
             states = torch.zeros(len(calib), esn.units)
     ticks = calib[:, -1:].contiguous()
-    fp32 = entry.version_dir(args.out_repo) / spec.ONNX_FP32
+    fp32 = entry.version_dir(paths["repo"]) / spec.ONNX_FP32
     rec = byom.export_onnx(entry, ReservoirStream(module).eval(), (ticks[:2], states[:2]), fp32, meta)
-    ref = esn_streams(model, data.streams)
     ours = byom.run_stream(fp32, data.streams, esn.units)
-    errs = byom.relative_errors(ours, ref, esn.out_dim)
+    errs = byom.relative_errors(ours, ref.streams, esn.out_dim)
     rec["verification"] = {
         "reference": "esn.reset(); esn.run(sequence), every tick, float64",
         "sequences": int(data.streams.shape[0]),
@@ -363,7 +402,7 @@ def import_stream(
         entry,
         fp32,
         {"tick": ticks.numpy(), "state_in": states.numpy()},
-        args.artifacts / "byom" / args.name / "calibration" / f"{entry.name}.npz",
+        paths["calibration"] / f"{entry.name}.npz",
         lambda p: float(byom.relative_errors(byom.run_stream(p, data.streams, esn.units), ours, esn.out_dim).max()),
     )
     return rec
@@ -381,7 +420,11 @@ def build_parser() -> common.OneLineParser:
     p.add_argument("--window", type=int, default=spec.INPUT_SIZE, help="ticks per windowed request (%(default)s)")
     p.add_argument("--series", type=Path, help="held-out series (.npy / .csv): calibration and verification data")
     p.add_argument("--calib-count", type=int, default=N_CALIB, help="INT8 calibration windows (%(default)s)")
-    p.add_argument("--bound", type=float, default=PEER_BOUND, help="ONNX vs esn.run relative bound (%(default)g)")
+    p.add_argument(
+        "--bound",
+        type=float,
+        help="ONNX vs esn.run relative bound (default: derived from the model, see the docstring)",
+    )
     p.add_argument("--template-repo", type=Path, default=byom.TEMPLATE_REPOSITORY, help="configs to copy")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -397,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CliError(f"series file {args.series} does not exist")
     if args.window < 1 or args.calib_count < 1:
         raise CliError("--window and --calib-count must be at least 1")
+    if args.bound is not None and not args.bound > 0:
+        raise CliError("--bound must be positive")
     byom.check_name(args.name)
     common.setup_logging(args.verbose)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime.quantization.shape_inference"):
@@ -410,6 +455,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         log.warning("no --series: calibrating and verifying on a seeded synthetic signal, not your data")
         data = split(synthetic_series(4 * (args.window + MAX_STREAM_TICKS)), args.window, "synthetic", args.calib_count)
+    ref = references(model, esn, data)
+    max_weight = float(np.abs(np.column_stack([esn.w_x, esn.w_u])).max())
+    bound = byom.derive_bound(
+        ref.float32_err,
+        args.bound,
+        "esn.run (float64) and the same weights run in float32",
+        f"the readout's largest weight, {max_weight:.3g}, multiplies the float32 rounding of the state: "
+        f"retrain with a larger ridge (this one has {esn.hyper['ridge']:g})",
+    )
 
     import torch
 
@@ -417,50 +471,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = build(esn, args.window)
     windowed, stream = entries(args.name, args.window, esn)
     out_dir = args.artifacts / "byom" / args.name
-    out_dir.mkdir(parents=True, exist_ok=True)
     meta = byom.file_meta(PROG, args.model, args.name)
-    for entry in (windowed, stream):
-        byom.write_configs(entry, args.out_repo, args.template_repo, PROG)
     report: dict[str, Any] = {
         "importer": PROG,
         "source": str(args.model),
         "esn": esn.hyper,
-        "readout_max_abs_weight": float(np.abs(np.column_stack([esn.w_x, esn.w_u])).max()),
+        "readout_max_abs_weight": max_weight,
         "data": {"source": data.source, "calibration_windows": len(data.calib_windows)},
         "served": {
             windowed.name: f"window [{args.window}] -> forecast [{esn.out_dim}]: esn.run(window)[-1] from the zero state",
             stream.name: f"tick [1] -> forecast [{esn.out_dim}] after every tick; state [{esn.units}] per sequence",
         },
-        "bound": {"onnx_vs_reservoirpy_rel_err": args.bound, "int8_vs_fp32_rel_err": byom.INT8_BOUND},
-        "models": {
-            windowed.name: import_windowed(windowed, model, module, esn, data, args, meta),
-            stream.name: import_stream(stream, model, module, esn, data, args, meta),
-        },
+        "bound": {"onnx_vs_reservoirpy_rel_err": bound.as_dict(), "int8_vs_fp32_rel_err": byom.INT8_BOUND},
     }
-    torch.save({"config": module.config_dict(), "state_dict": module.state_dict()}, out_dir / "checkpoint.pt")
-    bad = [
-        f"{name}: ONNX vs esn.run relative error {rec['verification']['max_rel_err']:.3g} > {args.bound:g}"
-        for name, rec in report["models"].items()
-        if not rec["verification"]["max_rel_err"] <= args.bound
-    ]
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    report["passed"], report["failures"] = not bad, bad
-    common.write_json(out_dir / "report.json", report)
-    if bad:
-        raise CliError(
-            f"verification failed: {bad[0]}; the readout's largest weight is {report['readout_max_abs_weight']:.3g}: "
-            f"float32 rounding of the state grows with it (a larger ridge shrinks it), details in {out_dir / 'report.json'}"
-        )
-    for entry in (windowed, stream):
-        onnx_path = entry.version_dir(args.out_repo) / spec.ONNX_FP32
-        record = {"model": entry.name, "onnx_sha256": common.sha256_file(onnx_path), **report["models"][entry.name]}
-        common.write_json(onnx_path.with_name(onnx_path.name + ".json"), record)
+    with publish.Staging(args.out_repo) as stage:  # nothing reaches --out-repo unless every check passed
+        paths = {"repo": stage.repo, "calibration": out_dir / "calibration"}
+        for entry in (windowed, stream):
+            byom.write_configs(entry, stage.repo, args.template_repo, PROG)
+        report["models"] = {
+            windowed.name: import_windowed(windowed, module, esn, data, ref, paths, meta),
+            stream.name: import_stream(stream, module, esn, data, ref, paths, meta),
+        }
+        bad = [
+            f"{name}: ONNX vs esn.run relative error {rec['verification']['max_rel_err']:.3g} > {bound.value:g}"
+            for name, rec in report["models"].items()
+            if not rec["verification"]["max_rel_err"] <= bound.value
+        ]
+        report["seconds"] = round(time.perf_counter() - t0, 3)
+        detail = f"the same weights in float32: {ref.float32_err:.3g}; bound {bound.source}"
+        byom.settle(report, bad, out_dir, args.out_repo, detail)
+        for entry in (windowed, stream):
+            onnx_path = entry.version_dir(stage.repo) / spec.ONNX_FP32
+            record = {"model": entry.name, "onnx_sha256": common.sha256_file(onnx_path), **report["models"][entry.name]}
+            common.write_json(onnx_path.with_name(onnx_path.name + ".json"), record)
+        torch.save({"config": module.config_dict(), "state_dict": module.state_dict()}, out_dir / "checkpoint.pt")
+        byom.commit(stage, [windowed.name, stream.name])
     errs = [report["models"][e.name]["verification"]["max_rel_err"] for e in (windowed, stream)]
     int8 = [e.name for e in (windowed, stream) if report["models"][e.name]["int8"]["quantized"]]
     print(
         f"imported {args.model} as {windowed.name} (window {args.window} -> {esn.out_dim}) and {stream.name} into "
-        f"{args.out_repo}; ONNX vs esn.run: {errs[0]:.2g} windowed, {errs[1]:.2g} per tick (bound {args.bound:g}); "
-        f"INT8 Q/DQ: {', '.join(int8) or 'none, FP32 copies'}; report {out_dir / 'report.json'}"
+        f"{args.out_repo}; ONNX vs esn.run: {errs[0]:.2g} windowed, {errs[1]:.2g} per tick (bound {bound.value:.2g}, "
+        f"float32 of the same weights {ref.float32_err:.2g}); INT8 Q/DQ: {', '.join(int8) or 'none, FP32 copies'}; "
+        f"report {out_dir / 'report.json'}"
     )
     return 0
 

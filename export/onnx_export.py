@@ -230,10 +230,16 @@ def check_graph(name: str, model_proto: onnx.ModelProto) -> list[str]:
 
 
 def random_inputs(
-    name: str, real: tuple[torch.Tensor, ...], ranges: dict[str, tuple[int, int]], batch: int, seed: int
+    name: str,
+    real: tuple[torch.Tensor, ...],
+    ranges: dict[str, tuple[int, int]],
+    batch: int,
+    seed: int,
+    present: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Fresh inputs inside the real inputs' domain: uniform draws between their min and max (prices stay
-    positive, reservoir states inside (-1, 1)), ids uniform over the valid range."""
+    positive, reservoir states inside (-1, 1)), ids uniform over the valid range, or over `present` (the ids
+    that have a row, where a user's own ids leave gaps in that range)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -244,10 +250,21 @@ def random_inputs(
         if r.dtype.is_floating_point:
             lo, hi = float(r.min()), float(r.max())
             out.append((lo + (hi - lo) * torch.rand(shape, generator=gen)).to(r.dtype))
+        elif present is not None:
+            pick = torch.randint(0, len(present), shape, generator=gen)
+            out.append(present[pick].to(r.dtype))
         else:
             lo, hi = ranges.get(n, (0, int(r.max()) + 1))
             out.append(torch.randint(lo, hi, shape, generator=gen, dtype=r.dtype))
     return tuple(out)
+
+
+def present_ids(model: torch.nn.Module) -> torch.Tensor | None:
+    """The ids of a user table with the user's own ids (models.similarity.UserEmbedding lookup), else None."""
+    import torch
+
+    lookup = getattr(getattr(model, "model", model), "lookup", None)
+    return None if lookup is None else torch.nonzero(lookup >= 0).reshape(-1)
 
 
 def compare(
@@ -289,7 +306,7 @@ def verify(
     sess = common.ort_session(onnx_path)
     test = tuple(registry.example_inputs(name, artifacts, "test", TEST_BATCH))
     cases = {
-        "random": random_inputs(name, test, ranges, RANDOM_BATCH, RANDOM_SEED),
+        "random": random_inputs(name, test, ranges, RANDOM_BATCH, RANDOM_SEED, present_ids(model)),
         "test": test,
         "test_batch1": tuple(t[:1] for t in test),
     }
@@ -429,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.artifacts, "artifacts directory", f"train with `python -m models.train --out {args.artifacts}`"
     )
     common.require_dir(args.repo, "model repository")
+    spec.use_dims_of(args.artifacts)  # the window, horizon and embedding sizes training used
     common.setup_logging(args.verbose)
     import torch
 

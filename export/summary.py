@@ -181,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common.require_dir(args.artifacts, "artifacts directory")
     common.require_dir(args.repo, "model repository")
+    spec.use_dims_of(args.artifacts)  # the window, horizon and embedding sizes training used
     text = render(args.artifacts, args.repo)
     path = common.reports_dir(args.artifacts) / "export.md"
     path.write_text(text)

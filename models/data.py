@@ -96,19 +96,23 @@ def split_series(series: np.ndarray, cfg: SeriesConfig) -> dict[str, np.ndarray]
 
 
 def windows_from_series(series: np.ndarray, stride: int = WINDOW_STRIDE) -> tuple[np.ndarray, np.ndarray]:
-    """Cut (S, L) series into X (N, INPUT_SIZE) and Y (N, HORIZON), series-major, `stride` apart."""
+    """Cut (S, L) series into X (N, INPUT_SIZE) and Y (N, HORIZON), series-major, `stride` apart. Windows that
+    reach into a series' NaN padding (a user's series shorter than the longest: models.userdata) are left out."""
     span = spec.INPUT_SIZE + spec.HORIZON
     starts = np.arange(0, series.shape[1] - span + 1, stride)
     idx = starts[:, None] + np.arange(span)[None, :]  # (W, span)
     win = series[:, idx].reshape(-1, span)  # (S*W, span)
+    if np.isnan(win).any():
+        win = win[~np.isnan(win).any(axis=1)]
     x = np.ascontiguousarray(win[:, : spec.INPUT_SIZE], dtype=np.float32)
     y = np.ascontiguousarray(win[:, spec.INPUT_SIZE :], dtype=np.float32)
     return x, y
 
 
 def seasonal_naive(x: np.ndarray) -> np.ndarray:
-    """Repeat the last HORIZON (= one day) values of each window."""
-    return np.tile(x[:, -24:], (1, spec.HORIZON // 24 + 1))[:, : spec.HORIZON]
+    """Repeat the last day (24 values, or the whole window if shorter) of each window over the horizon."""
+    season = min(24, x.shape[1])
+    return np.tile(x[:, -season:], (1, spec.HORIZON // season + 1))[:, : spec.HORIZON]
 
 
 # ---------------------------------------------------------------- Mackey-Glass
@@ -184,21 +188,29 @@ def _sha(a: np.ndarray) -> str:
 
 def save_all(
     artifacts: Path,
-    cfg: SeriesConfig,
+    cfg: SeriesConfig | dict,
     splits: dict[str, np.ndarray],
     mg: np.ndarray,
     catalog: np.ndarray,
     users: np.ndarray,
+    ids: dict[str, np.ndarray] | None = None,
+    stride: int = WINDOW_STRIDE,
 ) -> Path:
+    """Persist the data of one training run. `cfg`: the SeriesConfig of the synthetic series, or what describes
+    a user's (models.userdata); `ids`: the user's item_ids / user_ids, when given."""
     out = Path(artifacts) / DATA_DIR
     out.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {"series": asdict(cfg), "window_stride": WINDOW_STRIDE, "files": {}}
+    for stale in ("item_ids.npy", "user_ids.npy"):
+        (out / stale).unlink(missing_ok=True)
+    series = asdict(cfg) if isinstance(cfg, SeriesConfig) else dict(cfg)
+    manifest: dict = {"series": series, "window_stride": stride, "dims": asdict(spec.DIMS), "files": {}}
     arrays = {f"series_{k}": v for k, v in splits.items()} | {"mackey_glass": mg, "catalog": catalog, "users": users}
+    arrays |= {k: v for k, v in (ids or {}).items() if v is not None}
     for name, arr in arrays.items():
         np.save(out / f"{name}.npy", arr)
         manifest["files"][f"{name}.npy"] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256_16": _sha(arr)}
     for split, s in splits.items():
-        manifest[f"windows_{split}"] = int(windows_from_series(s)[0].shape[0])
+        manifest[f"windows_{split}"] = int(windows_from_series(s, stride)[0].shape[0])
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("data written to %s", out)
     return out
@@ -221,8 +233,9 @@ def load_series(artifacts: Path, split: str) -> np.ndarray:
 
 
 def load_windows(artifacts: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """X (N, INPUT_SIZE) float32 and Y (N, HORIZON) float32 of one split, windows WINDOW_STRIDE apart."""
-    return windows_from_series(load_series(artifacts, split))
+    """X (N, INPUT_SIZE) float32 and Y (N, HORIZON) float32 of one split, windows the manifest's stride apart
+    (WINDOW_STRIDE for the synthetic series, the horizon for a user's)."""
+    return windows_from_series(load_series(artifacts, split), manifest(artifacts).get("window_stride", WINDOW_STRIDE))
 
 
 def load_mackey_glass(artifacts: Path) -> np.ndarray:
@@ -236,10 +249,18 @@ def load_embeddings(artifacts: Path, mmap: bool = False) -> tuple[np.ndarray, np
     return np.load(d / "catalog.npy", mmap_mode=mode), np.load(d / "users.npy", mmap_mode=mode)
 
 
+def load_ids(artifacts: Path, kind: str) -> np.ndarray | None:
+    """The user's own ids of the catalog items (kind "item") or users ("user"), row order; None: row numbers."""
+    path = _data_dir(artifacts) / f"{kind}_ids.npy"
+    return np.load(path) if path.is_file() else None
+
+
 def load_user_ids(artifacts: Path, split: str, n: int) -> np.ndarray:
-    """(n,) int64 valid user ids for `split`."""
+    """(n,) int64 valid user ids for `split` (the user's own ids where they gave them)."""
     _, users = load_embeddings(artifacts, mmap=True)
-    return sample_user_ids(users.shape[0], split, n, seed=manifest(artifacts)["series"]["seed"])
+    rows = sample_user_ids(users.shape[0], split, n, seed=manifest(artifacts)["series"]["seed"])
+    ids = load_ids(artifacts, "user")
+    return rows if ids is None else ids[rows]
 
 
 def load_queries(artifacts: Path, split: str, n: int) -> np.ndarray:

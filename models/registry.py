@@ -53,9 +53,11 @@ def _build(name: str, ckpt: dict) -> nn.Module:
     if name == "forecast_blend":
         return Blend(horizon=cfg["horizon"])
     if name == "similarity":
-        return Similarity(np.zeros((cfg["n_items"], cfg["dim"]), np.float32), k=cfg["k"])
+        ids = np.zeros(cfg["n_items"], np.int64) if cfg.get("item_ids") else None
+        return Similarity(np.zeros((cfg["n_items"], cfg["dim"]), np.float32), k=cfg["k"], item_ids=ids)
     if name == "user_embedding":
-        return UserEmbedding(np.zeros((cfg["n_users"], cfg["dim"]), np.float32))
+        table = np.zeros((cfg["n_users"], cfg["dim"]), np.float32)
+        return UserEmbedding(table, lookup_size=cfg.get("lookup_size", 0))
     raise ValueError(f"unknown model {name!r}: expected one of {', '.join(NAMES)}")
 
 

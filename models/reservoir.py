@@ -127,10 +127,14 @@ class Reservoir(nn.Module):
         self.readout_x.copy_(w_out[:, 2:])
 
     def fit_transform(self, train_series: np.ndarray) -> None:
-        """Global affine transform of log values, fitted once on the train split."""
-        logs = np.log(np.maximum(train_series.astype(np.float64), EPS))
-        self.in_loc.fill_(float(logs.mean()))
-        self.in_scale.fill_(float(logs.std()))
+        """Global affine transform of log values (or of the values, transform "identity"), fitted once on the
+        train split; NaN (the padding of a user's shorter series) is not data."""
+        v = train_series.astype(np.float64)
+        v = np.log(np.maximum(v, EPS)) if self.cfg.transform == "log" else v
+        if np.isnan(v).any():
+            v = v[~np.isnan(v)]
+        self.in_loc.fill_(float(v.mean()))
+        self.in_scale.fill_(float(v.std()) or 1.0)
 
     @torch.no_grad()
     def final_states(self, u: torch.Tensor, batch: int = 4096) -> torch.Tensor:
@@ -163,12 +167,17 @@ class Reservoir(nn.Module):
         return feats.astype(np.float64), u.numpy().astype(np.float64)
 
     def targets(self, u_last: np.ndarray, future: np.ndarray) -> np.ndarray:
-        """Readout targets u_{t+h} - u_t (B, H) for raw future values (B, H)."""
-        u_future = (np.log(np.maximum(future.astype(np.float64), EPS)) - float(self.in_loc)) / float(self.in_scale)
+        """Readout targets (B, H) for raw future values (B, H): u_{t+h} - u_t ("identity": u_{t+h})."""
+        f = future.astype(np.float64)
+        if self.cfg.transform == "identity":
+            return (f - float(self.in_loc)) / float(self.in_scale)
+        u_future = (np.log(np.maximum(f, EPS)) - float(self.in_loc)) / float(self.in_scale)
         return u_future - u_last[:, None]
 
     def predict_from_features(self, feats: np.ndarray, w_out: np.ndarray) -> np.ndarray:
         r = feats @ w_out.T
+        if self.cfg.transform == "identity":
+            return float(self.in_loc) + float(self.in_scale) * r
         return np.exp(float(self.in_loc) + float(self.in_scale) * (feats[:, 1:2] + r))
 
     def config_dict(self) -> dict:

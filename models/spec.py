@@ -45,52 +45,83 @@ class ModelSpec:
     extra: dict = field(default_factory=dict)
 
 
-WINDOW = Tensor("window", "float32", (INPUT_SIZE,))
-FORECAST = Tensor("forecast", "float32", (HORIZON,))
+@dataclass(frozen=True)
+class Dims:
+    """The sizes a repository serves: the window and horizon of the forecasters, the embedding dimension.
+    The defaults are the project's; `make export SERIES=... INPUT_SIZE=... HORIZON=...` or a catalog of
+    another dimension trains and serves others, recorded in `<artifacts>/data/manifest.json` (key "dims")."""
 
-MODELS: dict[str, ModelSpec] = {
-    m.name: m
-    for m in (
-        ModelSpec("nhits", (WINDOW,), (FORECAST,), max_batch_size=1024),
-        ModelSpec("reservoir", (WINDOW,), (FORECAST,), max_batch_size=256),
-        ModelSpec(
-            "forecast_blend",
-            (Tensor("nhits_forecast", "float32", (HORIZON,)), Tensor("reservoir_forecast", "float32", (HORIZON,))),
-            (FORECAST,),
-            max_batch_size=1024,
-        ),
-        ModelSpec(
-            "similarity",
-            (Tensor("query", "float32", (EMBED_DIM,)),),
-            (Tensor("scores", "float32", (TOP_K,)), Tensor("ids", "int64", (TOP_K,))),
-            max_batch_size=256,
-        ),
-        ModelSpec(
-            "user_embedding",
-            (Tensor("user_id", "int64", (1,)),),
-            (Tensor("embedding", "float32", (EMBED_DIM,)),),
-            max_batch_size=1024,
-        ),
-        ModelSpec(
-            "forecast",
-            (WINDOW,),
-            (
-                FORECAST,
-                Tensor("nhits_forecast", "float32", (HORIZON,)),
-                Tensor("reservoir_forecast", "float32", (HORIZON,)),
+    input_size: int = INPUT_SIZE
+    horizon: int = HORIZON
+    embed_dim: int = EMBED_DIM
+
+
+DEFAULT_DIMS = Dims()
+
+
+def _models(d: Dims) -> dict[str, ModelSpec]:
+    window = Tensor("window", "float32", (d.input_size,))
+    forecast = Tensor("forecast", "float32", (d.horizon,))
+    both = (Tensor("nhits_forecast", "float32", (d.horizon,)), Tensor("reservoir_forecast", "float32", (d.horizon,)))
+    top = (Tensor("scores", "float32", (TOP_K,)), Tensor("ids", "int64", (TOP_K,)))
+    user = Tensor("user_id", "int64", (1,))
+    return {
+        m.name: m
+        for m in (
+            ModelSpec("nhits", (window,), (forecast,), max_batch_size=1024),
+            ModelSpec("reservoir", (window,), (forecast,), max_batch_size=256),
+            ModelSpec("forecast_blend", both, (forecast,), max_batch_size=1024),
+            ModelSpec("similarity", (Tensor("query", "float32", (d.embed_dim,)),), top, max_batch_size=256),
+            ModelSpec(
+                "user_embedding", (user,), (Tensor("embedding", "float32", (d.embed_dim,)),), max_batch_size=1024
             ),
-            max_batch_size=256,
-            ensemble=True,
-        ),
-        ModelSpec(
-            "recommend",
-            (Tensor("user_id", "int64", (1,)),),
-            (Tensor("scores", "float32", (TOP_K,)), Tensor("ids", "int64", (TOP_K,))),
-            max_batch_size=256,
-            ensemble=True,
-        ),
-    )
-}
+            ModelSpec("forecast", (window,), (forecast, *both), max_batch_size=256, ensemble=True),
+            ModelSpec("recommend", (user,), top, max_batch_size=256, ensemble=True),
+            # Stateful streaming reservoir (one tick per request, state kept per sequence).
+            ModelSpec(
+                "reservoir_stream",
+                (Tensor("tick", "float32", (1,)),),
+                (forecast,),
+                max_batch_size=256,
+                extra={"state": Tensor("state", "float32", (RESERVOIR_UNITS,))},  # gpu: state_in -> state_out
+            ),
+        )
+    }
+
+
+MODELS: dict[str, ModelSpec] = _models(DEFAULT_DIMS)
+DIMS = DEFAULT_DIMS
+WINDOW = MODELS["nhits"].inputs[0]
+FORECAST = MODELS["nhits"].outputs[0]
+STREAM = MODELS["reservoir_stream"]
+
+
+def use_dims(dims: Dims) -> Dims:
+    """Serve `dims` from now on in this process: MODELS (in place), WINDOW, FORECAST, STREAM and the size
+    constants follow. Every stage calls use_dims_of(artifacts) first, so all of them agree with training."""
+    global DIMS, INPUT_SIZE, HORIZON, EMBED_DIM, WINDOW, FORECAST, STREAM
+    if min(dims.input_size, dims.horizon, dims.embed_dim) < 1:
+        raise ValueError(f"dims must be positive: {dims}")
+    DIMS, INPUT_SIZE, HORIZON, EMBED_DIM = dims, dims.input_size, dims.horizon, dims.embed_dim
+    MODELS.clear()
+    MODELS.update(_models(dims))
+    WINDOW, FORECAST, STREAM = MODELS["nhits"].inputs[0], MODELS["nhits"].outputs[0], MODELS["reservoir_stream"]
+    return dims
+
+
+def dims_of(artifacts: Path) -> Dims:
+    """The dims training recorded in `<artifacts>/data/manifest.json` (the defaults when it names none)."""
+    import json
+
+    path = Path(artifacts) / "data" / "manifest.json"
+    if not path.is_file():
+        return DEFAULT_DIMS
+    return Dims(**json.loads(path.read_text()).get("dims", {}))
+
+
+def use_dims_of(artifacts: Path) -> Dims:
+    return use_dims(dims_of(artifacts))
+
 
 # Models with an ONNX file of their own (the ensembles have none).
 EXPORTED = ("nhits", "reservoir", "forecast_blend", "similarity", "user_embedding")
@@ -100,12 +131,9 @@ def version_dir(model: str, repo: Path | None = None) -> Path:
     return (repo or MODEL_REPOSITORY) / model / "1"
 
 
-# Stateful streaming reservoir (one tick per request, state kept per sequence).
-STREAM = ModelSpec(
-    "reservoir_stream",
-    (Tensor("tick", "float32", (1,)),),
-    (FORECAST,),
-    max_batch_size=256,
-    extra={"state": Tensor("state", "float32", (RESERVOIR_UNITS,))},  # gpu: state_in -> state_out
-)
-MODELS[STREAM.name] = STREAM
+def served_version_dir(model: str, repo: Path | None = None) -> Path:
+    """The version Triton serves under `latest 1` (its default policy): the highest numeric folder, which
+    is version 1 until serving.rollout adds another."""
+    root = (repo or MODEL_REPOSITORY) / model
+    versions = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
+    return root / str(max(versions)) if versions else version_dir(model, repo)

@@ -1,6 +1,11 @@
 """Generate the data, fit every model, write checkpoints and a train report.
 
     python -m models.train --out artifacts [--small] [--seed 0] [--n-items N] [--n-users N]
+    python -m models.train --out artifacts --series prices.csv [--input-size 168] [--horizon 24]
+        [--catalog items.parquet] [--users users.parquet] [--reservoir-transform log|identity]
+
+Without --series / --catalog the project makes its own data (models.data); with them, models.userdata reads
+and checks the user's files (one line naming each problem) and the models learn those instead.
 
 Fitting uses the train split; choices (ridge strength, N-HiTS checkpoint, blend
 weights) use the validation split; the report's numbers are on the test split.
@@ -25,7 +30,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models import data, registry, spec  # noqa: E402
+from models import data, registry, spec, userdata  # noqa: E402
 from models.blend import Blend, fit_weights  # noqa: E402
 from models.nhits import NHITS, NHITSConfig  # noqa: E402
 from models.reservoir import Reservoir, ReservoirConfig, mackey_glass_nrmse, ridge  # noqa: E402
@@ -122,20 +127,28 @@ def train_nhits(
     train: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, profile: Profile, seed: int
 ) -> tuple[NHITS, dict]:
     torch.manual_seed(seed)
-    model = NHITS(NHITSConfig())
+    model = NHITS(NHITSConfig(input_size=spec.INPUT_SIZE, h=spec.HORIZON))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     # neuralforecast's schedule: halve the learning rate 3 times over the run.
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(profile.nhits_steps // 3, 1), gamma=0.5)
     span = spec.INPUT_SIZE + spec.HORIZON
     train_t = torch.from_numpy(train)
     gen = torch.Generator().manual_seed(seed)
+    # A user's series of different lengths are left-padded with NaN (models.userdata): windows start at or
+    # after each row's first value. Equal-length series draw exactly as before.
+    valid = ~np.isnan(train)
+    first = torch.from_numpy(np.argmax(valid, axis=1)) if not valid.all() else None
     offsets = torch.arange(span)
     vx, vy = torch.from_numpy(val_x), torch.from_numpy(val_y)
     best = (float("inf"), 0, None)
     t0 = time.perf_counter()
     for step in range(1, profile.nhits_steps + 1):
         rows = torch.randint(0, train_t.shape[0], (profile.nhits_batch,), generator=gen)
-        starts = torch.randint(0, train_t.shape[1] - span + 1, (profile.nhits_batch,), generator=gen)
+        if first is None:
+            starts = torch.randint(0, train_t.shape[1] - span + 1, (profile.nhits_batch,), generator=gen)
+        else:
+            n_starts = train_t.shape[1] - span + 1 - first[rows]
+            starts = first[rows] + (torch.rand(profile.nhits_batch, generator=gen) * n_starts).long()
         win = train_t[rows[:, None], starts[:, None] + offsets]  # (B, span)
         x, y = win[:, : spec.INPUT_SIZE], win[:, spec.INPUT_SIZE :]
         loc, scale = model.scale(x)
@@ -161,24 +174,78 @@ def train_nhits(
 # ---------------------------------------------------------------- main
 
 
-def run(out: Path, profile: Profile, seed: int) -> dict:
+@dataclass
+class YourData:
+    """What the user gave (models.userdata): any of series, catalog, users; None: the project's own data."""
+
+    series: userdata.Series | None = None
+    catalog: tuple[np.ndarray, np.ndarray | None] | None = None  # (vectors, ids)
+    users: tuple[np.ndarray, np.ndarray | None] | None = None
+    transform: str = "log"  # the reservoir's input transform
+
+    def describe(self) -> dict:
+        return {
+            "series": self.series.source if self.series else "synthetic (models.data.make_series)",
+            "catalog": f"{len(self.catalog[0])} x {self.catalog[0].shape[1]}" if self.catalog else "synthetic",
+            "users": f"{len(self.users[0])} x {self.users[0].shape[1]}"
+            if self.users
+            else ("mixes of two catalog items (no USERS)" if self.catalog else "synthetic"),
+            "reservoir_transform": self.transform,
+        }
+
+
+def prepare_data(out: Path, profile: Profile, seed: int, yours: YourData) -> tuple[dict, int]:
+    """Splits of the series and the embedding tables, saved under <out>/data; (splits, window stride)."""
+    if yours.series is not None:
+        splits = userdata.split(yours.series, spec.INPUT_SIZE, spec.HORIZON)
+        stride = spec.HORIZON
+        hold = splits["test"].shape[1] - spec.INPUT_SIZE
+        cfg: data.SeriesConfig | dict = {
+            "source": yours.series.source,
+            "n_series": len(yours.series.uids),
+            "unique_ids": yours.series.uids,
+            "lengths": [len(v) for v in yours.series.values],
+            "validation_and_test_steps": hold,
+            "seed": seed,
+        }
+    else:
+        cfg = data.SeriesConfig(n_series=profile.n_series, seed=seed)
+        splits, stride = data.split_series(data.make_series(cfg), cfg), data.WINDOW_STRIDE
+    mg = data.mackey_glass(n=200 + profile.mackey_glass_train + 1000, seed=seed)
+    ids: dict[str, np.ndarray | None] = {}
+    if yours.catalog is not None:
+        catalog, ids["item_ids"] = yours.catalog
+        users, ids["user_ids"] = yours.users or (userdata.user_table(catalog, profile.n_users, seed), None)
+    else:
+        catalog, users = data.make_embeddings(profile.n_items, profile.n_users, seed=seed)
+    data.save_all(out, cfg, splits, mg, catalog, users, ids, stride)
+    return splits, stride
+
+
+def run(out: Path, profile: Profile, seed: int, yours: YourData | None = None) -> dict:
     torch.set_num_threads(2)
+    yours = yours or YourData()
     timings: dict[str, float] = {}
     t_all = t = time.perf_counter()
     cpu0 = time.process_time()
 
-    cfg = data.SeriesConfig(n_series=profile.n_series, seed=seed)
-    splits = data.split_series(data.make_series(cfg), cfg)
-    mg = data.mackey_glass(n=200 + profile.mackey_glass_train + 1000, seed=seed)
-    catalog, users = data.make_embeddings(profile.n_items, profile.n_users, seed=seed)
-    data.save_all(out, cfg, splits, mg, catalog, users)
-    windows = {s: data.windows_from_series(v) for s, v in splits.items()}
+    splits, stride = prepare_data(out, profile, seed, yours)
+    catalog, users = data.load_embeddings(out)
+    item_ids, user_ids = data.load_ids(out, "item"), data.load_ids(out, "user")
+    mg = data.load_mackey_glass(out)
+    windows = {s: data.windows_from_series(v, stride) for s, v in splits.items()}
     timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
     val_x, val_y = windows["validation"]
     reservoir, _ = fit_reservoir(
-        ReservoirConfig(units=profile.reservoir_units, seed=seed),
+        ReservoirConfig(
+            units=profile.reservoir_units,
+            seed=seed,
+            window=spec.INPUT_SIZE,
+            horizon=spec.HORIZON,
+            transform=yours.transform,
+        ),
         splits["train"],
         val_x,
         val_y,
@@ -202,10 +269,15 @@ def run(out: Path, profile: Profile, seed: int) -> dict:
     reservoir_fc = {s: reservoir.predict(windows[s][0]).numpy() for s in ("validation", "test")}
     blend = Blend(fit_weights(nhits_fc["validation"], reservoir_fc["validation"], val_y))
     registry.save_checkpoint(out, "forecast_blend", {"horizon": spec.HORIZON}, blend)
-    sim_cfg = {"n_items": profile.n_items, "dim": spec.EMBED_DIM, "k": spec.TOP_K}
-    registry.save_checkpoint(out, "similarity", sim_cfg, Similarity(catalog, k=spec.TOP_K))
-    user_cfg = {"n_users": profile.n_users, "dim": spec.EMBED_DIM}
-    registry.save_checkpoint(out, "user_embedding", user_cfg, UserEmbedding(users))
+    sim_cfg = {"n_items": len(catalog), "dim": spec.EMBED_DIM, "k": spec.TOP_K, "item_ids": item_ids is not None}
+    registry.save_checkpoint(out, "similarity", sim_cfg, Similarity(catalog, k=spec.TOP_K, item_ids=item_ids))
+    table = UserEmbedding(users, user_ids)
+    user_cfg = {
+        "n_users": len(users),
+        "dim": spec.EMBED_DIM,
+        "lookup_size": table.n_users if user_ids is not None else 0,
+    }
+    registry.save_checkpoint(out, "user_embedding", user_cfg, table)
     timings["blend+embeddings"] = time.perf_counter() - t
 
     test_x, test_y = windows["test"]
@@ -232,6 +304,8 @@ def run(out: Path, profile: Profile, seed: int) -> dict:
     timings["total_cpu"] = time.process_time() - cpu0  # all threads; wall time depends on the machine's load
     return {
         "profile": asdict(profile),
+        "data": yours.describe(),
+        "dims": asdict(spec.DIMS),
         "seed": seed,
         "test_windows": int(len(test_x)),
         "split_windows": {s: int(len(x)) for s, (x, _) in windows.items()},
@@ -255,7 +329,9 @@ def write_reports(out: Path, report: dict) -> None:
     lines = [
         "# Train report",
         "",
-        f"Test split: {report['test_windows']} windows of {spec.INPUT_SIZE} -> {spec.HORIZON} hourly ticks, "
+        f"Data: series {report['data']['series']}; catalog {report['data']['catalog']}; users {report['data']['users']}.",
+        "",
+        f"Test split: {report['test_windows']} windows of {spec.INPUT_SIZE} -> {spec.HORIZON} ticks, "
         "never used for fitting or selection. Baseline: seasonal naive (repeat the last 24 values).",
         "",
         "| model | MAE | vs naive | sMAPE % | vs naive |",
@@ -272,8 +348,9 @@ def write_reports(out: Path, report: dict) -> None:
         f"Reservoir: {r['config']['units']} units, spectral radius {r['config']['spectral_radius']}, "
         f"leak {r['config']['leak']}, input scaling {r['config']['input_scaling']}, "
         f"ridge lambda {r['ridge_lambda']:g} (chosen on validation).",
-        f"Per-tick input transform u = (log y - {r['transform']['loc']:.4f}) / {r['transform']['scale']:.4f} "
-        "(fitted once on the train split); forecast = y_t * exp(scale * readout): streamable tick by tick.",
+        f"Per-tick input transform u = ({'log y' if r['config']['transform'] == 'log' else 'y'} - "
+        f"{r['transform']['loc']:.4f}) / {r['transform']['scale']:.4f} (fitted once on the train split): "
+        "streamable tick by tick.",
         f"Mackey-Glass (tau = 17) one-step NRMSE: {r['mackey_glass_one_step_nrmse']:.3e}.",
         "",
         "Seconds: " + ", ".join(f"{k} {v}" for k, v in report["seconds"].items()),
@@ -295,8 +372,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-items", type=int, default=None, help="catalog size (default: spec.N_ITEMS, small: 2000)")
     p.add_argument("--n-users", type=int, default=None, help="user table size (default: spec.N_USERS, small: 5000)")
+    p.add_argument("--series", type=Path, help="your series: long format unique_id, ds, y (.csv / .parquet)")
+    p.add_argument("--catalog", type=Path, help="your catalog vectors: .npy, or .parquet / .csv with an id column")
+    p.add_argument("--users", type=Path, help="your user vectors (needs --catalog): .npy or .parquet / .csv")
+    p.add_argument("--input-size", type=int, default=spec.INPUT_SIZE, help="window length (%(default)s)")
+    p.add_argument("--horizon", type=int, default=spec.HORIZON, help="forecast horizon (%(default)s)")
+    p.add_argument(
+        "--reservoir-transform", choices=("log", "identity"), default="log", help="reservoir input (%(default)s)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = p.parse_args(argv)
+    if args.input_size < 1 or args.horizon < 1:
+        p.error("--input-size and --horizon must be positive")
+    if args.users is not None and args.catalog is None:
+        p.error("--users needs --catalog (the users' vectors are searched in a catalog)")
     if args.n_items is not None and args.n_items < spec.TOP_K:
         p.error(f"--n-items must be at least TOP_K={spec.TOP_K}")
     if args.n_users is not None and args.n_users < 1:
@@ -304,6 +393,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seed < 0:
         p.error("--seed must be non-negative")
     return args
+
+
+def read_your_data(args: argparse.Namespace) -> YourData:
+    """The user's files, checked (userdata.DataError names the problem); the dims to serve set from them."""
+    yours = YourData(transform=args.reservoir_transform)
+    if args.series is not None:
+        yours.series = userdata.read_series(
+            args.series, args.input_size, args.horizon, log_transform=args.reservoir_transform == "log"
+        )
+    dim = spec.EMBED_DIM
+    if args.catalog is not None:
+        yours.catalog = userdata.read_vectors(args.catalog, "catalog")
+        dim = yours.catalog[0].shape[1]
+        if len(yours.catalog[0]) < spec.TOP_K:
+            raise userdata.DataError(f"{args.catalog}: {len(yours.catalog[0])} items, fewer than top-{spec.TOP_K}")
+    if args.users is not None:
+        yours.users = userdata.read_vectors(args.users, "users")
+        userdata.check_users(yours.catalog[0], *yours.users, args.users)
+    spec.use_dims(spec.Dims(args.input_size, args.horizon, dim))
+    return yours
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,7 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("n_items", args.n_items), ("n_users", args.n_users)) if v is not None}
     if overrides:
         profile = Profile(**(asdict(profile) | overrides))
-    report = run(args.out, profile, args.seed)
+    try:
+        yours = read_your_data(args)
+    except userdata.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report = run(args.out, profile, args.seed, yours)
     write_reports(args.out, report)
     for name, m in report["test_metrics"].items():
         print(

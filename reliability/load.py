@@ -51,6 +51,7 @@ class Record:
     lag: float = 0.0  # seconds behind the schedule (paced mode)
     retries: int = 0
     rel_err: float = 0.0  # largest relative error of a float output against the reference
+    matched: int = 0  # which right answer it was: 0 the case's `expected`, i > 0 its `also[i - 1]`
 
 
 @dataclass
@@ -188,9 +189,14 @@ class Worker:
                     self.seq = None  # a failed tick leaves the sequence's state unknown: start a new one
                 return Record(start - t0, time.monotonic() - start, target, protocol, ERROR, message, lag, retries)
         latency = time.monotonic() - start
-        problem = check(target, got, case.expected)
-        err = max_rel_err(got, case.expected)
-        return Record(start - t0, latency, target, protocol, WRONG if problem else OK, problem or "", lag, retries, err)
+        matched, want = 0, case.expected
+        problem = check(target, got, want)
+        for i, other in enumerate(case.also, start=1):
+            if problem and check(target, got, other) is None:
+                matched, want, problem = i, other, None
+        err = max_rel_err(got, want)
+        outcome = WRONG if problem else OK
+        return Record(start - t0, latency, target, protocol, outcome, problem or "", lag, retries, err, matched)
 
 
 # Failures that mean the request never reached a model, so sending it again cannot double anything.

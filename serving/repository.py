@@ -59,14 +59,16 @@ def tensors(config_tensors) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 
 def served_file(repo: Path, model: str, config: str = "cpu") -> Path:
-    """The model file that `--model-config-name=<config>` serves: its config's default_model_filename."""
+    """The model file that `--model-config-name=<config>` serves: its config's default_model_filename, in the
+    version Triton serves (the highest: serving.rollout adds versions)."""
     path = repo / model / "configs" / f"{config}.pbtxt"
     cfg = load_config(path if path.is_file() else repo / model / "config.pbtxt")
-    return spec.version_dir(model, repo) / (cfg.default_model_filename or spec.ONNX_FP32)
+    return spec.served_version_dir(model, repo) / (cfg.default_model_filename or spec.ONNX_FP32)
 
 
-def check_layout(repo: Path) -> list[str]:
-    """Every model of the spec has its configs, names match folders, tensors match the spec."""
+def check_layout(repo: Path, dims: bool = True) -> list[str]:
+    """Every model of the spec has its configs, names match folders, tensors match the spec (their dims too
+    unless `dims` is False: the configs of a repository made for other dims, see set_dims)."""
     problems = []
     for name, model in spec.MODELS.items():
         files = ("config.pbtxt",) if model.ensemble else CONFIG_FILES
@@ -86,11 +88,47 @@ def check_layout(repo: Path) -> list[str]:
                 problems.append(f"{path}: max_batch_size {cfg.max_batch_size} != spec {model.max_batch_size}")
             want_in = {t.name: (t.dtype, t.dims) for t in model.inputs}
             want_out = {t.name: (t.dtype, t.dims) for t in model.outputs}
-            if tensors(cfg.input) != want_in:
-                problems.append(f"{path}: inputs {tensors(cfg.input)} != spec {want_in}")
-            if tensors(cfg.output) != want_out:
-                problems.append(f"{path}: outputs {tensors(cfg.output)} != spec {want_out}")
+            got_in, got_out = tensors(cfg.input), tensors(cfg.output)
+            if not dims:
+                want_in, want_out = _dtypes(want_in), _dtypes(want_out)
+                got_in, got_out = _dtypes(got_in), _dtypes(got_out)
+            if got_in != want_in:
+                problems.append(f"{path}: inputs {got_in} != spec {want_in}")
+            if got_out != want_out:
+                problems.append(f"{path}: outputs {got_out} != spec {want_out}")
     return problems
+
+
+def _dtypes(named: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, str]:
+    return {name: dtype for name, (dtype, _) in named.items()}
+
+
+_TENSOR_DIMS = re.compile(r'((?:name|key): "(?P<tensor>\w+)"[^\n]*?dims: \[ )[0-9, ]+( \])')
+
+
+def _with_dims(m: re.Match, dims: dict[str, tuple[int, ...]]) -> str:
+    want = dims.get(m.group("tensor"))
+    return m.group(0) if want is None else f"{m.group(1)}{', '.join(map(str, want))}{m.group(3)}"
+
+
+def set_dims(repo: Path) -> list[Path]:
+    """Rewrite the tensor dims of every config of `repo` (and its warm-up inputs) to models.spec's current
+    dims (spec.use_dims), then the precision variants from their bases; the text, comments and all, stays
+    otherwise as it was. Returns the files changed."""
+    changed = []
+    for name, model in spec.MODELS.items():
+        dims = {t.name: t.dims for t in (*model.inputs, *model.outputs)}
+        for rel in ("config.pbtxt",) if model.ensemble else BASE_FILES:
+            path = repo / name / rel
+            if not path.is_file():
+                continue
+            text = path.read_text()
+
+            new = _TENSOR_DIMS.sub(lambda m, dims=dims: _with_dims(m, dims), text)
+            if new != text:
+                path.write_text(new)
+                changed.append(path)
+    return changed + write_variants(repo)
 
 
 def check_ensembles(repo: Path) -> list[str]:
@@ -225,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-onnx", action="store_true", help="configs match the exported ONNX files")
     p.add_argument("--copy-configs-to", type=Path, metavar="DIR", help="copy every config into DIR")
     p.add_argument("--write-variants", action="store_true", help="write the precision variants from the base configs")
+    p.add_argument("--any-dims", action="store_true", help="--check-layout: names and dtypes only, not dims")
     args = p.parse_args(argv)
     if not args.repo.is_dir():
         p.error(f"model repository {args.repo} does not exist")
@@ -235,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
     problems = []
     if args.check_layout:
-        problems += check_layout(args.repo) + check_ensembles(args.repo) + check_variants(args.repo)
+        problems += check_layout(args.repo, not args.any_dims) + check_ensembles(args.repo) + check_variants(args.repo)
     if args.check_onnx:
         problems += check_onnx(args.repo)
     for line in problems:

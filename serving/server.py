@@ -16,7 +16,9 @@ does not match, has no record, or is missing refuses the start with one line per
 `--exclude-unverified` the server starts instead with every other model (explicit model-control mode,
 the refused models and the ensembles that use them left unloaded and named with their files in
 `unavailable_models()`); `--no-verify` skips the check, for experiments only. `--restart` starts
-tritonserver again when it exits unexpectedly (RELIABILITY.md).
+tritonserver again when it exits unexpectedly (RELIABILITY.md). `--model-control explicit` loads every model
+at start and then accepts load / unload through the restricted model-repository API: what
+`python -m serving.rollout` needs to replace a model's version without a restart.
 
 The model-repository (load/unload), shared-memory, logging and trace APIs are restricted behind a key: clients
 send the header `triton-admin-key: <key>` over HTTP and `triton-grpc-protocol-triton-admin-key`
@@ -49,6 +51,7 @@ ADMIN_HEADER = "triton-admin-key"
 # Only health, metadata, statistics and inference stay open: anyone reaching the port could otherwise load or
 # unload models, map shared memory, raise the log verbosity (log flooding) or turn tracing on.
 RESTRICTED = "model-repository,shared-memory,logging,trace"
+CONTROL_MODES = ("none", "explicit")
 CACHE_BYTES = 256 * 1024 * 1024
 DEFAULT_RUN_DIR = Path("build/triton-run")
 # --restart: start tritonserver again if it exits (a crash, an OOM kill)
@@ -192,6 +195,9 @@ class TritonServer:
     extra_args: list[str] = field(default_factory=list)
     verify: bool = True  # refuse to start over artifacts that do not match their recorded hashes
     exclude_unverified: bool = False  # instead, start without those models (and the ensembles using them)
+    # "explicit": every model loaded at start, then loaded / unloaded only through the model-control API
+    # (serving.rollout); "none": Triton's default, the repository is read once at start
+    model_control: str = "none"
     process: subprocess.Popen | None = None
     key: str = ""
     refused: dict[str, str] = field(default_factory=dict)  # model -> why it was not loaded (verification)
@@ -270,11 +276,16 @@ class TritonServer:
         return self
 
     def control_flags(self) -> list[str]:
-        """Model-control flags: explicit mode loading every model but the refused ones, when any were refused."""
-        if not self.refused:
-            return []
-        keep = sorted(set(model_names(self.repo)) - set(self.refused))
-        return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in keep)]
+        """Model-control flags: explicit mode loading every model but the refused ones, when any were refused;
+        explicit mode loading every model with `model_control="explicit"`; else none (Triton's default)."""
+        if self.model_control not in CONTROL_MODES:
+            raise ServerError(f"model control {self.model_control!r} is not one of {', '.join(CONTROL_MODES)}")
+        if self.refused:
+            keep = sorted(set(model_names(self.repo)) - set(self.refused))
+            return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in keep)]
+        if self.model_control == "explicit":
+            return ["--model-control-mode=explicit", "--load-model=*"]
+        return []
 
     def verify_artifacts(self) -> None:
         """Raise ServerError naming every artifact that does not match its recorded hash; with
@@ -373,6 +384,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     p.add_argument("--no-verify", action="store_true", help="start even if artifacts fail their hash check")
     p.add_argument(
+        "--model-control",
+        choices=CONTROL_MODES,
+        default="none",
+        help="explicit: load every model, then accept load/unload through the restricted API "
+        "(what `python -m serving.rollout` needs); default none",
+    )
+    p.add_argument(
         "--exclude-unverified", action="store_true", help="start without the models whose artifacts fail the check"
     )
     p.add_argument(
@@ -403,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         args.admin_key_file,
         verify=not args.no_verify,
         exclude_unverified=args.exclude_unverified,
+        model_control=args.model_control,
     )
     stop = {"now": False}
 

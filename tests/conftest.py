@@ -6,6 +6,7 @@ into build/test/ (override with TEST_ROOT). Nothing here mocks Triton, ONNX Runt
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +17,14 @@ from models import spec
 from serving.server import TritonServer, free_port
 
 TEST_ROOT = Path(os.environ.get("TEST_ROOT", spec.ROOT / "build" / "test")).resolve()
+
+
+def snapshot(repo: Path) -> dict[str, str]:
+    """Every path under a repository -> the sha256 of its bytes ("dir" for a folder): equal means byte-identical."""
+    return {
+        p.relative_to(repo).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(repo.rglob("*"))
+    }
 
 
 def _need(path: Path) -> Path:

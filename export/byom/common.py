@@ -32,6 +32,15 @@ log = logging.getLogger("export.byom")
 
 TEMPLATE_REPOSITORY = spec.ROOT / "model_repository"  # the committed configs
 INT8_BOUND = 1e-2  # INT8 vs FP32 relative error on held-out inputs; above it model.int8.onnx is an FP32 copy
+# The default ONNX-vs-library bound of an import is derived from the model: the same weights run in float32 and
+# in float64 (or the library's float64 run) differ by `float32_err`, the rounding this model amplifies; ONNX
+# Runtime orders the same float32 sums differently, so its error is of that size, not equal to it. Bound =
+# BOUND_MARGIN x float32_err, at least BOUND_FLOOR (rounding of any few-hundred-step float32 chain, ~100 eps)
+# and at most BOUND_CEILING (the project's FP32 bound: an answer within it is the library's answer). A model
+# whose float32_err alone exceeds BOUND_CEILING cannot be served in float32 and is refused before export.
+BOUND_MARGIN = 4.0
+BOUND_FLOOR = 1e-5
+BOUND_CEILING = 1e-4
 CONFIG_FILES = ("config.pbtxt", "configs/cpu.pbtxt")
 SEQUENCE_CONTROLS = ("START", "END", "CORRID")
 
@@ -73,6 +82,67 @@ class Entry:
 
     def version_dir(self, repo: Path) -> Path:
         return spec.version_dir(self.name, repo)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The ONNX-vs-library bound of one import and where it came from."""
+
+    value: float
+    float32_err: float  # the same weights in float32 vs float64, max per answer
+    source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "float32_vs_float64_rel_err": self.float32_err, "source": self.source}
+
+
+def derive_bound(float32_err: float, given: float | None, what: str, fix: str) -> Bound:
+    """`given` (--bound) as it is; else BOUND_MARGIN x float32_err within [BOUND_FLOOR, BOUND_CEILING].
+    CliError when float32 alone misses BOUND_CEILING: `what` says which runs differ, `fix` what to change."""
+    if given is not None:
+        return Bound(given, float32_err, "--bound")
+    if not float32_err <= BOUND_CEILING:  # NaN too
+        raise CliError(
+            f"this model cannot be served in float32: {what} differ by {float32_err:.3g} (relative, worst answer), "
+            f"more than {BOUND_CEILING:g}; {fix}; or accept the error with --bound {_round_up(float32_err):g}"
+        )
+    value = min(BOUND_CEILING, max(BOUND_FLOOR, BOUND_MARGIN * float32_err))
+    return Bound(
+        value,
+        float32_err,
+        f"derived: {BOUND_MARGIN:g} x the float32-vs-float64 error {float32_err:.3g}, "
+        f"within [{BOUND_FLOOR:g}, {BOUND_CEILING:g}]",
+    )
+
+
+def _round_up(x: float) -> float:
+    """x rounded up to one significant digit, times BOUND_MARGIN (a --bound worth suggesting)."""
+    x = BOUND_MARGIN * x
+    if not np.isfinite(x) or x <= 0:
+        return x
+    e = 10.0 ** np.floor(np.log10(x))
+    return float(np.ceil(x / e) * e)
+
+
+def settle(report: dict[str, Any], bad: list[str], out_dir: Path, out_repo: Path, detail: str) -> None:
+    """Record the outcome in `<out_dir>/report.json` (a refused import too); CliError when a bound failed,
+    before anything reached `out_repo`."""
+    report["passed"], report["failures"] = not bad, bad
+    common.write_json(out_dir / "report.json", report)
+    if bad:
+        raise CliError(
+            f"verification failed, {out_repo} is unchanged: {bad[0]} ({detail}); details in {out_dir / 'report.json'}"
+        )
+
+
+def commit(stage: Any, names: list[str]) -> None:
+    """Move the verified entries from a serving.publish.Staging into the repository, or one CliError."""
+    from serving.publish import PublishError
+
+    try:
+        stage.commit(names)
+    except (PublishError, OSError) as e:
+        raise CliError(str(e)) from None
 
 
 def check_name(name: str) -> str:

@@ -38,6 +38,8 @@ ESN_HYPER = dict(  # every one differs from ReservoirPy's default
     seed=7,
     input_to_readout=True,
 )
+WIDE_ESN_NAME = "wide_esn"
+WIDE_ESN_HYPER = dict(units=400, sr=1.05, ridge=1e-4, seed=11)  # measured: ONNX vs esn.run 1.8e-5, float32 1.3e-5
 MG_LENGTH, MG_TRAIN = 3000, 1500
 CALIB_COUNT = 64  # INT8 calibration windows per import: enough to exercise the path, quick on 2 cores
 NF_COMMON = dict(
@@ -102,27 +104,48 @@ def mackey_glass_targets(series: np.ndarray, horizon: int) -> tuple[np.ndarray, 
     return x, y
 
 
-@pytest.fixture(scope="session")
-def esn_case(byom_root: Path, byom_repo: Path) -> EsnCase:
-    """A 24-step-ahead ESN on Mackey-Glass, saved the ReservoirPy 0.4 way, imported into the BYOM repository."""
+def save_esn(root: Path, name: str, hyper: dict, horizon: int = spec.HORIZON):
+    """An ESN trained on Mackey-Glass to predict the next `horizon` values, saved the ReservoirPy 0.4 way;
+    (esn, path, heldout) with the held-out part of the series also saved as root/heldout.npy."""
     pytest.importorskip("reservoirpy")
     import reservoirpy
     from reservoirpy import ESN
     from reservoirpy.datasets import mackey_glass
 
+    series = mackey_glass(MG_LENGTH, tau=17, seed=0)[:, 0]
+    x, y = mackey_glass_targets(series[:MG_TRAIN], horizon)
+    esn = ESN(**hyper)
+    esn.fit(x, y, warmup=100)
+    heldout = series[MG_TRAIN:]
+    np.save(root / "heldout.npy", heldout)
+    return esn, Path(reservoirpy.save(esn, root / name)), heldout
+
+
+def import_esn(path: Path, repo: Path, artifacts: Path, name: str, *extra) -> int:
+    """`python -m export.import_reservoirpy` with default bounds on the held-out series beside `path`."""
     from export import import_reservoirpy
 
-    series = mackey_glass(MG_LENGTH, tau=17, seed=0)[:, 0]
-    x, y = mackey_glass_targets(series[:MG_TRAIN], spec.HORIZON)
-    esn = ESN(**ESN_HYPER)
-    esn.fit(x, y, warmup=100)
-    path = Path(reservoirpy.save(esn, byom_root / "esn"))
-    heldout = series[MG_TRAIN:]
-    np.save(byom_root / "heldout.npy", heldout)
+    args = ["--model", path, "--out-repo", repo, "--artifacts", artifacts, "--name", name]
+    args += ["--series", path.parent / "heldout.npy", "--calib-count", CALIB_COUNT, *extra]
+    return import_reservoirpy.main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def esn_case(byom_root: Path, byom_repo: Path) -> EsnCase:
+    """A 24-step-ahead ESN on Mackey-Glass, saved the ReservoirPy 0.4 way, imported into the BYOM repository."""
+    esn, path, heldout = save_esn(byom_root, "esn", ESN_HYPER)
     artifacts = byom_root / "artifacts"
-    args = ["--model", path, "--out-repo", byom_repo, "--artifacts", artifacts, "--name", ESN_NAME]
-    args += ["--series", byom_root / "heldout.npy", "--calib-count", CALIB_COUNT]
-    assert import_reservoirpy.main([str(a) for a in args]) == 0
+    assert import_esn(path, byom_repo, artifacts, ESN_NAME) == 0
+    return EsnCase(esn, path, heldout, artifacts)
+
+
+@pytest.fixture(scope="session")
+def wide_esn_case(byom_root: Path, byom_repo: Path) -> EsnCase:
+    """The ESN that issue 16 found refused by the old fixed bound (1e-5): 400 units, spectral radius 1.05, a
+    small ridge, no input-to-readout; float32 rounding alone moves it by ~1e-5. Default flags must import it."""
+    esn, path, heldout = save_esn(byom_root, "wide_esn", WIDE_ESN_HYPER)
+    artifacts = byom_root / "artifacts"
+    assert import_esn(path, byom_repo, artifacts, WIDE_ESN_NAME) == 0
     return EsnCase(esn, path, heldout, artifacts)
 
 
@@ -188,6 +211,7 @@ def byom_server(request, byom_root: Path, byom_repo: Path):
     """One real tritonserver (cpu target) over every model the installed extras could import."""
     if HAS_RESERVOIRPY:
         request.getfixturevalue("esn_case")
+        request.getfixturevalue("wide_esn_case")
     if HAS_NEURALFORECAST:
         request.getfixturevalue("nf_cases")
     server = TritonServer(

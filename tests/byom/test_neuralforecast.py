@@ -73,6 +73,37 @@ def test_the_two_configurations_differ_where_the_module_had_to_follow(nf_cases, 
         )
 
 
+def test_the_default_bound_is_derived_from_the_model(nf_cases):
+    for case in nf_cases.values():
+        report = json.loads((case.artifacts / "byom" / case.name / "report.json").read_text())
+        bound = report["bound"]["onnx_vs_neuralforecast_rel_err"]
+        assert bound["source"].startswith("derived")
+        assert bound["value"] == max(1e-5, min(1e-4, 4 * bound["float32_vs_float64_rel_err"]))
+        assert report["models"][case.name]["verification"]["max_rel_err"] <= bound["value"]
+
+
+def test_an_nhits_that_float32_cannot_hold_is_refused_saying_why_and_what_to_change():
+    """An NHITS under the `invariant` scaler (asinh in, sinh out) whose block forecasts reach 100 in scaled
+    units: sinh(100) ~ 1e43 is beyond float32's range. Checked on the module the importer builds."""
+    import torch
+
+    from export.byom.common import derive_bound
+    from export.common import CliError
+    from export.import_neuralforecast import WindowScaled, float32_error
+    from models.nhits import NHITS, NHITSConfig
+
+    torch.manual_seed(0)
+    core = NHITS(NHITSConfig(input_size=24, h=12, hidden=16))
+    with torch.no_grad():
+        core.blocks[-1].layers[-1].bias[24:] = 100.0  # the forecast knots of the last block
+    module = WindowScaled(core, "invariant", 1e-6).eval()
+    windows = (100 + np.random.default_rng(0).standard_normal((4, 24)).cumsum(axis=1)).astype(np.float32)
+    err, _ = float32_error(module, windows, 12)
+    assert not err <= 1e-4
+    with pytest.raises(CliError, match=r"cannot be served in float32: .* differ by inf .*scaler_type"):
+        derive_bound(err, None, "the same weights run in float32 and in float64", "change scaler_type")
+
+
 # -- refused options -------------------------------------------------------------------------------
 
 
