@@ -199,7 +199,7 @@ class SharedMemoryClient(Client):
         with self._setup:
             regions, self._regions = list(self._regions.values()), {}
         for rs in regions:
-            self._release(ep, rs, min(self.timeout, 5.0))
+            self._release(ep, rs, self.timeout)
         super().close()
 
     def server_regions(self, timeout: float = 5.0) -> list[str]:

@@ -67,7 +67,7 @@ def arrays_for(kind: str, artifacts: Path, repo: Path, n: int) -> dict[str, np.n
         out = {}
         for name in ("nhits", "reservoir"):
             sess = ort.InferenceSession(
-                str(spec.version_dir(name, repo) / spec.ONNX_FP32), providers=["CPUExecutionProvider"]
+                str(spec.served_version_dir(name, repo) / spec.ONNX_FP32), providers=["CPUExecutionProvider"]
             )
             out[f"{name}_forecast"] = sess.run(["forecast"], {"window": x})[0].astype(np.float32)
         return out

@@ -29,6 +29,7 @@ def test_shared_memory_results_equal_plain_results_for_large_batches(triton, url
         np.testing.assert_array_equal(a.scores, b.scores)
         small = fast.nhits(samples["window"][:3])  # a smaller batch reuses the same regions
         np.testing.assert_array_equal(small.values, plain.nhits(samples["window"][:3]).values)
+    assert not [r for r in server_regions(triton) if r.startswith(fast.prefix)]
 
 
 def test_regions_are_registered_once_reused_and_unregistered_on_close(triton, url, protocol, samples):

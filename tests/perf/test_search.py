@@ -77,8 +77,9 @@ def test_model_analyzer_profiles_the_cpu_target_and_apply_writes_its_winner(repo
         pytest.fail(f"Model Analyzer is not installed in {search.MA_VENV}: `make test` installs it (make perf-search)")
     copy = tmp_path / "repo"
     repository.copy_configs(repo, copy)
-    for f in spec.version_dir("forecast_blend", repo).iterdir():
-        (spec.version_dir("forecast_blend", copy) / f.name).symlink_to(f.resolve())
+    for name in ("forecast_blend", "nhits", "reservoir"):  # the blend's inputs come from the two forecasters
+        for f in spec.version_dir(name, repo).iterdir():
+            (spec.version_dir(name, copy) / f.name).symlink_to(f.resolve())
     space = {
         "concurrency": [1],
         "measurement_interval_ms": 500,
