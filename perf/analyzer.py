@@ -132,43 +132,27 @@ def admin_header(protocol: str, key: str) -> str:
     return f"{name}:{key}"
 
 
+def _contents(point: Point) -> list[str]:
+    """What the requests of a point carry: its measurement and its warm-up send the same."""
+    out = ["--input-data", str(point.input_data)] if point.input_data else []
+    return out + (["--sequence-length", str(point.sequence_length)] if point.sequence_length else [])
+
+
 def command(point: Point, url: str, csv_path: Path, key: str | None = None, stability: int | None = None) -> list[str]:
-    m = point.measurement
-    cmd = [
-        str(binary()),
-        "-m",
-        point.model,
-        "-u",
-        url,
-        "-i",
-        point.protocol,
-        "-b",
-        str(point.batch_size),
-        "--measurement-interval",
-        str(m.interval_ms),
-        "--stability-percentage",
-        str(stability if stability is not None else m.stability),
-        "--max-trials",
-        str(m.max_trials),
-        "-f",
-        str(csv_path),
-        "--verbose-csv",
-    ]
+    """perf_analyzer's arguments (after the binary) for one point."""
+    m, stability = point.measurement, stability if stability is not None else point.measurement.stability
+    cmd = f"-m {point.model} -u {url} -i {point.protocol} -b {point.batch_size} --measurement-interval "
+    cmd += f"{m.interval_ms} --stability-percentage {stability} --max-trials {m.max_trials}"
+    cmd = [*cmd.split(), "-f", str(csv_path), "--verbose-csv"]
     if point.request_rate is not None:
         cmd += ["--request-rate-range", f"{point.request_rate:g}", "--request-distribution", "poisson"]
     elif point.concurrency is not None:
         cmd += ["--concurrency-range", str(point.concurrency)]
     else:
         raise AnalyzerError(f"{point.stem}: a point needs a concurrency or a request rate")
-    if point.async_mode:
-        cmd.append("--async")
-    if point.input_data:
-        cmd += ["--input-data", str(point.input_data)]
-    if point.sequence_length:
-        cmd += ["--sequence-length", str(point.sequence_length)]
+    cmd += (["--async"] if point.async_mode else []) + _contents(point)
     if point.sequence_id_range:
-        lo, hi = point.sequence_id_range
-        cmd += ["--sequence-id-range", f"{lo}:{hi}"]
+        cmd += ["--sequence-id-range", "{}:{}".format(*point.sequence_id_range)]
     if point.shared_memory != "none":
         if not key:
             raise AnalyzerError("shared memory needs the server's admin key (the shared-memory API is restricted)")
@@ -267,23 +251,8 @@ def stats_delta(before: dict, after: dict) -> dict:
 def warmup(point: Point, urls: dict[str, str], requests: int = 64) -> None:
     """Unrecorded requests before a model's first point: the first executions of a freshly loaded model
     (ONNX Runtime allocations, python backend start-up) are slow and would land in the first window."""
-    cmd = [
-        str(binary()),
-        "-m",
-        point.model,
-        "-u",
-        urls[point.protocol],
-        "-i",
-        point.protocol,
-        "--concurrency-range",
-        "1",
-        "--request-count",
-        str(requests),
-    ]
-    if point.input_data:
-        cmd += ["--input-data", str(point.input_data)]
-    if point.sequence_length:
-        cmd += ["--sequence-length", str(point.sequence_length)]
+    cmd = f"-m {point.model} -u {urls[point.protocol]} -i {point.protocol} --concurrency-range 1 --request-count"
+    cmd = [str(binary()), *cmd.split(), str(requests), *_contents(point)]
     try:
         proc = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
@@ -319,7 +288,7 @@ def run_point(
         (replace(point, measurement=replace(m, interval_ms=3 * m.interval_ms)), 1000),
     )
     for attempt, (p, stability) in enumerate(attempts):
-        cmd = command(p, url, csv_path, key, stability)
+        cmd = [str(binary()), *command(p, url, csv_path, key, stability)]
         csv_path.unlink(missing_ok=True)
         try:
             proc = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=limit)

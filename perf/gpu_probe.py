@@ -341,7 +341,7 @@ class Probe:
         for model in args.models:
             reference = copy.deepcopy(self.modules[model]).to("cpu").double()
             for batch in self.batches(model):
-                sets = weights.inputs(model, batch, prof.n_sets, prof.n_items, prof.n_users)
+                sets = weights.inputs(model, batch, prof.n_sets, prof.n_users)
                 with torch.inference_mode():
                     ref = reference(
                         *(

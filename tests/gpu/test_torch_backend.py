@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models import registry, spec
-from perf.gpu import repository, serve
+from perf.gpu import repository, serve, weights
 from serving.repository import load_config, tensors
 from serving.server import free_port
 
@@ -85,7 +85,8 @@ def test_torch_backend_serves_checked_outputs_on_a_real_triton_and_rejects_bad_i
     server.start(timeout=240)
     try:
         assert server.unavailable_models() == {}
-        checks = serve.check(server, tmp_path / "repo", served, "fp32")
+        mods = weights.load_all(None, served, where=lambda name: tmp_path / "repo" / name / "1")[0]
+        checks = serve.check(server, mods, "fp32")
         assert [c["status"] for c in checks] == ["ok", "ok"], checks
         assert all(c["rel_err"] < 1e-5 and c["rows"] == 16 for c in checks)
         bad = np.array([[SMALL["n_users"]]], dtype=np.int64)
