@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from perf import gpu_probe
 from perf.gpu import report
 
 
@@ -43,11 +42,13 @@ def test_section_names_machine_versions_and_command(probe_doc):
     assert "What TensorRT would change" in text
 
 
-def test_report_cli_of_the_probe_prints_the_section(probe_doc, tmp_path, capsys):
+def test_report_cli_prints_the_section(probe_doc, tmp_path, capsys):
     path = tmp_path / "probe.json"
     path.write_text(json.dumps(probe_doc))
-    assert gpu_probe.main(["--report", str(path)]) == 0
+    assert report.main(["--probe", str(path)]) == 0
     assert "not measured: no GPU lent" in capsys.readouterr().out
+    assert report.main(["--probe", str(path), "--out", str(tmp_path / "section.md")]) == 0
+    assert (tmp_path / "section.md").read_text() == report.render(probe_doc)
 
 
 def test_gpu_shaped_json_gets_verdicts_from_its_own_numbers(probe_doc):
