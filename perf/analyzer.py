@@ -182,36 +182,27 @@ BREAKDOWN = {
 }
 
 
+def _ms(row: dict, col: str) -> float | None:
+    return float(row[col]) / 1000.0 if row.get(col) not in (None, "") else None
+
+
 def parse_csv(path: Path) -> list[dict]:
     """Rows of a perf_analyzer `-f` CSV as {mode, x, throughput, p50_ms ... p99_ms, avg_ms, breakdown_us}."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     out = []
     for row in rows:
-        if "Concurrency" in row:
-            mode, x = "concurrency", float(row["Concurrency"])
-        elif "Request Rate" in row:
-            mode, x = "request_rate", float(row["Request Rate"])
-        else:
+        x = next((col for col in ("Concurrency", "Request Rate") if col in row), None)
+        if x is None:
             raise AnalyzerError(f"{path}: neither a Concurrency nor a Request Rate column: {list(row)}")
-
-        def ms(col: str, row=row) -> float | None:
-            value = row.get(col)
-            return float(value) / 1000.0 if value not in (None, "") else None
-
         out.append(
-            {
-                "mode": mode,
-                "x": x,
-                "throughput": float(row["Inferences/Second"]),
-                "p50_ms": ms("p50 latency"),
-                "p90_ms": ms("p90 latency"),
-                "p95_ms": ms("p95 latency"),
-                "p99_ms": ms("p99 latency"),
-                "avg_ms": ms("Avg latency"),
+            {"mode": x.lower().replace(" ", "_"), "x": float(row[x]), "throughput": float(row["Inferences/Second"])}
+            | {f"{p}_ms": _ms(row, f"{p} latency") for p in ("p50", "p90", "p95", "p99")}
+            | {"avg_ms": _ms(row, "Avg latency")}
+            | {
                 "breakdown_us": {
                     ours: float(row[col]) for col, ours in BREAKDOWN.items() if row.get(col) not in (None, "")
-                },
+                }
             }
         )
     return out
@@ -220,22 +211,19 @@ def parse_csv(path: Path) -> list[dict]:
 # ----------------------------------------------------------------------------------- stats
 
 
+STATS = {"cache_hits": ("cache_hit", "count"), "queue_ns": ("queue", "ns"), "compute_infer_ns": ("compute_infer", "ns")}
+STATS["success_count"] = ("success", "count")
+
+
 def model_stats(http_url: str, model: str) -> dict[str, int]:
     """Cumulative counters of one model from Triton's statistics extension."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as r:
-        body = json.load(r)
-    s = body["model_stats"][0]
+        s = json.load(r)["model_stats"][0]
     inf = s.get("inference_stats", {})
-    return {
-        "inference_count": int(s.get("inference_count", 0)),
-        "execution_count": int(s.get("execution_count", 0)),
-        "cache_hits": int(inf.get("cache_hit", {}).get("count", 0)),
-        "queue_ns": int(inf.get("queue", {}).get("ns", 0)),
-        "compute_infer_ns": int(inf.get("compute_infer", {}).get("ns", 0)),
-        "success_count": int(inf.get("success", {}).get("count", 0)),
-    }
+    out = {k: int(s.get(k, 0)) for k in ("inference_count", "execution_count")}
+    return out | {name: int(inf.get(stat, {}).get(unit, 0)) for name, (stat, unit) in STATS.items()}
 
 
 def stats_delta(before: dict, after: dict) -> dict:

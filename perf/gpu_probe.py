@@ -3,17 +3,12 @@
     python -m perf.gpu_probe --device cuda --out perf/results/gpu_probe.json      # on a GPU machine
     python -m perf.gpu_probe --device cpu --reduced --out /tmp/probe.json         # a few seconds, here
 
-For each model (nhits, reservoir, forecast_blend, similarity, user_embedding, and the two ensembles
-composed in one process) and batch (1, 8, 64, 256; nhits also 128 and 1,000 assets) it times
-PyTorch eager FP32, FP16 / BF16 autocast, FP16 / BF16 weights, CUDA-graph replay and torch.compile.
-Latency is per call with the device synchronised after each (CUDA events on GPU, perf_counter on
-CPU): median, p95, p99. Throughput is items/s of back-to-back calls synchronised once. Every variant
-is checked against a float64 CPU reference on fresh inputs (relative error; top-k id agreement),
-and every model is set against its floor: max(minimum bytes / measured copy bandwidth, FLOPs /
-measured matmul rate), both ceilings measured on the same device first (the floor ignores serial
-dependencies, which matter for the reservoir's 168 steps). Output: JSON matching
-perf.gpu.schema.PROBE_SCHEMA (perf.gpu.report renders it), and a table on stdout. `--reduced` keeps the schema and shrinks
-everything (batches 1 and 8, an 8,192-row catalog, few iterations) so CI runs it on CPU.
+Every model and both ensembles (composed in one process) at batch 1, 8, 64, 256 (nhits also 128 and
+1,000 assets) as PyTorch eager FP32, FP16 / BF16 autocast, FP16 / BF16 weights, CUDA-graph replay and
+torch.compile; each checked against a float64 CPU reference and set against its floor from the copy
+bandwidth and matmul rate measured first (docs/GPU.md, "What the numbers mean"). Output: JSON matching
+perf.gpu.schema.PROBE_SCHEMA (perf.gpu.report renders it); one log line per row. `--reduced` keeps the
+schema and shrinks everything (batches 1 and 8, small stand-ins, few iterations) so CI runs it on CPU.
 """
 
 from __future__ import annotations
@@ -44,7 +39,6 @@ from models.reservoir import Reservoir
 from models.similarity import Similarity
 from perf import environment
 from perf.gpu import schema, weights
-from perf.tables import table
 
 log = logging.getLogger("perf.gpu_probe")
 
@@ -457,20 +451,16 @@ class Probe:
         return fn, out, compile_s
 
     def log_row(self, r: dict) -> None:
-        if r["status"] == "ok":
-            lat = r["latency_ms"]
-            log.info(
-                "%-15s b=%-4d %-15s median %.4f ms  p99 %.4f ms  %.0f/s  err %.1e",
-                r["model"],
-                r["batch"],
-                r["variant"],
-                lat["median"],
-                lat["p99"],
-                r["throughput_per_s"],
-                r["rel_err"],
-            )
-        else:
-            log.info("%-15s b=%-4d %-15s %s: %s", r["model"], r["batch"], r["variant"], r["status"], r["reason"])
+        where = f"{r['model']:<15} b={r['batch']:<4d} {r['variant']:<15}"
+        if r["status"] != "ok":
+            log.info("%s %s: %s", where, r["status"], r["reason"])
+            return
+        lat, agree, fraction = r["latency_ms"], r["topk_agreement"], (r["floor"] or {}).get("fraction")
+        log.info(
+            "%s median %.4f ms  p99 %.4f ms  %.0f/s  err %.1e  top-k %s  floor %s",
+            *(where, lat["median"], lat["p99"], r["throughput_per_s"], r["rel_err"]),
+            *("-" if v is None else f"{v:.3f}" for v in (agree, fraction)),
+        )
 
 
 # ------------------------------------------------------------------------------ machine facts
@@ -534,33 +524,6 @@ def versions() -> dict:
 # ------------------------------------------------------------------------------ output
 
 
-def print_table(doc: dict) -> None:
-    where = (doc["machine"]["gpu"] or {}).get("name", doc["machine"]["cpu"])
-    c = doc["ceilings"]
-    tf = c["matmul_tflops"]
-    print(
-        f"\nGPU probe on {doc['machine']['device']} ({where})\nceilings: copy {c['copy_gbps']:.1f} GB/s; matmul "
-        f"{c['matmul_size']}^3 fp32 {tf['fp32']:.2f} / fp16 {tf['fp16']:.2f} / bf16 {tf['bf16']:.2f} TFLOP/s\n"
-    )
-    rows = []
-    for r in doc["results"]:
-        if r["status"] == "ok":
-            agree, f = r["topk_agreement"], r["floor"] or {}
-            rows.append([r["model"], r["batch"], r["variant"], f"{r['latency_ms']['median']:.4f}"])
-            rows[-1] += [f"{r['latency_ms']['p99']:.4f}", f"{r['throughput_per_s']:.1f}", f"{r['rel_err']:.1e}"]
-            rows[-1] += [
-                f"{agree:.3f}" if agree is not None else "-",
-                f"{f['fraction']:.3f}" if f.get("fraction") is not None else "-",
-                "",
-            ]
-        elif r["status"] == "failed":
-            rows.append([r["model"], r["batch"], r["variant"], *["-"] * 6, f"failed: {r['reason'][:60]}"])
-    head = ["model", "batch", "variant", "median ms", "p99 ms", "items/s", "rel err", "top-k", "floor", "note"]
-    print("\n".join(table(head, rows, "lrlrrrrrrl")))
-    skipped = sum(r["status"] == "skipped" for r in doc["results"])
-    print(f"{len(doc['results'])} rows ({skipped} skipped); {doc['seconds']:.1f} s")
-
-
 def _csv(kind):
     def parse(text: str):
         return [kind(v) for v in text.split(",") if v.strip()]
@@ -617,7 +580,12 @@ def run_probe(args: argparse.Namespace) -> dict:
     prof = REDUCED if args.reduced else FULL
     probe = Probe(args, prof, device)
     log.info("measuring ceilings on %s", device)
-    probe.ceilings = measure_ceilings(device, prof)
+    probe.ceilings = c = measure_ceilings(device, prof)
+    tf = c["matmul_tflops"]
+    log.info(
+        "ceilings: copy %.1f GB/s; matmul %d^3 fp32 %.2f / fp16 %.2f / bf16 %.2f TFLOP/s",
+        *(c["copy_gbps"], c["matmul_size"], tf["fp32"], tf["fp16"], tf["bf16"]),
+    )
     results = probe.run()
     doc = {
         "schema_version": schema.SCHEMA_VERSION,
@@ -666,8 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = run_probe(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print_table(doc)
-    print(f"wrote {args.out}")
+    skipped = sum(r["status"] == "skipped" for r in doc["results"])
+    print(f"{len(doc['results'])} rows ({skipped} skipped) in {doc['seconds']:.1f} s; wrote {args.out}")
     failed = [r for r in doc["results"] if r["status"] == "failed" and r["mode"] == "eager"]
     return 1 if failed else 0
 

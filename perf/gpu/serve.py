@@ -8,7 +8,7 @@ Steps: assemble a repository (perf.gpu.repository) -> start tritonserver 2.51.0 
 nvidia-pytriton wheel with `--model-config-name=torch_gpu` (KIND_GPU, CUDA graphs) or `torch_cpu` ->
 check every model's served outputs against PyTorch FP32 on the CPU (HTTP, plain JSON) -> run
 perf_analyzer over gRPC per model and ensemble at each concurrency (perf.analyzer builds the command
-and parses the CSV) -> JSON matching perf.gpu.schema.SERVING_SCHEMA and a table on stdout.
+and parses the CSV) -> JSON matching perf.gpu.schema.SERVING_SCHEMA (perf.gpu.report renders it).
 
 Works without the client Python packages: pytriton is located without importing it (its
 `__init__` pulls pyzmq, sh and the tritonclient HTTP stack, which the GPU image lacks), readiness and
@@ -42,7 +42,6 @@ import numpy as np
 from models import spec
 from perf import analyzer, inputs
 from perf.gpu.repository import BASE, ENSEMBLES
-from perf.tables import table
 from serving import server as serving_server
 from serving.server import ADMIN_HEADER, ServerError, TritonServer, free_port
 
@@ -275,6 +274,16 @@ def run_scenario(args, server: GpuTritonServer, pa: Path, model: str, batch: int
     return rec
 
 
+def _shown(rec: dict) -> str:
+    lat, srv = rec["latency_us"], {k: v / 1e3 for k, v in (rec["server_us"] or {}).items()}
+    if not lat:
+        return rec["reason"] or ""
+    return (
+        f"{rec['throughput_per_s']:.1f}/s p50 {lat['p50'] / 1e3:.3f} ms p99 {lat['p99'] / 1e3:.3f} ms, server queue "
+        f"{srv.get('queue', 0):.3f} ms infer {srv.get('compute_infer', 0):.3f} ms"
+    )
+
+
 # ------------------------------------------------------------------------------ preflight
 
 
@@ -433,26 +442,6 @@ def document(args, status: str, reason: str | None, sources, checks, scenarios, 
     return doc
 
 
-def print_table(doc: dict) -> None:
-    print(
-        f"\nTriton {doc['config_name']} ({doc['instance_kind']}, {doc['precision']}, graphs {doc['cuda_graphs']}) "
-        f"on {doc['machine']['device']}: {doc['status']} {doc['reason'] or ''}\n"
-    )
-    checks = [[c[k] for k in ("model", "status", "rel_err", "topk_agreement", "reason")] for c in doc["checks"]]
-    print("\n".join(table(["check", "status", "rel. error", "top-k", "reason"], checks)) + "\n")
-    rows = []
-    for s in doc["scenarios"]:
-        lat, srv = s["latency_us"] or {}, s["server_us"] or {}
-        ms = [
-            f"{v / 1e3:.3f}"
-            for v in (lat.get("p50", 0), lat.get("p99", 0), srv.get("queue", 0), srv.get("compute_infer", 0))
-        ]
-        rows.append([s["model"], s["batch"], s["concurrency"], s["status"], f"{s['throughput_per_s'] or 0:.1f}", *ms])
-        rows[-1].append(s["reason"] or "")
-    head = ["model", "batch", "conc", "status", "items/s", "p50 ms", "p99 ms", "queue ms", "infer ms", "reason"]
-    print("\n".join(table(head, rows, "lrrlrrrrrl")))
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -504,9 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             data = inputs.write_arrays(dict(zip(names, xs, strict=True)), args.run_dir / f"input_{model}.json")
             for c in args.concurrency:
                 rec = run_scenario(args, server, pa, model, args.batch, c, data)
-                ok = rec["status"] == "ok"
-                shown = f"{rec['throughput_per_s']:.1f}/s p99 {rec['latency_us']['p99'] / 1e3:.3f} ms" if ok else ""
-                log.info("perf %-15s c=%-3d %s %s", model, c, rec["status"], shown or rec["reason"])
+                log.info("perf %-15s c=%-3d %s %s", model, c, rec["status"], _shown(rec))
                 scenarios.append(rec)
     except ServerError as exc:
         status, reason = "failed", str(exc).splitlines()[0][:600]
@@ -516,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = document(args, status, reason, sources, checks, scenarios, started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print_table(doc)
+    print(f"Triton {args.config} on {doc['machine']['device']}: {status} {reason or ''}")
     print(f"wrote {args.out}; server log {server.log_path}")
     bad_checks = [c for c in checks if c["status"] != "ok"]
     return 0 if status == "ok" and not bad_checks else 1
