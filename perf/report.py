@@ -159,106 +159,64 @@ def plot_goals(goals: list[dict], path: Path) -> Path:
 # ----------------------------------------------------------------------------------- markdown
 
 
+def lat(f: dict, a: str = "p50_ms", b: str = "p99_ms") -> str:
+    """A point's two latencies as "p50 / p99" (ms, 2 decimals)."""
+    return f"{num(f[a], 2)} / {num(f[b], 2)}"
+
+
 def point_table(pts: list[dict], x: str = "concurrency") -> list[str]:
     head = [x, "batch", "infer/s", "p50 ms", "p99 ms", "avg server batch", "queue ms", "compute ms"]
-    head += ["network+send/recv ms", "stable", "load (1 min)"]
-    return table(
-        head,
-        (
-            [f["concurrency"] if x == "concurrency" else f["request_rate"], f["batch_size"], num(f["throughput"])]
-            + [
-                num(f["p50_ms"], 2),
-                num(f["p99_ms"], 2),
-                num(f["avg_batch"]),
-                num(f["breakdown_us"].get("queue", 0) / 1000, 2),
-            ]
-            + [
-                num(analysis.compute_us(f["breakdown_us"]) / 1000, 2),
-                num(f["breakdown_us"].get("network", 0) / 1000, 2),
-            ]
-            + ["yes" if f["stable"] else "no", num(f.get("load"))]
-            for f in pts
-        ),
-    )
+    rows = []
+    for f in pts:
+        b, y = f["breakdown_us"], f["concurrency"] if x == "concurrency" else f["request_rate"]
+        rows.append([y, f["batch_size"], num(f["throughput"]), num(f["p50_ms"], 2), num(f["p99_ms"], 2)])
+        rows[-1] += [num(f["avg_batch"]), num(b.get("queue", 0) / 1000, 2), num(analysis.compute_us(b) / 1000, 2)]
+        rows[-1] += [num(b.get("network", 0) / 1000, 2), "yes" if f["stable"] else "no", num(f.get("load"))]
+    return table([*head, "network+send/recv ms", "stable", "load (1 min)"], rows)
 
 
 def _figures(m: dict, budget: float) -> list[tuple[str, str]]:
     """The (figure, value) rows of a model's section."""
     c1, knee, peak, ch = m.get("c1"), m.get("knee"), m.get("peak"), m.get("chosen")
-    rows = []
+    rows: list[tuple[str, str]] = []
+    add = rows.append
     if c1:
-        rows.append(
-            (
-                "concurrency 1: p50 / p99",
-                f"{num(c1['p50_ms'], 2)} / {num(c1['p99_ms'], 2)} ms at {num(c1['throughput'])}/s",
-            )
-        )
+        add(("concurrency 1: p50 / p99", f"{lat(c1)} ms at {num(c1['throughput'])}/s"))
     if knee:
-        rows.append(
-            (
-                f"knee (first concurrency at >= 90 % of peak): c{knee['concurrency']}",
-                f"{num(knee['throughput'])}/s, p50 / p99 {num(knee['p50_ms'], 2)} / {num(knee['p99_ms'], 2)} ms, "
-                f"avg server batch {num(knee['avg_batch'])}",
-            )
-        )
+        value = f"{num(knee['throughput'])}/s, p50 / p99 {lat(knee)} ms, avg server batch {num(knee['avg_batch'])}"
+        add((f"knee (first concurrency at >= 90 % of peak): c{knee['concurrency']}", value))
     if peak:
-        rows.append(
-            (
-                "peak throughput",
-                f"{num(peak['throughput'])}/s at c{peak['concurrency']} (p99 {num(peak['p99_ms'], 2)} ms)",
-            )
-        )
-    rows.append(
-        (
-            f"chosen point (highest throughput with p99 <= {budget:g} ms)",
-            f"c{ch['concurrency']}: {num(ch['throughput'])}/s, p99 {num(ch['p99_ms'], 2)} ms"
-            if ch
-            else "none: no point meets the budget",
-        )
-    )
+        value = f"{num(peak['throughput'])}/s at c{peak['concurrency']} (p99 {num(peak['p99_ms'], 2)} ms)"
+        add(("peak throughput", value))
+    value = f"c{ch['concurrency']}: {num(ch['throughput'])}/s, p99 {num(ch['p99_ms'], 2)} ms" if ch else ""
+    add((f"chosen point (highest throughput with p99 <= {budget:g} ms)", value or "none: no point meets the budget"))
     if e := m.get("eager"):
-        rows.append(
+        add(
             (
                 "PyTorch eager, batch 1 loop",
                 f"{num(e['throughput'])}/s, p50 {num(e['p50_ms'], 2)} ms ({e['threads']} threads)",
             )
         )
-        rows.append(
-            (
-                "**served / eager** (chosen point; peak)",
-                f"{times(m.get('served_over_eager'))}; {times(m.get('peak_over_eager'))}",
-            )
-        )
+        value = f"{times(m.get('served_over_eager'))}; {times(m.get('peak_over_eager'))}"
+        add(("**served / eager** (chosen point; peak)", value))
     for h in m.get("http", []):
         if g := analysis.at(m["sweep"], h["concurrency"]):
-            rows.append((f"HTTP / gRPC throughput at c{h['concurrency']}", times(h["throughput"] / g["throughput"])))
+            add((f"HTTP / gRPC throughput at c{h['concurrency']}", times(h["throughput"] / g["throughput"])))
     if m.get("dynbatch") is not None:
-        rows.append(
-            (f"**dynamic batching on / off** at c{m['dynbatch_concurrency']} (throughput)", times(m["dynbatch"]))
-        )
+        add((f"**dynamic batching on / off** at c{m['dynbatch_concurrency']} (throughput)", times(m["dynbatch"])))
     if m.get("ort"):
         b, prec = m.get("served_batch"), m.get("served_precision", "fp32")
         same = m["ort"].get(prec, {}).get(str(b), {})
-        rows.append(
-            (
-                f"ONNX Runtime {prec.upper()} (the served file) in-process at the served batch ({b})",
-                f"{num(same.get('throughput'))}/s ({same.get('threads')} threads)",
-            )
-        )
+        what = f"ONNX Runtime {prec.upper()} (the served file) in-process at the served batch ({b})"
+        add((what, f"{num(same.get('throughput'))}/s ({same.get('threads')} threads)"))
         if m.get("c16_over_ort_b1") is not None:
-            rows.append(("**served at c16 / ORT FP32 batch-1 loop**", times(m["c16_over_ort_b1"])))
+            add(("**served at c16 / ORT FP32 batch-1 loop**", times(m["c16_over_ort_b1"])))
         served = 100 * m["served_over_ort"] if m.get("served_over_ort") else None
-        rows.append(("**served / in-process ORT at that batch**", num(served, 0, " %")))
-        rows.append(
-            (
-                "**INT8 / FP32 latency** (in-process p50), batch 1; batch 64",
-                f"{num(m.get('int8_latency_b1'), 2)}; {num(m.get('int8_latency_b64'), 2)}",
-            )
-        )
+        add(("**served / in-process ORT at that batch**", num(served, 0, " %")))
+        value = f"{num(m.get('int8_latency_b1'), 2)}; {num(m.get('int8_latency_b64'), 2)}"
+        add(("**INT8 / FP32 latency** (in-process p50), batch 1; batch 64", value))
     if a := m.get("int8_accuracy"):
-        rows.append(
-            ("INT8 accuracy goal (calibration report)", "met" if a["met"] else "missed: " + (a.get("reason") or ""))
-        )
+        add(("INT8 accuracy goal (calibration report)", "met" if a["met"] else "missed: " + (a.get("reason") or "")))
     return rows
 
 
@@ -278,12 +236,8 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
         timing = lambda t: [num(t["throughput"]), num(t["p50_ms"], 2), num(t["p99_ms"], 2)]  # noqa: E731
         rows = [["PyTorch eager", 1, *timing(m["eager"])]] if m.get("eager") else []
         rows += [[f"ORT {p.upper()}", b, *timing(t)] for p, per in m["ort"].items() for b, t in per.items()]
-        pairs = (m.get("int8_pairs") or {}).items()
-        rows += [
-            [f"ORT {p.upper()}, alternating with the other", b, *timing(t)]
-            for b, pair in pairs
-            for p, t in pair.items()
-        ]
+        pairs = [(b, p, t) for b, pair in (m.get("int8_pairs") or {}).items() for p, t in pair.items()]
+        rows += [[f"ORT {p.upper()}, alternating with the other", b, *timing(t)] for b, p, t in pairs]
         out += ["In-process baselines (same input data):", ""]
         out += table(["what", "batch", "items/s", "p50 ms", "p99 ms"], rows) + [""]
     out += ["gRPC concurrency sweep:", ""] + point_table(m["sweep"]) + [""]
@@ -294,10 +248,7 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
             ["concurrency", "infer/s", f"infer/s ({c})", "ratio", "p50 / p99 ms", f"p50 / p99 ms ({c})"],
             (
                 [r["concurrency"], num(r["throughput"]), num(r["other_throughput"]), times(r["throughput_ratio"])]
-                + [
-                    f"{num(r['p50_ms'], 2)} / {num(r['p99_ms'], 2)}",
-                    f"{num(r['other_p50_ms'], 2)} / {num(r['other_p99_ms'], 2)}",
-                ]
+                + [lat(r), lat(r, "other_p50_ms", "other_p99_ms")]
                 for r in cmp["points"]
             ),
         )
@@ -339,15 +290,11 @@ def _search_section(search: dict) -> list[str]:
         ]
         out += [f"### {name}", ""] + table([*head, "infer/s", "p99 ms", "within budget"], rows) + [""]
         if w := s.get("winner"):
-            applied = (
-                " (applied to configs/cpu.pbtxt)." if search.get("applied") else " (not applied: APPLY=1 writes it)."
-            )
-            out.append(
-                f"Winner: {w['variant']} at c{w['concurrency']}: {num(w['throughput'])}/s, p99 {num(w['p99_ms'], 2)} ms{applied}"
-            )
+            where = f"{w['variant']} at c{w['concurrency']}: {num(w['throughput'])}/s, p99 {num(w['p99_ms'], 2)} ms"
+            applied = "applied to configs/cpu.pbtxt" if search.get("applied") else "not applied: APPLY=1 writes it"
+            out += [f"Winner: {where} ({applied}).", ""]
         else:
-            out.append(f"No variant meets p99 <= {search['budget_ms']:g} ms.")
-        out.append("")
+            out += [f"No variant meets p99 <= {search['budget_ms']:g} ms.", ""]
     return out
 
 
@@ -366,20 +313,14 @@ def _extras(summary: dict) -> list[str]:
     shm = ex.get("shm", {})
     if shm.get("models"):
         out += [
-            "`clients.shm.compare` (plain vs shared-memory round trip, alternating calls; its inputs are the helper's own):",
-            "",
+            "`clients.shm.compare` (plain vs shared-memory round trip, alternating calls; its inputs are the helper's own):"
         ]
+        out += [""]
         out += table(
             ["model", "rows", "input bytes", "plain p50 ms", "shm p50 ms", "speed-up (p50)"],
             (
-                [
-                    name,
-                    r["rows"],
-                    f"{r['input_bytes']:,}",
-                    num(r["plain_ms"]["p50"], 2),
-                    num(r["shm_ms"]["p50"], 2),
-                    times(r["speedup_p50"]),
-                ]
+                [name, r["rows"], f"{r['input_bytes']:,}", num(r["plain_ms"]["p50"], 2), num(r["shm_ms"]["p50"], 2)]
+                + [times(r["speedup_p50"])]
                 for name, r in shm["models"].items()
             ),
         ) + [""]

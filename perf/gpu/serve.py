@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         args.n_items,
         args.n_users,
     )
-    ports = {k: free_port() for k in ("http_port", "grpc_port", "metrics_port")}
+    ports = {f"{k}_port": free_port() for k in ("http", "grpc", "metrics")}
     server = GpuTritonServer(args.repo_out, **ports, config_name=args.config, run_dir=args.run_dir)
     server.stub_site = args.stub_site
     try:
