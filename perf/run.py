@@ -348,25 +348,20 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     phases: dict[str, float] = {}
     t0 = time.monotonic()
-    served_repo = served_repository(args.repo, run_dir / "repos" / "served", scenarios)
-    off_repo = batching_off_repository(args, run_dir, scenarios)
     with contextlib.ExitStack() as stack:
-        served = stack.enter_context(repos.serve(served_repo, run_dir / "server-served"))
-        off = stack.enter_context(repos.serve(off_repo, run_dir / "server-batching-off")) if off_repo else None
-        other = None
-        if args.compare:
-            other_repo = repos.copy_repository(
-                args.repo, run_dir / "repos" / args.compare, edit=repos.cache_off, config=args.compare
-            )
-            other = stack.enter_context(
-                repos.serve(other_repo, run_dir / f"server-{args.compare}", config=args.compare)
-            )
-        env["versions"]["tritonserver"] = repos.server_version(served.http_url)
-        phases["servers_start"] = time.monotonic() - t0
+        with _phase(phases, "servers_start"):
+            served_repo = served_repository(args.repo, run_dir / "repos" / "served", scenarios)
+            off_repo = batching_off_repository(args, run_dir, scenarios)
+            served = stack.enter_context(repos.serve(served_repo, run_dir / "server-served"))
+            off = stack.enter_context(repos.serve(off_repo, run_dir / "server-batching-off")) if off_repo else None
+            other = None
+            if c := args.compare:
+                other_repo = repos.copy_repository(args.repo, run_dir / "repos" / c, edit=repos.cache_off, config=c)
+                other = stack.enter_context(repos.serve(other_repo, run_dir / f"server-{c}", config=c))
+            env["versions"]["tritonserver"] = repos.server_version(served.http_url)
         run_scenarios(served, off, scenarios, args, run_dir, measurement, key, served_repo, phases, other)
-        t1 = time.monotonic()
-        more = {} if args.skip_extras else extras(served, args, key)
-        phases["extras"] = time.monotonic() - t1
+        with _phase(phases, "extras"):
+            more = {} if args.skip_extras else extras(served, args, key)
     (run_dir / "extras.json").write_text(json.dumps(more, indent=2) + "\n")
     env["run"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     env["run"]["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
