@@ -132,43 +132,27 @@ def admin_header(protocol: str, key: str) -> str:
     return f"{name}:{key}"
 
 
+def _contents(point: Point) -> list[str]:
+    """What the requests of a point carry: its measurement and its warm-up send the same."""
+    out = ["--input-data", str(point.input_data)] if point.input_data else []
+    return out + (["--sequence-length", str(point.sequence_length)] if point.sequence_length else [])
+
+
 def command(point: Point, url: str, csv_path: Path, key: str | None = None, stability: int | None = None) -> list[str]:
-    m = point.measurement
-    cmd = [
-        str(binary()),
-        "-m",
-        point.model,
-        "-u",
-        url,
-        "-i",
-        point.protocol,
-        "-b",
-        str(point.batch_size),
-        "--measurement-interval",
-        str(m.interval_ms),
-        "--stability-percentage",
-        str(stability if stability is not None else m.stability),
-        "--max-trials",
-        str(m.max_trials),
-        "-f",
-        str(csv_path),
-        "--verbose-csv",
-    ]
+    """perf_analyzer's arguments (after the binary) for one point."""
+    m, stability = point.measurement, stability if stability is not None else point.measurement.stability
+    cmd = f"-m {point.model} -u {url} -i {point.protocol} -b {point.batch_size} --measurement-interval "
+    cmd += f"{m.interval_ms} --stability-percentage {stability} --max-trials {m.max_trials}"
+    cmd = [*cmd.split(), "-f", str(csv_path), "--verbose-csv"]
     if point.request_rate is not None:
         cmd += ["--request-rate-range", f"{point.request_rate:g}", "--request-distribution", "poisson"]
     elif point.concurrency is not None:
         cmd += ["--concurrency-range", str(point.concurrency)]
     else:
         raise AnalyzerError(f"{point.stem}: a point needs a concurrency or a request rate")
-    if point.async_mode:
-        cmd.append("--async")
-    if point.input_data:
-        cmd += ["--input-data", str(point.input_data)]
-    if point.sequence_length:
-        cmd += ["--sequence-length", str(point.sequence_length)]
+    cmd += (["--async"] if point.async_mode else []) + _contents(point)
     if point.sequence_id_range:
-        lo, hi = point.sequence_id_range
-        cmd += ["--sequence-id-range", f"{lo}:{hi}"]
+        cmd += ["--sequence-id-range", "{}:{}".format(*point.sequence_id_range)]
     if point.shared_memory != "none":
         if not key:
             raise AnalyzerError("shared memory needs the server's admin key (the shared-memory API is restricted)")
@@ -198,36 +182,27 @@ BREAKDOWN = {
 }
 
 
+def _ms(row: dict, col: str) -> float | None:
+    return float(row[col]) / 1000.0 if row.get(col) not in (None, "") else None
+
+
 def parse_csv(path: Path) -> list[dict]:
     """Rows of a perf_analyzer `-f` CSV as {mode, x, throughput, p50_ms ... p99_ms, avg_ms, breakdown_us}."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     out = []
     for row in rows:
-        if "Concurrency" in row:
-            mode, x = "concurrency", float(row["Concurrency"])
-        elif "Request Rate" in row:
-            mode, x = "request_rate", float(row["Request Rate"])
-        else:
+        x = next((col for col in ("Concurrency", "Request Rate") if col in row), None)
+        if x is None:
             raise AnalyzerError(f"{path}: neither a Concurrency nor a Request Rate column: {list(row)}")
-
-        def ms(col: str, row=row) -> float | None:
-            value = row.get(col)
-            return float(value) / 1000.0 if value not in (None, "") else None
-
         out.append(
-            {
-                "mode": mode,
-                "x": x,
-                "throughput": float(row["Inferences/Second"]),
-                "p50_ms": ms("p50 latency"),
-                "p90_ms": ms("p90 latency"),
-                "p95_ms": ms("p95 latency"),
-                "p99_ms": ms("p99 latency"),
-                "avg_ms": ms("Avg latency"),
+            {"mode": x.lower().replace(" ", "_"), "x": float(row[x]), "throughput": float(row["Inferences/Second"])}
+            | {f"{p}_ms": _ms(row, f"{p} latency") for p in ("p50", "p90", "p95", "p99")}
+            | {"avg_ms": _ms(row, "Avg latency")}
+            | {
                 "breakdown_us": {
                     ours: float(row[col]) for col, ours in BREAKDOWN.items() if row.get(col) not in (None, "")
-                },
+                }
             }
         )
     return out
@@ -236,22 +211,19 @@ def parse_csv(path: Path) -> list[dict]:
 # ----------------------------------------------------------------------------------- stats
 
 
+STATS = {"cache_hits": ("cache_hit", "count"), "queue_ns": ("queue", "ns"), "compute_infer_ns": ("compute_infer", "ns")}
+STATS["success_count"] = ("success", "count")
+
+
 def model_stats(http_url: str, model: str) -> dict[str, int]:
     """Cumulative counters of one model from Triton's statistics extension."""
     import urllib.request
 
     with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as r:
-        body = json.load(r)
-    s = body["model_stats"][0]
+        s = json.load(r)["model_stats"][0]
     inf = s.get("inference_stats", {})
-    return {
-        "inference_count": int(s.get("inference_count", 0)),
-        "execution_count": int(s.get("execution_count", 0)),
-        "cache_hits": int(inf.get("cache_hit", {}).get("count", 0)),
-        "queue_ns": int(inf.get("queue", {}).get("ns", 0)),
-        "compute_infer_ns": int(inf.get("compute_infer", {}).get("ns", 0)),
-        "success_count": int(inf.get("success", {}).get("count", 0)),
-    }
+    out = {k: int(s.get(k, 0)) for k in ("inference_count", "execution_count")}
+    return out | {name: int(inf.get(stat, {}).get(unit, 0)) for name, (stat, unit) in STATS.items()}
 
 
 def stats_delta(before: dict, after: dict) -> dict:
@@ -267,23 +239,8 @@ def stats_delta(before: dict, after: dict) -> dict:
 def warmup(point: Point, urls: dict[str, str], requests: int = 64) -> None:
     """Unrecorded requests before a model's first point: the first executions of a freshly loaded model
     (ONNX Runtime allocations, python backend start-up) are slow and would land in the first window."""
-    cmd = [
-        str(binary()),
-        "-m",
-        point.model,
-        "-u",
-        urls[point.protocol],
-        "-i",
-        point.protocol,
-        "--concurrency-range",
-        "1",
-        "--request-count",
-        str(requests),
-    ]
-    if point.input_data:
-        cmd += ["--input-data", str(point.input_data)]
-    if point.sequence_length:
-        cmd += ["--sequence-length", str(point.sequence_length)]
+    cmd = f"-m {point.model} -u {urls[point.protocol]} -i {point.protocol} --concurrency-range 1 --request-count"
+    cmd = [str(binary()), *cmd.split(), str(requests), *_contents(point)]
     try:
         proc = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
@@ -319,7 +276,7 @@ def run_point(
         (replace(point, measurement=replace(m, interval_ms=3 * m.interval_ms)), 1000),
     )
     for attempt, (p, stability) in enumerate(attempts):
-        cmd = command(p, url, csv_path, key, stability)
+        cmd = [str(binary()), *command(p, url, csv_path, key, stability)]
         csv_path.unlink(missing_ok=True)
         try:
             proc = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=limit)

@@ -23,6 +23,7 @@ import numpy as np
 from models import spec
 
 log = logging.getLogger(__name__)
+FILES = {"fp32": spec.ONNX_FP32, "int8": spec.ONNX_INT8}
 
 
 @dataclass
@@ -49,6 +50,12 @@ def batches_of(rows: dict[str, np.ndarray], batch: int, limit: int = 64) -> list
     return out
 
 
+def _timing(what: str, batch: int, lat_s: list[float], total_s: float, threads: int) -> Timing:
+    ms = np.asarray(lat_s) * 1e3
+    p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+    return Timing(what, batch, len(lat_s), round(total_s, 3), len(lat_s) * batch / total_s, p50, p99, threads)
+
+
 def time_calls(
     what: str, fn: Callable[[dict], object], feeds: list[dict], seconds: float, threads: int, warmup: int = 3
 ) -> Timing:
@@ -56,30 +63,16 @@ def time_calls(
         fn(feeds[i % len(feeds)])
     lat = []
     start = time.perf_counter()
-    i = 0
     while True:
         t0 = time.perf_counter()
-        fn(feeds[i % len(feeds)])
+        fn(feeds[len(lat) % len(feeds)])
         t1 = time.perf_counter()
         lat.append(t1 - t0)
-        i += 1
-        if t1 - start >= seconds and i >= 5:
+        if t1 - start >= seconds and len(lat) >= 5:
             break
-    total = time.perf_counter() - start
-    batch = len(next(iter(feeds[0].values())))
-    ms = np.asarray(lat) * 1e3
-    t = Timing(
-        what,
-        batch,
-        len(lat),
-        round(total, 3),
-        len(lat) * batch / total,
-        float(np.percentile(ms, 50)),
-        float(np.percentile(ms, 99)),
-        threads,
-    )
+    t = _timing(what, len(next(iter(feeds[0].values()))), lat, time.perf_counter() - start, threads)
     log.info(
-        "%-28s batch %4d: %9.1f items/s  p50 %7.2f ms  p99 %7.2f ms", what, batch, t.throughput, t.p50_ms, t.p99_ms
+        "%-28s batch %4d: %9.1f items/s  p50 %7.2f ms  p99 %7.2f ms", what, t.batch, t.throughput, t.p50_ms, t.p99_ms
     )
     return t
 
@@ -101,7 +94,8 @@ def eager(name: str, artifacts: Path, rows: dict[str, np.ndarray], seconds: floa
     return time_calls(f"{name} pytorch-eager", call, feeds, seconds, torch.get_num_threads())
 
 
-def ort_session(path: Path, threads: int):
+def ort_session(path: Path, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session with the serving backend's options (`profile_prefix`: ORT's profiler on)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -109,6 +103,8 @@ def ort_session(path: Path, threads: int):
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -116,8 +112,7 @@ def ort(
     name: str, repo: Path, precision: str, rows: dict[str, np.ndarray], batch: int, seconds: float, threads: int
 ) -> Timing:
     """ONNX Runtime in this process at a fixed batch, the serving backend's session options."""
-    filename = {"fp32": spec.ONNX_FP32, "int8": spec.ONNX_INT8}[precision]
-    sess = ort_session(spec.version_dir(name, repo) / filename, threads)
+    sess = ort_session(spec.version_dir(name, repo) / FILES[precision], threads)
     outputs = [t.name for t in spec.MODELS[name].outputs]
     feeds = batches_of(rows, batch)
     return time_calls(f"{name} ort-{precision}", lambda f: sess.run(outputs, f), feeds, seconds, threads)
@@ -143,20 +138,9 @@ def op_profile(
     import os
     import tempfile
 
-    import onnxruntime as ort
-
-    filename = {"fp32": spec.ONNX_FP32, "int8": spec.ONNX_INT8}[precision]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    path = spec.version_dir(name, repo) / FILES[precision]
     with tempfile.TemporaryDirectory(prefix="perf-ort-profile-") as tmp:
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tmp, "ort")
-        sess = ort.InferenceSession(
-            str(spec.version_dir(name, repo) / filename), options, providers=["CPUExecutionProvider"]
-        )
+        sess = ort_session(path, threads, profile_prefix=os.path.join(tmp, "ort"))
         outputs = [t.name for t in spec.MODELS[name].outputs]
         feeds = batches_of(rows, batch, limit=runs)
         for i in range(runs):
@@ -174,10 +158,7 @@ def op_profile(
 def paired(name: str, repo: Path, rows: dict[str, np.ndarray], batch: int, seconds: float, threads: int) -> dict:
     """FP32 and INT8 ONNX Runtime sessions called alternately on the same inputs, so that both see the same
     load from other work on the shared cores: {"fp32": Timing, "int8": Timing} as dicts."""
-    sessions = {
-        p: ort_session(spec.version_dir(name, repo) / f, threads)
-        for p, f in (("fp32", spec.ONNX_FP32), ("int8", spec.ONNX_INT8))
-    }
+    sessions = {p: ort_session(spec.version_dir(name, repo) / f, threads) for p, f in FILES.items()}
     outputs = [t.name for t in spec.MODELS[name].outputs]
     feeds = batches_of(rows, batch)
     for sess in sessions.values():
@@ -187,32 +168,20 @@ def paired(name: str, repo: Path, rows: dict[str, np.ndarray], batch: int, secon
     start = time.perf_counter()
     i = 0
     while time.perf_counter() - start < seconds or i < 5:
-        order = list(sessions) if i % 2 == 0 else list(reversed(sessions))
-        for p in order:
+        for p in list(sessions) if i % 2 == 0 else list(reversed(sessions)):
             t0 = time.perf_counter()
             sessions[p].run(outputs, feeds[i % len(feeds)])
             lat[p].append(time.perf_counter() - t0)
         i += 1
-    out = {}
-    for p, values in lat.items():
-        ms = np.asarray(values) * 1e3
-        out[p] = Timing(
-            f"{name} ort-{p} (paired)",
-            batch,
-            len(values),
-            round(float(ms.sum()) / 1e3, 3),
-            len(values) * batch / (float(ms.sum()) / 1e3),
-            float(np.percentile(ms, 50)),
-            float(np.percentile(ms, 99)),
-            threads,
-        ).as_dict()
+    out = {p: _timing(f"{name} ort-{p} (paired)", batch, v, float(sum(v)), threads).as_dict() for p, v in lat.items()}
+    i8, f32 = out["int8"]["p50_ms"], out["fp32"]["p50_ms"]
     log.info(
         "%-28s batch %4d: INT8 / FP32 p50 = %.2f (%.3f / %.3f ms, %d pairs)",
         f"{name} paired",
         batch,
-        out["int8"]["p50_ms"] / out["fp32"]["p50_ms"],
-        out["int8"]["p50_ms"],
-        out["fp32"]["p50_ms"],
+        i8 / f32,
+        i8,
+        f32,
         i,
     )
     return out

@@ -11,14 +11,14 @@ from pathlib import Path
 PACKAGES = ("tritonclient", "nvidia-pytriton", "onnxruntime", "torch", "numpy", "nvidia-cuda-runtime-cu12")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _mem_gib() -> float | None:
@@ -41,7 +41,7 @@ def loadavg() -> list[float] | None:
 def machine() -> dict:
     return {
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "memory_gib": _mem_gib(),
         "kernel": platform.release(),
         "loadavg": loadavg(),

@@ -49,15 +49,15 @@ def compare(baseline: dict, ratios: dict[str, float], tolerance: float | None = 
     rows = []
     for name, base in baseline["ratios"].items():
         tol = float(per.get(name, default))
-        floor = base * (1.0 - tol)
-        value = ratios.get(name)
-        if value is None:
-            rows.append(
-                {"name": name, "baseline": base, "value": None, "floor": floor, "ok": False, "why": "not measured"}
-            )
-            continue
-        ok = value >= floor
-        why = "" if ok else f"fell {100 * (1 - value / base):.0f} % (tolerance {100 * tol:.0f} %)"
+        floor, value = base * (1.0 - tol), ratios.get(name)
+        ok = value is not None and value >= floor
+        why = (
+            "not measured"
+            if value is None
+            else ""
+            if ok
+            else f"fell {100 * (1 - value / base):.0f} % (tolerance {100 * tol:.0f} %)"
+        )
         rows.append({"name": name, "baseline": base, "value": value, "floor": floor, "ok": ok, "why": why})
     return rows
 

@@ -2,19 +2,13 @@
 
     python -m perf.gpu_probe --device cuda --out perf/results/gpu_probe.json      # on a GPU machine
     python -m perf.gpu_probe --device cpu --reduced --out /tmp/probe.json         # a few seconds, here
-    python -m perf.gpu_probe --report perf/results/gpu_probe.json [--serving S.json]  # markdown section
 
-For each model (nhits, reservoir, forecast_blend, similarity, user_embedding, and the two ensembles
-composed in one process) and batch (1, 8, 64, 256; nhits also 128 and 1,000 assets) it times
-PyTorch eager FP32, FP16 / BF16 autocast, FP16 / BF16 weights, CUDA-graph replay and torch.compile.
-Latency is per call with the device synchronised after each (CUDA events on GPU, perf_counter on
-CPU): median, p95, p99. Throughput is items/s of back-to-back calls synchronised once. Every variant
-is checked against a float64 CPU reference on fresh inputs (relative error; top-k id agreement),
-and every model is set against its floor: max(minimum bytes / measured copy bandwidth, FLOPs /
-measured matmul rate), both ceilings measured on the same device first (the floor ignores serial
-dependencies, which matter for the reservoir's 168 steps). Output: JSON matching
-perf.gpu.schema.PROBE_SCHEMA, and a table on stdout. `--reduced` keeps the schema and shrinks
-everything (batches 1 and 8, an 8,192-row catalog, few iterations) so CI runs it on CPU.
+Every model and both ensembles (composed in one process) at batch 1, 8, 64, 256 (nhits also 128 and
+1,000 assets) as PyTorch eager FP32, FP16 / BF16 autocast, FP16 / BF16 weights, CUDA-graph replay and
+torch.compile; each checked against a float64 CPU reference and set against its floor from the copy
+bandwidth and matmul rate measured first (docs/GPU.md, "What the numbers mean"). Output: JSON matching
+perf.gpu.schema.PROBE_SCHEMA (perf.gpu.report renders it); one log line per row. `--reduced` keeps the
+schema and shrinks everything (batches 1 and 8, small stand-ins, few iterations) so CI runs it on CPU.
 """
 
 from __future__ import annotations
@@ -43,6 +37,7 @@ from torch import nn
 from models import spec
 from models.reservoir import Reservoir
 from models.similarity import Similarity
+from perf import environment
 from perf.gpu import schema, weights
 
 log = logging.getLogger("perf.gpu_probe")
@@ -52,16 +47,9 @@ MODELS = ("nhits", "reservoir", "similarity", "user_embedding", "forecast_blend"
 BATCHES = (1, 8, 64, 256)
 EXTRA_BATCHES = {"nhits": (128, 1000)}  # the seed's batch-128 claim and its 1,000-asset claim
 MAX_BATCH = {"forecast": 256, "recommend": 256} | {m.name: m.max_batch_size for m in spec.MODELS.values()}
-VARIANTS = (
-    "eager/fp32",
-    "eager/amp_fp16",
-    "eager/amp_bf16",
-    "eager/fp16w",
-    "eager/bf16w",
-    "graph/fp32",
-    "graph/amp_fp16",
-    "graph/fp16w",
-    "compile/fp32",
+VARIANTS = tuple(
+    "eager/fp32 eager/amp_fp16 eager/amp_bf16 eager/fp16w eager/bf16w graph/fp32 graph/amp_fp16 graph/fp16w "
+    "compile/fp32".split()
 )
 REDUCED_CPU_VARIANTS = ("eager/fp32", "eager/amp_bf16")  # fp16 matmuls have no fast CPU path
 TOPK_MODELS = ("similarity", "recommend")
@@ -262,23 +250,9 @@ def floor(bytes_: float, flops: float, precision: str, ceilings: dict, median_ms
 
 def row(model: str, batch: int, variant: str, timer: str, status: str = "ok", reason: str | None = None) -> dict:
     mode, precision = variant.split("/")
-    return {
-        "model": model,
-        "batch": batch,
-        "variant": variant,
-        "mode": mode,
-        "precision": precision,
-        "status": status,
-        "reason": reason,
-        "timer": timer,
-        "iters": 0,
-        "latency_ms": None,
-        "throughput_per_s": None,
-        "rel_err": None,
-        "topk_agreement": None,
-        "floor": None,
-        "compile_s": None,
-    }
+    out = {"model": model, "batch": batch, "variant": variant, "mode": mode, "precision": precision}
+    out |= {"status": status, "reason": reason, "timer": timer, "iters": 0}
+    return out | dict.fromkeys(("latency_ms", "throughput_per_s", "rel_err", "topk_agreement", "floor", "compile_s"))
 
 
 def first_line(exc: BaseException) -> str:
@@ -341,7 +315,7 @@ class Probe:
         for model in args.models:
             reference = copy.deepcopy(self.modules[model]).to("cpu").double()
             for batch in self.batches(model):
-                sets = weights.inputs(model, batch, prof.n_sets, prof.n_items, prof.n_users)
+                sets = weights.inputs(model, batch, prof.n_sets, prof.n_users)
                 with torch.inference_mode():
                     ref = reference(
                         *(
@@ -477,34 +451,22 @@ class Probe:
         return fn, out, compile_s
 
     def log_row(self, r: dict) -> None:
-        if r["status"] == "ok":
-            lat = r["latency_ms"]
-            log.info(
-                "%-15s b=%-4d %-15s median %.4f ms  p99 %.4f ms  %.0f/s  err %.1e",
-                r["model"],
-                r["batch"],
-                r["variant"],
-                lat["median"],
-                lat["p99"],
-                r["throughput_per_s"],
-                r["rel_err"],
-            )
-        else:
-            log.info("%-15s b=%-4d %-15s %s: %s", r["model"], r["batch"], r["variant"], r["status"], r["reason"])
+        where = f"{r['model']:<15} b={r['batch']:<4d} {r['variant']:<15}"
+        if r["status"] != "ok":
+            log.info("%s %s: %s", where, r["status"], r["reason"])
+            return
+        lat, agree, fraction = r["latency_ms"], r["topk_agreement"], (r["floor"] or {}).get("fraction")
+        log.info(
+            "%s median %.4f ms  p99 %.4f ms  %.0f/s  err %.1e  top-k %s  floor %s",
+            *(where, lat["median"], lat["p99"], r["throughput_per_s"], r["rel_err"]),
+            *("-" if v is None else f"{v:.3f}" for v in (agree, fraction)),
+        )
 
 
 # ------------------------------------------------------------------------------ machine facts
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = None
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
@@ -535,7 +497,7 @@ def machine(device: torch.device) -> dict:
     return {
         "device": device.type,
         "hostname": socket.gethostname(),
-        "cpu": cpu,
+        "cpu": environment.cpu_model(),
         "cpu_count": os.cpu_count() or 1,
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
@@ -560,35 +522,6 @@ def versions() -> dict:
 
 
 # ------------------------------------------------------------------------------ output
-
-
-def print_table(doc: dict) -> None:
-    where = (doc["machine"]["gpu"] or {}).get("name", doc["machine"]["cpu"])
-    print(f"\nGPU probe on {doc['machine']['device']} ({where})")
-    c = doc["ceilings"]
-    tf = c["matmul_tflops"]
-    print(
-        f"ceilings: copy {c['copy_gbps']:.1f} GB/s; matmul {c['matmul_size']}^3 fp32 {tf['fp32']:.2f} / "
-        f"fp16 {tf['fp16']:.2f} / bf16 {tf['bf16']:.2f} TFLOP/s"
-    )
-    print(
-        f"{'model':<15} {'batch':>5} {'variant':<15} {'median ms':>10} {'p99 ms':>10} {'items/s':>12} "
-        f"{'rel err':>9} {'top-k':>6} {'floor':>7}"
-    )
-    for r in doc["results"]:
-        if r["status"] != "ok":
-            if r["status"] == "failed":
-                print(f"{r['model']:<15} {r['batch']:>5} {r['variant']:<15} failed: {r['reason'][:60]}")
-            continue
-        lat = r["latency_ms"]
-        agree = f"{r['topk_agreement']:.3f}" if r["topk_agreement"] is not None else "-"
-        frac = f"{r['floor']['fraction']:.3f}" if r["floor"] and r["floor"]["fraction"] is not None else "-"
-        print(
-            f"{r['model']:<15} {r['batch']:>5} {r['variant']:<15} {lat['median']:>10.4f} {lat['p99']:>10.4f} "
-            f"{r['throughput_per_s']:>12.1f} {r['rel_err']:>9.1e} {agree:>6} {frac:>7}"
-        )
-    skipped = sum(r["status"] == "skipped" for r in doc["results"])
-    print(f"{len(doc['results'])} rows ({skipped} skipped); {doc['seconds']:.1f} s")
 
 
 def _csv(kind):
@@ -619,14 +552,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile-batches", type=_csv(int), default=[1, 64])
     p.add_argument("--compile-budget-s", type=float, default=150.0, help="stop compiling after this many seconds")
     p.add_argument("--deadline-s", type=float, default=480.0, help="skip what is left after this many seconds")
-    p.add_argument("--report", type=Path, metavar="PROBE_JSON", help="print the markdown section for a probe JSON")
-    p.add_argument("--serving", type=Path, metavar="SERVING_JSON", help="with --report: Triton-on-GPU results")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    if args.report is not None:
-        if not args.report.is_file():
-            p.error(f"{args.report} does not exist")
-        return args
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("CUDA is not available to this torch: use --device cpu --reduced here, --device cuda on a GPU machine")
     unknown = [m for m in args.models if m not in MODELS]
@@ -653,7 +580,12 @@ def run_probe(args: argparse.Namespace) -> dict:
     prof = REDUCED if args.reduced else FULL
     probe = Probe(args, prof, device)
     log.info("measuring ceilings on %s", device)
-    probe.ceilings = measure_ceilings(device, prof)
+    probe.ceilings = c = measure_ceilings(device, prof)
+    tf = c["matmul_tflops"]
+    log.info(
+        "ceilings: copy %.1f GB/s; matmul %d^3 fp32 %.2f / fp16 %.2f / bf16 %.2f TFLOP/s",
+        *(c["copy_gbps"], c["matmul_size"], tf["fp32"], tf["fp16"], tf["bf16"]),
+    )
     results = probe.run()
     doc = {
         "schema_version": schema.SCHEMA_VERSION,
@@ -699,21 +631,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.report is not None:
-        from perf.gpu import report
-
-        print(
-            report.render(
-                json.loads(args.report.read_text()), json.loads(args.serving.read_text()) if args.serving else None
-            ),
-            end="",
-        )
-        return 0
     doc = run_probe(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print_table(doc)
-    print(f"wrote {args.out}")
+    skipped = sum(r["status"] == "skipped" for r in doc["results"])
+    print(f"{len(doc['results'])} rows ({skipped} skipped) in {doc['seconds']:.1f} s; wrote {args.out}")
     failed = [r for r in doc["results"] if r["status"] == "failed" and r["mode"] == "eager"]
     return 1 if failed else 0
 

@@ -84,15 +84,22 @@ def streams_for(artifacts: Path, streams: int, length: int) -> np.ndarray:
 
 def write(kind: str, artifacts: Path, repo: Path, out: Path, n: int = 512, length: int = spec.INPUT_SIZE) -> Path:
     """Write one --input-data file; `n` entries (or `n` streams of `length` ticks for tick_streams)."""
+    log.info("input data %s: %s x %d -> %s", kind, "streams" if kind == "tick_streams" else "entries", n, out)
     if kind == "tick_streams":
         ticks = streams_for(artifacts, n, length)
-        body = {"data": [[{"tick": {"content": _floats(v), "shape": [1]}} for v in s] for s in ticks]}
-    else:
-        arrays = arrays_for(kind, artifacts, repo, n)
-        body = {"data": [_entry(arrays, i) for i in range(n)]}
+        return _dump({"data": [[{"tick": {"content": _floats(v), "shape": [1]}} for v in s] for s in ticks]}, out)
+    return write_arrays(arrays_for(kind, artifacts, repo, n), out)
+
+
+def write_arrays(arrays: dict[str, np.ndarray], out: Path) -> Path:
+    """An --input-data file with one request per row of `arrays` ({tensor: (n, ...)})."""
+    n = len(next(iter(arrays.values())))
+    return _dump({"data": [_entry(arrays, i) for i in range(n)]}, out)
+
+
+def _dump(body: dict, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(body, separators=(",", ":")))
-    log.info("input data %s: %s x %d -> %s", kind, "streams" if kind == "tick_streams" else "entries", n, out)
     return out
 
 

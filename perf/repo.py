@@ -88,28 +88,21 @@ def batching_off(name: str, cfg: mc.ModelConfig) -> None:
     cfg.ClearField("dynamic_batching")
 
 
-def set_parameter(cfg: mc.ModelConfig, key: str, value: str) -> None:
-    cfg.parameters[key].string_value = value
-
-
 # ----------------------------------------------------------------------------------- servers
 
 
+def _ready(server: TritonServer, model: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{model}/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def wait_models(server: TritonServer, models: Iterable[str], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(models)
-    while pending and time.monotonic() < deadline:
-        still = []
-        for m in pending:
-            try:
-                with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{m}/ready", timeout=2) as r:
-                    if r.status != 200:
-                        still.append(m)
-            except OSError:
-                still.append(m)
-        pending = still
-        if pending:
-            time.sleep(0.5)
+    deadline, pending = time.monotonic() + timeout, list(models)
+    while (pending := [m for m in pending if not _ready(server, m)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
     if pending:
         raise ServerError(f"models not ready after {timeout:.0f} s: {pending}\n{server.tail()}")
 
@@ -124,14 +117,8 @@ def serve(
     server then exits, and it is started again on new ports."""
     last: Exception | None = None
     for _ in range(tries):
-        server = TritonServer(
-            repo,
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            run_dir=run_dir,
-            config_name=config,
-        )
+        ports = {f"{k}_port": free_port() for k in ("http", "grpc", "metrics")}
+        server = TritonServer(repo, **ports, run_dir=run_dir, config_name=config)
         try:
             server.start(timeout)
             time.sleep(0.5)

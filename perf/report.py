@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from models import spec  # noqa: E402
 from perf import analysis  # noqa: E402
+from perf.tables import num, table, times  # noqa: E402
 
 log = logging.getLogger("perf.report")
 
@@ -31,177 +32,192 @@ DEFAULT_OUT = spec.ROOT / "perf"
 STATE = {True: "**met**", False: "**missed**", None: "n/a"}
 
 
-def _f(v, digits: int = 1, unit: str = "") -> str:
-    if v is None:
-        return "–"
-    return f"{v:,.{digits}f}{unit}"
-
-
-def _x(v) -> str:
-    return "–" if v is None else f"{v:.2f}x"
-
-
 # ----------------------------------------------------------------------------------- figures
 
 
-def _plain_log_axes(ax, x: bool = True, y: bool = True) -> None:
-    fmt = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
-    for on, axis in ((x, ax.xaxis), (y, ax.yaxis)):
-        if on:
-            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            axis.set_major_formatter(fmt)
-            axis.set_minor_formatter(NullFormatter())
-
-
-def plot_model(name: str, m: dict, budget_ms: float, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(10, 5))
-    sweep = m["sweep"]
-    tp = [f["throughput"] for f in sweep]
-    ax.plot(tp, [f["p99_ms"] for f in sweep], "o-", color="C0", label="Triton gRPC p99 (concurrency sweep)")
-    ax.plot(tp, [f["p50_ms"] for f in sweep], "o--", color="C0", alpha=0.5, label="Triton gRPC p50")
-    for f in sweep:
-        ax.annotate(
-            f"c{f['concurrency']}",
-            (f["throughput"], f["p99_ms"]),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=8,
-        )
-    if m.get("http"):
-        ax.plot(
-            [f["throughput"] for f in m["http"]], [f["p99_ms"] for f in m["http"]], "s", color="C2", label="HTTP p99"
-        )
-    if m.get("batching_off"):
-        off = m["batching_off"]
-        ax.plot(
-            [f["throughput"] for f in off],
-            [f["p99_ms"] for f in off],
-            "x",
-            ms=9,
-            mew=2,
-            color="C3",
-            label="dynamic batching off, p99",
-        )
-        for f in off:
-            ax.annotate(
-                f"c{f['concurrency']} off",
-                (f["throughput"], f["p99_ms"]),
-                textcoords="offset points",
-                xytext=(4, -10),
-                fontsize=8,
-                color="C3",
-            )
-    if m.get("rate"):
-        ax.plot(
-            [f["throughput"] for f in m["rate"]],
-            [f["p99_ms"] for f in m["rate"]],
-            "^",
-            color="C4",
-            label="request-rate (Poisson) p99",
-        )
-    if m.get("chosen"):
-        c = m["chosen"]
-        ax.plot(
-            [c["throughput"]], [c["p99_ms"]], "*", ms=16, color="gold", mec="k", label=f"chosen: c{c['concurrency']}"
-        )
-    if m.get("knee"):
-        k = m["knee"]
-        ax.plot([k["throughput"]], [k["p99_ms"]], "D", ms=8, mfc="none", mec="k", label=f"knee: c{k['concurrency']}")
-    ax.axhline(budget_ms, color="grey", ls=":", lw=1, label=f"p99 budget {budget_ms:g} ms")
-    marks = []
-    if m.get("eager"):
-        marks.append((m["eager"]["throughput"], "PyTorch eager b1", "C1", "-"))
-    ort = m.get("ort", {})
-    if ort.get("fp32", {}).get("1"):
-        marks.append((ort["fp32"]["1"]["throughput"], "ORT FP32 b1 in-process", "C5", "--"))
-    b = str(m.get("served_batch"))
-    if b != "1" and ort.get("fp32", {}).get(b):
-        marks.append((ort["fp32"][b]["throughput"], f"ORT FP32 b{b} in-process", "C6", "--"))
-    if ort.get("int8", {}).get(b):
-        marks.append((ort["int8"][b]["throughput"], f"ORT INT8 b{b} in-process", "C7", "-."))
-    for x, label, color, ls in marks:
-        ax.axvline(x, color=color, ls=ls, lw=1.2, label=f"{label}: {x:,.0f}/s")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    _plain_log_axes(ax)
-    ax.set_xlabel("throughput (inferences/s)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title(f"{name}: latency vs throughput (in-process baselines as vertical lines)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+def figure(path: Path, draw, figsize: tuple[float, float], ncols: int = 1) -> Path:
+    """The one figure helper: draw(axes) on a new figure, plain numbers on log axes, saved as PNG."""
+    fig, axes = plt.subplots(1, ncols, figsize=figsize)
+    draw(axes)
+    for ax in axes if ncols > 1 else (axes,):
+        fmt = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(fmt)
+                axis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _xy(pts: list[dict], y: str = "p99_ms") -> tuple[list, list]:
+    return [f["throughput"] for f in pts], [f[y] for f in pts]
+
+
+def _annotate(ax, pts: list[dict], suffix: str = "", dy: int = 4, **kw) -> None:
+    for f in pts:
+        xy = (f["throughput"], f["p99_ms"])
+        ax.annotate(f"c{f['concurrency']}{suffix}", xy, textcoords="offset points", xytext=(4, dy), fontsize=8, **kw)
+
+
+def plot_model(name: str, m: dict, budget_ms: float, path: Path) -> Path:
+    def draw(ax) -> None:
+        ax.plot(*_xy(m["sweep"]), "o-", color="C0", label="Triton gRPC p99 (concurrency sweep)")
+        ax.plot(*_xy(m["sweep"], "p50_ms"), "o--", color="C0", alpha=0.5, label="Triton gRPC p50")
+        _annotate(ax, m["sweep"])
+        for run, fmt, style in (
+            ("http", "s", {"color": "C2", "label": "HTTP p99"}),
+            ("batching_off", "x", {"ms": 9, "mew": 2, "color": "C3", "label": "dynamic batching off, p99"}),
+            ("rate", "^", {"color": "C4", "label": "request-rate (Poisson) p99"}),
+        ):
+            if m.get(run):
+                ax.plot(*_xy(m[run]), fmt, **style)
+                if run == "batching_off":
+                    _annotate(ax, m[run], " off", -10, color="C3")
+        if c := m.get("chosen"):
+            label = f"chosen: c{c['concurrency']}"
+            ax.plot([c["throughput"]], [c["p99_ms"]], "*", ms=16, color="gold", mec="k", label=label)
+        if k := m.get("knee"):
+            ax.plot(
+                [k["throughput"]], [k["p99_ms"]], "D", ms=8, mfc="none", mec="k", label=f"knee: c{k['concurrency']}"
+            )
+        ax.axhline(budget_ms, color="grey", ls=":", lw=1, label=f"p99 budget {budget_ms:g} ms")
+        ort, b = m.get("ort", {}), str(m.get("served_batch"))
+        marks = [(m["eager"], "PyTorch eager b1", "C1", "-")] if m.get("eager") else []
+        marks += [(ort.get("fp32", {}).get("1"), "ORT FP32 b1 in-process", "C5", "--")]
+        marks += [(b != "1" and ort.get("fp32", {}).get(b), f"ORT FP32 b{b} in-process", "C6", "--")]
+        marks += [(ort.get("int8", {}).get(b), f"ORT INT8 b{b} in-process", "C7", "-.")]
+        for t, label, color, ls in (mark for mark in marks if mark[0]):
+            ax.axvline(t["throughput"], color=color, ls=ls, lw=1.2, label=f"{label}: {t['throughput']:,.0f}/s")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("throughput (inferences/s)")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(f"{name}: latency vs throughput (in-process baselines as vertical lines)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+    return figure(path, draw, (10, 5))
 
 
 def plot_stream(stream: dict, path: Path) -> Path:
     pts = stream["points"]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.8))
     xs = range(len(pts))
-    labels = [f"{p['concurrency']} clients" for p in pts]
-    a.bar([x - 0.2 for x in xs], [p["stream_ticks_per_s"] for p in pts], 0.4, label="reservoir_stream (ticks/s)")
-    a.bar([x + 0.2 for x in xs], [p["window_per_s"] for p in pts], 0.4, label="reservoir windowed (forecasts/s)")
-    a.set_xticks(list(xs), labels)
-    a.set_yscale("log")
-    _plain_log_axes(a, x=False)
-    a.set_ylabel("answers per second")
-    a.legend(fontsize=7)
-    a.set_title("throughput per tick")
-    b.bar([x - 0.2 for x in xs], [p["stream_p99_ms"] for p in pts], 0.4, label="stream p99")
-    b.bar([x + 0.2 for x in xs], [p["window_p99_ms"] for p in pts], 0.4, label="windowed p99")
-    b.set_xticks(list(xs), labels)
-    b.set_yscale("log")
-    _plain_log_axes(b, x=False)
-    b.set_ylabel("p99 latency per tick (ms)")
-    b.legend(fontsize=7)
-    b.set_title("p99 per tick")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+
+    def draw(axes) -> None:
+        for ax, (stream_key, window_key, labels, ylabel, title) in zip(
+            axes,
+            (
+                (
+                    "stream_ticks_per_s",
+                    "window_per_s",
+                    ("reservoir_stream (ticks/s)", "reservoir windowed (forecasts/s)"),
+                    "answers per second",
+                    "throughput per tick",
+                ),
+                (
+                    "stream_p99_ms",
+                    "window_p99_ms",
+                    ("stream p99", "windowed p99"),
+                    "p99 latency per tick (ms)",
+                    "p99 per tick",
+                ),
+            ),
+            strict=True,
+        ):
+            ax.bar([x - 0.2 for x in xs], [p[stream_key] for p in pts], 0.4, label=labels[0])
+            ax.bar([x + 0.2 for x in xs], [p[window_key] for p in pts], 0.4, label=labels[1])
+            ax.set_xticks(list(xs), [f"{p['concurrency']} clients" for p in pts])
+            ax.set_yscale("log")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=7)
+            ax.set_title(title)
+
+    return figure(path, draw, (9, 3.8), ncols=2)
 
 
 def plot_goals(goals: list[dict], path: Path) -> Path:
     rows = [g for g in goals if g["value"] is not None]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(rows), 2) + 1))
-    for i, g in enumerate(rows):
-        target = g["threshold"]
-        norm = target / max(g["value"], 1e-9) if g["lower_is_better"] else g["value"] / target  # >= 1: meets it
-        color = {True: "C2", False: "C3", None: "0.6"}[g["met"]]
-        ax.barh(i, norm, color=color)
-        ax.text(norm, i, f" {g['value']:.2f} (goal {g['target'].split(' at ')[0]})", va="center", fontsize=7)
-    ax.axvline(1.0, color="k", lw=1)
-    ax.set_yticks(range(len(rows)), [f"{g['model']}: {g['goal']}" for g in rows], fontsize=7)
-    ax.set_xscale("log")
-    _plain_log_axes(ax, y=False)
-    ax.set_xlabel("measured / goal (>= 1 meets it; grey: goal not applicable)")
-    ax.set_title("goals on this cpu target")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+
+    def draw(ax) -> None:
+        for i, g in enumerate(rows):
+            target = g["threshold"]
+            norm = target / max(g["value"], 1e-9) if g["lower_is_better"] else g["value"] / target  # >= 1: meets it
+            ax.barh(i, norm, color={True: "C2", False: "C3", None: "0.6"}[g["met"]])
+            ax.text(norm, i, f" {g['value']:.2f} (goal {g['target'].split(' at ')[0]})", va="center", fontsize=7)
+        ax.axvline(1.0, color="k", lw=1)
+        ax.set_yticks(range(len(rows)), [f"{g['model']}: {g['goal']}" for g in rows], fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("measured / goal (>= 1 meets it; grey: goal not applicable)")
+        ax.set_title("goals on this cpu target")
+
+    return figure(path, draw, (8, 0.45 * max(len(rows), 2) + 1))
 
 
 # ----------------------------------------------------------------------------------- markdown
 
 
-def _point_table(pts: list[dict], x: str = "concurrency") -> list[str]:
-    head = (
-        f"| {x} | batch | infer/s | p50 ms | p99 ms | avg server batch | queue ms | compute ms | "
-        "network+send/recv ms | stable | load (1 min) |"
-    )
-    out = [head, "|" + "---|" * 11]
+def lat(f: dict, a: str = "p50_ms", b: str = "p99_ms") -> str:
+    """A point's two latencies as "p50 / p99" (ms, 2 decimals)."""
+    return f"{num(f[a], 2)} / {num(f[b], 2)}"
+
+
+def point_table(pts: list[dict], x: str = "concurrency") -> list[str]:
+    head = [x, "batch", "infer/s", "p50 ms", "p99 ms", "avg server batch", "queue ms", "compute ms"]
+    rows = []
     for f in pts:
-        b = f["breakdown_us"]
-        comp = (b.get("compute_input", 0) + b.get("compute_infer", 0) + b.get("compute_output", 0)) / 1000
-        xv = f["concurrency"] if x == "concurrency" else f["request_rate"]
-        out.append(
-            f"| {xv} | {f['batch_size']} | {_f(f['throughput'])} | {_f(f['p50_ms'], 2)} | {_f(f['p99_ms'], 2)} | "
-            f"{_f(f['avg_batch'])} | {_f(b.get('queue', 0) / 1000, 2)} | {_f(comp, 2)} | {_f(b.get('network', 0) / 1000, 2)} | "
-            f"{'yes' if f['stable'] else 'no'} | {_f(f.get('load'))} |"
+        b, y = f["breakdown_us"], f["concurrency"] if x == "concurrency" else f["request_rate"]
+        rows.append([y, f["batch_size"], num(f["throughput"]), num(f["p50_ms"], 2), num(f["p99_ms"], 2)])
+        rows[-1] += [num(f["avg_batch"]), num(b.get("queue", 0) / 1000, 2), num(analysis.compute_us(b) / 1000, 2)]
+        rows[-1] += [num(b.get("network", 0) / 1000, 2), "yes" if f["stable"] else "no", num(f.get("load"))]
+    return table([*head, "network+send/recv ms", "stable", "load (1 min)"], rows)
+
+
+def _figures(m: dict, budget: float) -> list[tuple[str, str]]:
+    """The (figure, value) rows of a model's section."""
+    c1, knee, peak, ch = m.get("c1"), m.get("knee"), m.get("peak"), m.get("chosen")
+    rows: list[tuple[str, str]] = []
+    add = rows.append
+    if c1:
+        add(("concurrency 1: p50 / p99", f"{lat(c1)} ms at {num(c1['throughput'])}/s"))
+    if knee:
+        value = f"{num(knee['throughput'])}/s, p50 / p99 {lat(knee)} ms, avg server batch {num(knee['avg_batch'])}"
+        add((f"knee (first concurrency at >= 90 % of peak): c{knee['concurrency']}", value))
+    if peak:
+        value = f"{num(peak['throughput'])}/s at c{peak['concurrency']} (p99 {num(peak['p99_ms'], 2)} ms)"
+        add(("peak throughput", value))
+    value = f"c{ch['concurrency']}: {num(ch['throughput'])}/s, p99 {num(ch['p99_ms'], 2)} ms" if ch else ""
+    add((f"chosen point (highest throughput with p99 <= {budget:g} ms)", value or "none: no point meets the budget"))
+    if e := m.get("eager"):
+        add(
+            (
+                "PyTorch eager, batch 1 loop",
+                f"{num(e['throughput'])}/s, p50 {num(e['p50_ms'], 2)} ms ({e['threads']} threads)",
+            )
         )
-    return out
+        value = f"{times(m.get('served_over_eager'))}; {times(m.get('peak_over_eager'))}"
+        add(("**served / eager** (chosen point; peak)", value))
+    for h in m.get("http", []):
+        if g := analysis.at(m["sweep"], h["concurrency"]):
+            add((f"HTTP / gRPC throughput at c{h['concurrency']}", times(h["throughput"] / g["throughput"])))
+    if m.get("dynbatch") is not None:
+        add((f"**dynamic batching on / off** at c{m['dynbatch_concurrency']} (throughput)", times(m["dynbatch"])))
+    if m.get("ort"):
+        b, prec = m.get("served_batch"), m.get("served_precision", "fp32")
+        same = m["ort"].get(prec, {}).get(str(b), {})
+        what = f"ONNX Runtime {prec.upper()} (the served file) in-process at the served batch ({b})"
+        add((what, f"{num(same.get('throughput'))}/s ({same.get('threads')} threads)"))
+        if m.get("c16_over_ort_b1") is not None:
+            add(("**served at c16 / ORT FP32 batch-1 loop**", times(m["c16_over_ort_b1"])))
+        served = 100 * m["served_over_ort"] if m.get("served_over_ort") else None
+        add(("**served / in-process ORT at that batch**", num(served, 0, " %")))
+        value = f"{num(m.get('int8_latency_b1'), 2)}; {num(m.get('int8_latency_b64'), 2)}"
+        add(("**INT8 / FP32 latency** (in-process p50), batch 1; batch 64", value))
+    if a := m.get("int8_accuracy"):
+        add(("INT8 accuracy goal (calibration report)", "met" if a["met"] else "missed: " + (a.get("reason") or "")))
+    return rows
 
 
 def _model_section(name: str, m: dict, fig: str | None, budget: float, config: dict | None = None) -> list[str]:
@@ -215,102 +231,27 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
         ]
     if fig:
         out += [f"![{name}: latency vs throughput]({fig})", ""]
-    c1, knee, peak, ch = m.get("c1"), m.get("knee"), m.get("peak"), m.get("chosen")
-    out += ["| figure | value |", "|---|---|"]
-    if c1:
-        out.append(
-            f"| concurrency 1: p50 / p99 | {_f(c1['p50_ms'], 2)} / {_f(c1['p99_ms'], 2)} ms at {_f(c1['throughput'])}/s |"
-        )
-    if knee:
-        out.append(
-            f"| knee (first concurrency at >= 90 % of peak): c{knee['concurrency']} | {_f(knee['throughput'])}/s, "
-            f"p50 / p99 {_f(knee['p50_ms'], 2)} / {_f(knee['p99_ms'], 2)} ms, avg server batch {_f(knee['avg_batch'])} |"
-        )
-    if peak:
-        out.append(
-            f"| peak throughput | {_f(peak['throughput'])}/s at c{peak['concurrency']} (p99 {_f(peak['p99_ms'], 2)} ms) |"
-        )
-    out.append(
-        f"| chosen point (highest throughput with p99 <= {budget:g} ms) | "
-        + (
-            f"c{ch['concurrency']}: {_f(ch['throughput'])}/s, p99 {_f(ch['p99_ms'], 2)} ms |"
-            if ch
-            else "none: no point meets the budget |"
-        )
-    )
-    if m.get("eager"):
-        e = m["eager"]
-        out.append(
-            f"| PyTorch eager, batch 1 loop | {_f(e['throughput'])}/s, p50 {_f(e['p50_ms'], 2)} ms ({e['threads']} threads) |"
-        )
-        out.append(
-            f"| **served / eager** (chosen point; peak) | {_x(m.get('served_over_eager'))}; {_x(m.get('peak_over_eager'))} |"
-        )
-    for h in m.get("http", []):
-        g = analysis.at(m["sweep"], h["concurrency"])
-        if g:
-            out.append(f"| HTTP / gRPC throughput at c{h['concurrency']} | {_x(h['throughput'] / g['throughput'])} |")
-    if m.get("dynbatch") is not None:
-        out.append(
-            f"| **dynamic batching on / off** at c{m['dynbatch_concurrency']} (throughput) | {_x(m['dynbatch'])} |"
-        )
+    out += table(["figure", "value"], _figures(m, budget)) + [""]
     if m.get("ort"):
-        b, prec = m.get("served_batch"), m.get("served_precision", "fp32")
-        same = m["ort"].get(prec, {}).get(str(b), {})
-        out.append(
-            f"| ONNX Runtime {prec.upper()} (the served file) in-process at the served batch ({b}) | "
-            f"{_f(same.get('throughput'))}/s ({same.get('threads')} threads) |"
+        timing = lambda t: [num(t["throughput"]), num(t["p50_ms"], 2), num(t["p99_ms"], 2)]  # noqa: E731
+        rows = [["PyTorch eager", 1, *timing(m["eager"])]] if m.get("eager") else []
+        rows += [[f"ORT {p.upper()}", b, *timing(t)] for p, per in m["ort"].items() for b, t in per.items()]
+        pairs = [(b, p, t) for b, pair in (m.get("int8_pairs") or {}).items() for p, t in pair.items()]
+        rows += [[f"ORT {p.upper()}, alternating with the other", b, *timing(t)] for b, p, t in pairs]
+        out += ["In-process baselines (same input data):", ""]
+        out += table(["what", "batch", "items/s", "p50 ms", "p99 ms"], rows) + [""]
+    out += ["gRPC concurrency sweep:", ""] + point_table(m["sweep"]) + [""]
+    if cmp := m.get("compare"):
+        c = cmp["config"]
+        out += [f"Against `configs/{c}.pbtxt` on a second server, each point right after the committed one:", ""]
+        out += table(
+            ["concurrency", "infer/s", f"infer/s ({c})", "ratio", "p50 / p99 ms", f"p50 / p99 ms ({c})"],
+            (
+                [r["concurrency"], num(r["throughput"]), num(r["other_throughput"]), times(r["throughput_ratio"])]
+                + [lat(r), lat(r, "other_p50_ms", "other_p99_ms")]
+                for r in cmp["points"]
+            ),
         )
-        if m.get("c16_over_ort_b1") is not None:
-            out.append(f"| **served at c16 / ORT FP32 batch-1 loop** | {_x(m['c16_over_ort_b1'])} |")
-        out.append(
-            f"| **served / in-process ORT at that batch** | {_f(100 * m['served_over_ort'] if m.get('served_over_ort') else None, 0, ' %')} |"
-        )
-        out.append(
-            f"| **INT8 / FP32 latency** (in-process p50), batch 1; batch 64 | {_f(m.get('int8_latency_b1'), 2)}; {_f(m.get('int8_latency_b64'), 2)} |"
-        )
-    if m.get("int8_accuracy"):
-        a = m["int8_accuracy"]
-        out.append(
-            f"| INT8 accuracy goal (calibration report) | {'met' if a['met'] else 'missed: ' + (a.get('reason') or '')} |"
-        )
-    out.append("")
-    if m.get("ort"):
-        out += [
-            "In-process baselines (same input data):",
-            "",
-            "| what | batch | items/s | p50 ms | p99 ms |",
-            "|---|---|---|---|---|",
-        ]
-        if m.get("eager"):
-            e = m["eager"]
-            out.append(f"| PyTorch eager | 1 | {_f(e['throughput'])} | {_f(e['p50_ms'], 2)} | {_f(e['p99_ms'], 2)} |")
-        for p, per in m["ort"].items():
-            for b, t in per.items():
-                out.append(
-                    f"| ORT {p.upper()} | {b} | {_f(t['throughput'])} | {_f(t['p50_ms'], 2)} | {_f(t['p99_ms'], 2)} |"
-                )
-        for b, pair in (m.get("int8_pairs") or {}).items():
-            for p, t in pair.items():
-                out.append(
-                    f"| ORT {p.upper()}, alternating with the other | {b} | {_f(t['throughput'])} | "
-                    f"{_f(t['p50_ms'], 2)} | {_f(t['p99_ms'], 2)} |"
-                )
-        out.append("")
-    out += ["gRPC concurrency sweep:", ""] + _point_table(m["sweep"]) + [""]
-    if m.get("compare"):
-        cmp = m["compare"]
-        out += [
-            f"Against `configs/{cmp['config']}.pbtxt` on a second server, each point right after the committed one:",
-            "",
-            f"| concurrency | infer/s | infer/s ({cmp['config']}) | ratio | p50 / p99 ms | p50 / p99 ms ({cmp['config']}) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in cmp["points"]:
-            out.append(
-                f"| {r['concurrency']} | {_f(r['throughput'])} | {_f(r['other_throughput'])} | {_x(r['throughput_ratio'])} "
-                f"| {_f(r['p50_ms'], 2)} / {_f(r['p99_ms'], 2)} | {_f(r['other_p50_ms'], 2)} / {_f(r['other_p99_ms'], 2)} |"
-            )
         out.append("")
     for run, title, x in (
         ("http", "HTTP", "concurrency"),
@@ -320,7 +261,7 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
         ("cached", "recommend_cached: response cache on, repeated test users", "concurrency"),
     ):
         if m.get(run):
-            out += [f"{title}:", ""] + _point_table(m[run], x) + [""]
+            out += [f"{title}:", ""] + point_table(m[run], x) + [""]
             if run == "cached":
                 hits = sum(f.get("cache_hits", 0) for f in m[run])
                 out += [f"Cache hits recorded by the server over these points: {hits:,}.", ""]
@@ -338,36 +279,64 @@ def _search_section(search: dict) -> list[str]:
         "`ma/reports` and `ma/plots`.",
         "",
     ]
+    head = ["variant", "instances", "intra-op threads", "max queue delay µs", "preferred batch", "file", "c"]
     for name, s in search["models"].items():
-        out += [
-            f"### {name}",
-            "",
-            "| variant | instances | intra-op threads | max queue delay µs | preferred batch | file | c | infer/s | p99 ms | within budget |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+        rows = [
+            [p["variant"] + (" (committed)" if p.get("committed") else ""), g["instances"], g["threads"], g["delay_us"]]
+            + [g["preferred"] or "–", g["file"], p["concurrency"], num(p["throughput"]), num(p["p99_ms"], 2)]
+            + ["yes" if p["meets_budget"] else "no"]
+            for p in s["points"]
+            for g in (p["settings"],)
         ]
-        for p in s["points"]:
-            g = p["settings"]
-            mark = " (committed)" if p.get("committed") else ""
-            out.append(
-                f"| {p['variant']}{mark} | {g['instances']} | {g['threads']} | {g['delay_us']} | {g['preferred'] or '–'} | "
-                f"{g['file']} | {p['concurrency']} | {_f(p['throughput'])} | {_f(p['p99_ms'], 2)} | "
-                f"{'yes' if p['meets_budget'] else 'no'} |"
-            )
-        w = s.get("winner")
+        out += [f"### {name}", ""] + table([*head, "infer/s", "p99 ms", "within budget"], rows) + [""]
+        if w := s.get("winner"):
+            where = f"{w['variant']} at c{w['concurrency']}: {num(w['throughput'])}/s, p99 {num(w['p99_ms'], 2)} ms"
+            applied = "applied to configs/cpu.pbtxt" if search.get("applied") else "not applied: APPLY=1 writes it"
+            out += [f"Winner: {where} ({applied}).", ""]
+        else:
+            out += [f"No variant meets p99 <= {search['budget_ms']:g} ms.", ""]
+    return out
+
+
+def _extras(summary: dict) -> list[str]:
+    """The shared-memory and 1,000-asset sections."""
+    ex, out = summary.get("extras", {}), ["## Shared memory", ""]
+    nh = summary["models"].get("nhits", {})
+    if nh.get("shm") and nh.get("noshm"):
+        s, n = nh["shm"][0], nh["noshm"][0]
         out += [
+            f"perf_analyzer, nhits, client batch {s['batch_size']} at concurrency {s['concurrency']}: system shared memory "
+            f"{num(s['throughput'])}/s (p99 {num(s['p99_ms'], 2)} ms) vs plain gRPC {num(n['throughput'])}/s (p99 {num(n['p99_ms'], 2)} ms): "
+            f"{times(s['throughput'] / n['throughput'])}.",
             "",
+        ]
+    shm = ex.get("shm", {})
+    if shm.get("models"):
+        out += [
+            "`clients.shm.compare` (plain vs shared-memory round trip, alternating calls; its inputs are the helper's own):"
+        ]
+        out += [""]
+        out += table(
+            ["model", "rows", "input bytes", "plain p50 ms", "shm p50 ms", "speed-up (p50)"],
             (
-                f"Winner: {w['variant']} at c{w['concurrency']}: {_f(w['throughput'])}/s, p99 {_f(w['p99_ms'], 2)} ms"
-                + (
-                    " (applied to configs/cpu.pbtxt)."
-                    if search.get("applied")
-                    else " (not applied: APPLY=1 writes it)."
-                )
-            )
-            if w
-            else f"No variant meets p99 <= {search['budget_ms']:g} ms.",
+                [name, r["rows"], f"{r['input_bytes']:,}", num(r["plain_ms"]["p50"], 2), num(r["shm_ms"]["p50"], 2)]
+                + [times(r["speedup_p50"])]
+                for name, r in shm["models"].items()
+            ),
+        ) + [""]
+    elif shm:
+        out += [f"clients.shm.compare: {shm.get('skipped') or shm.get('error')}", ""]
+    a = ex.get("assets_1000", {})
+    out += ["## 1,000 assets", ""]
+    if "p50_ms" in a:
+        out += [
+            f"{a['windows']} test-split windows (the data has fewer series than that, so several windows per asset) through "
+            f"`{a['helper']}` ({a['options']}): p50 {num(a['p50_ms'], 1)} ms, max {num(a['max_ms'], 1)} ms over {a['runs']} runs; "
+            f"goal {a['goal']}: {'met' if a['met'] else 'missed'}.",
             "",
         ]
+    else:
+        out += [f"not measured: {a.get('skipped') or a.get('error') or 'no record'}", ""]
     return out
 
 
@@ -402,23 +371,22 @@ def render(summary: dict, figures: dict[str, str], search: dict | None) -> str:
     ]
     if figures.get("goals"):
         out += [f"![goals]({figures['goals']})", ""]
-    out += ["| model | goal | target | measured | result | reason (profile) |", "|---|---|---|---|---|---|"]
+    rows = []
     for g in summary["goals"]:
-        value = (
-            "–" if g["value"] is None else (f"{100 * g['value']:.0f} %" if "%" in g["target"] else f"{g['value']:.2f}")
-        )
-        out.append(f"| {g['model']} | {g['goal']} | {g['target']} | {value} | {STATE[g['met']]} | {g['reason']} |")
+        v = g["value"]
+        value = "–" if v is None else (f"{100 * v:.0f} %" if "%" in g["target"] else f"{v:.2f}")
+        rows.append([g["model"], g["goal"], g["target"], value, STATE[g["met"]], g["reason"]])
+    out += table(["model", "goal", "target", "measured", "result", "reason (profile)"], rows)
     if summary.get("errors"):
         out += ["", f"{len(summary['errors'])} point(s) could not be measured:", ""]
         out += [f"- `{k}`: {v.splitlines()[-1][:300]}" for k, v in summary["errors"].items()]
-    out += ["", "## Ratios watched by the regression gate", "", "| ratio | value |", "|---|---|"]
-    out += [f"| {k} | {v:.3f} |" for k, v in summary["ratios"].items()]
+    out += ["", "## Ratios watched by the regression gate", ""]
+    out += table(["ratio", "value"], ([k, f"{v:.3f}"] for k, v in summary["ratios"].items()))
     out += ["", "## Per model", ""]
     for name, m in summary["models"].items():
         if m.get("sweep"):
             out += _model_section(name, m, figures.get(name), budget, summary.get("configs", {}).get(name))
-    stream = summary.get("stream")
-    if stream:
+    if stream := summary.get("stream"):
         out += [
             "## Stateful stream vs windowed reservoir (same question per tick)",
             "",
@@ -429,53 +397,21 @@ def render(summary: dict, figures: dict[str, str], search: dict | None) -> str:
         ]
         if figures.get("stream"):
             out += [f"![stream vs windowed]({figures['stream']})", ""]
-        out += [
-            "| clients | stream ticks/s | windowed /s | throughput ratio | stream p99 ms | windowed p99 ms | stream avg batch | windowed avg batch |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for p in stream["points"]:
-            out.append(
-                f"| {p['concurrency']} | {_f(p['stream_ticks_per_s'])} | {_f(p['window_per_s'])} | {_x(p['throughput_ratio'])} | "
-                f"{_f(p['stream_p99_ms'], 2)} | {_f(p['window_p99_ms'], 2)} | {_f(p['stream_avg_batch'])} | {_f(p['window_avg_batch'])} |"
-            )
-        out.append("")
-    ex = summary.get("extras", {})
-    out += ["## Shared memory", ""]
-    nh = summary["models"].get("nhits", {})
-    if nh.get("shm") and nh.get("noshm"):
-        s, n = nh["shm"][0], nh["noshm"][0]
-        out += [
-            f"perf_analyzer, nhits, client batch {s['batch_size']} at concurrency {s['concurrency']}: system shared memory "
-            f"{_f(s['throughput'])}/s (p99 {_f(s['p99_ms'], 2)} ms) vs plain gRPC {_f(n['throughput'])}/s (p99 {_f(n['p99_ms'], 2)} ms): "
-            f"{_x(s['throughput'] / n['throughput'])}.",
-            "",
-        ]
-    shm = ex.get("shm", {})
-    if shm.get("models"):
-        out += [
-            "`clients.shm.compare` (plain vs shared-memory round trip, alternating calls; its inputs are the helper's own):",
-            "",
-            "| model | rows | input bytes | plain p50 ms | shm p50 ms | speed-up (p50) |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, r in shm["models"].items():
-            out.append(
-                f"| {name} | {r['rows']} | {r['input_bytes']:,} | {_f(r['plain_ms']['p50'], 2)} | {_f(r['shm_ms']['p50'], 2)} | {_x(r['speedup_p50'])} |"
-            )
-        out.append("")
-    elif shm:
-        out += [f"clients.shm.compare: {shm.get('skipped') or shm.get('error')}", ""]
-    a = ex.get("assets_1000", {})
-    out += ["## 1,000 assets", ""]
-    if "p50_ms" in a:
-        out += [
-            f"{a['windows']} test-split windows (the data has fewer series than that, so several windows per asset) through "
-            f"`{a['helper']}` ({a['options']}): p50 {_f(a['p50_ms'], 1)} ms, max {_f(a['max_ms'], 1)} ms over {a['runs']} runs; "
-            f"goal {a['goal']}: {'met' if a['met'] else 'missed'}.",
-            "",
-        ]
-    else:
-        out += [f"not measured: {a.get('skipped') or a.get('error') or 'no record'}", ""]
+        head = ["clients", "stream ticks/s", "windowed /s", "throughput ratio", "stream p99 ms", "windowed p99 ms"]
+        out += table(
+            [*head, "stream avg batch", "windowed avg batch"],
+            (
+                [p["concurrency"], num(p["stream_ticks_per_s"]), num(p["window_per_s"]), times(p["throughput_ratio"])]
+                + [
+                    num(p["stream_p99_ms"], 2),
+                    num(p["window_p99_ms"], 2),
+                    num(p["stream_avg_batch"]),
+                    num(p["window_avg_batch"]),
+                ]
+                for p in stream["points"]
+            ),
+        ) + [""]
+    out += _extras(summary)
     if search:
         out += _search_section(search)
     out += [
@@ -499,17 +435,15 @@ def latest_search(run_dir: Path) -> dict | None:
 def write(run_dir: Path, out_dir: Path = DEFAULT_OUT, search: dict | None = None) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    budget = (
-        json.loads((run_dir / "env.json").read_text()).get("run", {}).get("budget_ms", analysis.BUDGET_MS)
-        if (run_dir / "env.json").is_file()
-        else analysis.BUDGET_MS
-    )
+    env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
+    budget = env.get("run", {}).get("budget_ms", analysis.BUDGET_MS)
     summary = analysis.summarize(run_dir, budget)
     search = search if search is not None else latest_search(run_dir)
-    figures: dict[str, str] = {}
-    for name, m in summary["models"].items():
-        if m.get("sweep"):
-            figures[name] = plot_model(name, m, budget, out_dir / f"latency_{name}.png").name
+    figures = {
+        name: plot_model(name, m, budget, out_dir / f"latency_{name}.png").name
+        for name, m in summary["models"].items()
+        if m.get("sweep")
+    }
     if summary.get("stream") and summary["stream"]["points"]:
         figures["stream"] = plot_stream(summary["stream"], out_dir / "stream_vs_windowed.png").name
     if any(g["value"] is not None for g in summary["goals"]):

@@ -126,58 +126,59 @@ def batching_off_repository(args, run_dir: Path, scenarios: list[sc.Scenario]) -
     return repos.copy_repository(args.repo, run_dir / "repos" / "batching-off", models=todo, edit=repos.batching_off)
 
 
+def _measure_all(pts: list, server, out: Path, key: str, stats, warmup: int) -> list[dict | None]:
+    """Warm the model up, then measure each point on `server` (stats: the models whose statistics are recorded)."""
+    urls = {"grpc": server.grpc_url, "http": server.http_url}
+    if pts and warmup:
+        analyzer.warmup(pts[0], urls, warmup)
+    return [measure(p, urls, out, key, stats or (p.model,)) for p in pts]
+
+
+@contextlib.contextmanager
+def _phase(phases: dict[str, float], name: str):
+    t0 = time.monotonic()
+    yield
+    phases[name] = phases.get(name, 0.0) + time.monotonic() - t0
+
+
 def run_scenarios(
     served, off, scenarios, args, run_dir: Path, measurement, key: str, repo: Path, phases: dict, other=None
 ) -> None:
     """Each scenario in turn. For a model with goals the two sides of each ratio are measured back to back
     (sweep, then the same concurrencies without dynamic batching, then the in-process baselines), so that
     the load other work puts on the shared cores moves both sides alike."""
-    urls = {"grpc": served.grpc_url, "http": served.http_url}
     files: dict = {}
     baselines_out: dict = {}
     warm: set[str] = set()
+    n_warm = 16 if args.quick else 64
     for s in scenarios:
         log.info("scenario %s: %s", s.name, s.about)
         peak = None
         for i, run in enumerate(s.runs):
-            t0 = time.monotonic()
-            model = s.run_model(run)
+            model, out = s.run_model(run), run_dir / "runs" / s.name
             data = input_file(s.run_input(run), args.artifacts, args.repo, run_dir / "inputs", files)
             m = s.measurement if measurement is None else measurement
             stats = composing(repo, model)
             pts = sc.points(s, run, data, m, peak, args.quick)
-            if pts and model not in warm:
-                analyzer.warmup(pts[0], urls, 16 if args.quick else 64)
-                warm.add(model)
-            for point in pts:
-                rec = measure(point, urls, run_dir / "runs" / s.name, key, stats)
-                if i == 0 and rec:
-                    peak = max(peak or 0.0, rec["row"]["throughput"])
-            phases["served"] = phases.get("served", 0.0) + time.monotonic() - t0
-            if i == 0 and other is not None:  # the same points on the --compare config, right after
-                t0 = time.monotonic()
-                other_urls = {"grpc": other.grpc_url, "http": other.http_url}
-                other_pts = [replace(p, label=f"{p.label}@{args.compare}") for p in pts]
-                if other_pts:
-                    analyzer.warmup(other_pts[0], other_urls, 16 if args.quick else 64)
-                for point in other_pts:
-                    measure(point, other_urls, run_dir / "runs" / s.name, key, stats)
-                phases["compare"] = phases.get("compare", 0.0) + time.monotonic() - t0
-            if i == 0 and off is not None and s.batching_off:
-                t0 = time.monotonic()
-                off_urls = {"grpc": off.grpc_url, "http": off.http_url}
+            with _phase(phases, "served"):
+                recs = _measure_all(pts, served, out, key, stats, 0 if model in warm else n_warm)
+            warm |= {model} if pts else set()
+            if i:
+                continue
+            peak = max((r["row"]["throughput"] for r in recs if r), default=None)
+            if other is not None:  # the same points on the --compare config, right after
+                with _phase(phases, "compare"):
+                    _measure_all(
+                        [replace(p, label=f"{p.label}@{args.compare}") for p in pts], other, out, key, stats, n_warm
+                    )
+            if off is not None and s.batching_off:
                 run_off = {"name": "batching_off", "protocol": "grpc", "concurrency": s.batching_off["concurrency"]}
-                off_pts = sc.points(s, run_off, data, m, None, args.quick)
-                if off_pts:
-                    analyzer.warmup(off_pts[0], off_urls, 16 if args.quick else 64)
-                for point in off_pts:
-                    measure(point, off_urls, run_dir / "runs" / s.name, key, (point.model,))
-                phases["batching_off"] = phases.get("batching_off", 0.0) + time.monotonic() - t0
-            if i == 0 and s.baselines and not args.skip_baselines:
-                t0 = time.monotonic()
-                baselines_out[s.model] = baseline_for(s, args, run_dir)
-                (run_dir / "baselines.json").write_text(json.dumps(baselines_out, indent=2) + "\n")
-                phases["baselines"] = phases.get("baselines", 0.0) + time.monotonic() - t0
+                with _phase(phases, "batching_off"):
+                    _measure_all(sc.points(s, run_off, data, m, None, args.quick), off, out, key, None, n_warm)
+            if s.baselines and not args.skip_baselines:
+                with _phase(phases, "baselines"):
+                    baselines_out[s.model] = baseline_for(s, args, run_dir)
+                    (run_dir / "baselines.json").write_text(json.dumps(baselines_out, indent=2) + "\n")
 
 
 def extras(server, args, key: str) -> dict:
@@ -347,25 +348,20 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     phases: dict[str, float] = {}
     t0 = time.monotonic()
-    served_repo = served_repository(args.repo, run_dir / "repos" / "served", scenarios)
-    off_repo = batching_off_repository(args, run_dir, scenarios)
     with contextlib.ExitStack() as stack:
-        served = stack.enter_context(repos.serve(served_repo, run_dir / "server-served"))
-        off = stack.enter_context(repos.serve(off_repo, run_dir / "server-batching-off")) if off_repo else None
-        other = None
-        if args.compare:
-            other_repo = repos.copy_repository(
-                args.repo, run_dir / "repos" / args.compare, edit=repos.cache_off, config=args.compare
-            )
-            other = stack.enter_context(
-                repos.serve(other_repo, run_dir / f"server-{args.compare}", config=args.compare)
-            )
-        env["versions"]["tritonserver"] = repos.server_version(served.http_url)
-        phases["servers_start"] = time.monotonic() - t0
+        with _phase(phases, "servers_start"):
+            served_repo = served_repository(args.repo, run_dir / "repos" / "served", scenarios)
+            off_repo = batching_off_repository(args, run_dir, scenarios)
+            served = stack.enter_context(repos.serve(served_repo, run_dir / "server-served"))
+            off = stack.enter_context(repos.serve(off_repo, run_dir / "server-batching-off")) if off_repo else None
+            other = None
+            if c := args.compare:
+                other_repo = repos.copy_repository(args.repo, run_dir / "repos" / c, edit=repos.cache_off, config=c)
+                other = stack.enter_context(repos.serve(other_repo, run_dir / f"server-{c}", config=c))
+            env["versions"]["tritonserver"] = repos.server_version(served.http_url)
         run_scenarios(served, off, scenarios, args, run_dir, measurement, key, served_repo, phases, other)
-        t1 = time.monotonic()
-        more = {} if args.skip_extras else extras(served, args, key)
-        phases["extras"] = time.monotonic() - t1
+        with _phase(phases, "extras"):
+            more = {} if args.skip_extras else extras(served, args, key)
     (run_dir / "extras.json").write_text(json.dumps(more, indent=2) + "\n")
     env["run"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     env["run"]["phases_s"] = {k: round(v, 1) for k, v in phases.items()}

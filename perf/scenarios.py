@@ -36,20 +36,10 @@ from perf.analyzer import Measurement, Point
 from perf.inputs import KINDS, TENSORS
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
-RUN_KEYS = {
-    "name",
-    "model",
-    "protocol",
-    "concurrency",
-    "request_rate",
-    "request_rate_of_peak",
-    "batch_size",
-    "shared_memory",
-    "async",
-    "sequence_length",
-    "sequence_id_range",
-    "input_data",
-}
+RUN_KEYS = set(
+    "name model protocol concurrency request_rate request_rate_of_peak batch_size shared_memory async "
+    "sequence_length sequence_id_range input_data".split()
+)
 TOP_KEYS = {"model", "about", "input_data", "runs", "batching_off", "baselines", "variants", "compare", "measurement"}
 
 
@@ -57,19 +47,15 @@ TOP_KEYS = {"model", "about", "input_data", "runs", "batching_off", "baselines",
 class Scenario:
     name: str  # file stem
     model: str
-    about: str
     input_data: dict
     runs: list[dict]
+    about: str = ""
     batching_off: dict | None = None
     baselines: list[str] = field(default_factory=list)
     variants: dict = field(default_factory=dict)
     compare: dict | None = None
     measurement: Measurement = field(default_factory=Measurement)
     path: Path | None = None
-
-    @property
-    def primary(self) -> dict:
-        return self.runs[0]
 
     def run_model(self, run: dict) -> str:
         return run.get("model", self.model)
@@ -86,25 +72,13 @@ def load(path: Path) -> Scenario:
     body = yaml.safe_load(Path(path).read_text())
     if not isinstance(body, dict):
         raise ValueError(f"{path}: a scenario is a mapping, got {type(body).__name__}")
-    unknown = set(body) - TOP_KEYS
-    if unknown:
+    if unknown := set(body) - TOP_KEYS:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(TOP_KEYS)})")
-    for key in ("model", "input_data", "runs"):
-        if key not in body:
-            raise ValueError(f"{path}: `{key}` is required")
-    return Scenario(
-        name=Path(path).stem,
-        model=body["model"],
-        about=body.get("about", ""),
-        input_data=body["input_data"],
-        runs=body["runs"],
-        batching_off=body.get("batching_off"),
-        baselines=list(body.get("baselines", [])),
-        variants=body.get("variants", {}) or {},
-        compare=body.get("compare"),
-        measurement=Measurement(**body.get("measurement", {})),
-        path=Path(path),
-    )
+    if missing := [key for key in ("model", "input_data", "runs") if key not in body]:
+        raise ValueError(f"{path}: `{missing[0]}` is required")
+    body["measurement"] = Measurement(**body.get("measurement", {}))
+    body["baselines"], body["variants"] = list(body.get("baselines", [])), body.get("variants") or {}
+    return Scenario(name=Path(path).stem, path=Path(path), **body)
 
 
 def load_all(directory: Path = SCENARIO_DIR, models: set[str] | None = None) -> list[Scenario]:
@@ -132,62 +106,61 @@ def config_inputs(repo: Path, model: str) -> dict[str, list[str]]:
 
 def validate(s: Scenario, repo: Path = spec.MODEL_REPOSITORY) -> list[str]:
     """Problems with one scenario: unknown models, tensors the input data would not fill, bad run keys."""
-    problems = []
     where = s.path.name if s.path else s.name
-    for variant, v in s.variants.items():
-        if v.get("of") not in spec.MODELS:
-            problems.append(f"{where}: variant {variant} is `of` an unknown model {v.get('of')!r}")
-    if not s.runs:
-        problems.append(f"{where}: no runs")
+    problems = [
+        f"{where}: variant {variant} is `of` an unknown model {v.get('of')!r}"
+        for variant, v in s.variants.items()
+        if v.get("of") not in spec.MODELS
+    ]
+    problems += [f"{where}: no runs"] if not s.runs else []
     for i, run in enumerate(s.runs):
-        tag = f"{where}: run {run.get('name', i)!r}"
-        unknown = set(run) - RUN_KEYS
-        if unknown:
-            problems.append(f"{tag}: unknown keys {sorted(unknown)}")
-        if "name" not in run:
-            problems.append(f"{tag}: `name` is required")
-        model = s.run_model(run)
-        base = s.base_model(model)
-        if base not in spec.MODELS:
-            problems.append(f"{tag}: unknown model {model!r}")
-            continue
-        ms = spec.MODELS[base]
-        kind = s.run_input(run).get("kind")
-        if kind not in KINDS:
-            problems.append(f"{tag}: input_data kind {kind!r} is not one of {KINDS}")
-            continue
-        want = {t.name for t in ms.inputs}
-        if set(TENSORS[kind]) != want:
-            problems.append(f"{tag}: input_data {kind} fills {sorted(TENSORS[kind])}, {base} takes {sorted(want)}")
-        for rel, names in config_inputs(repo, base).items():
-            if set(TENSORS[kind]) != set(names):
-                problems.append(f"{tag}: {base}/{rel} inputs {names} are not what {kind} fills {list(TENSORS[kind])}")
-        if run.get("protocol", "grpc") not in ("grpc", "http"):
-            problems.append(f"{tag}: protocol must be grpc or http")
-        has_c, has_r = "concurrency" in run, ("request_rate" in run or "request_rate_of_peak" in run)
-        if has_c == has_r:
-            problems.append(f"{tag}: give exactly one of concurrency or request_rate(_of_peak)")
-        if "request_rate_of_peak" in run and i == 0:
-            problems.append(f"{tag}: the first run is the sweep the others refer to; it cannot be a fraction of it")
-        for b in _as_list(run.get("batch_size", 1)):
-            if not 1 <= int(b) <= ms.max_batch_size:
-                problems.append(f"{tag}: batch_size {b} outside [1, {ms.max_batch_size}]")
-        sequence = base == spec.STREAM.name
-        if sequence != (kind == "tick_streams"):
-            problems.append(f"{tag}: tick_streams input is for the sequence model {spec.STREAM.name} only")
-        if "sequence_length" in run and not sequence:
-            problems.append(f"{tag}: sequence_length only applies to {spec.STREAM.name}")
-        if run.get("shared_memory", "none") not in ("none", "system"):
-            problems.append(f"{tag}: shared_memory must be none or system")
-    if s.compare:
-        names = {r.get("name") for r in s.runs}
-        for key in ("stream", "window"):
-            if s.compare.get(key) not in names:
-                problems.append(f"{where}: compare.{key} names no run")
-    for b in s.baselines:
-        if b not in ("eager", "ort"):
-            problems.append(f"{where}: baseline {b!r} is not eager or ort")
-    return problems
+        problems += [f"{where}: run {run.get('name', i)!r}: {p}" for p in _run_problems(s, i, run, repo)]
+    names = {r.get("name") for r in s.runs}
+    problems += [
+        f"{where}: compare.{k} names no run"
+        for k in ("stream", "window")
+        if s.compare and s.compare.get(k) not in names
+    ]
+    return problems + [f"{where}: baseline {b!r} is not eager or ort" for b in s.baselines if b not in ("eager", "ort")]
+
+
+def _run_problems(s: Scenario, i: int, run: dict, repo: Path) -> list[str]:
+    unknown = set(run) - RUN_KEYS
+    out = ([f"unknown keys {sorted(unknown)}"] if unknown else []) + (
+        ["`name` is required"] if "name" not in run else []
+    )
+    model = s.run_model(run)
+    base, kind = s.base_model(model), s.run_input(run).get("kind")
+    if base not in spec.MODELS:
+        return out + [f"unknown model {model!r}"]
+    if kind not in KINDS:
+        return out + [f"input_data kind {kind!r} is not one of {KINDS}"]
+    ms, fills, sequence = spec.MODELS[base], set(TENSORS[kind]), base == spec.STREAM.name
+    want = {t.name for t in ms.inputs}
+    checks = [(fills != want, f"input_data {kind} fills {sorted(fills)}, {base} takes {sorted(want)}")]
+    checks += [
+        (fills != set(names), f"{base}/{rel} inputs {names} are not what {kind} fills {list(TENSORS[kind])}")
+        for rel, names in config_inputs(repo, base).items()
+    ]
+    has_c, has_r = "concurrency" in run, ("request_rate" in run or "request_rate_of_peak" in run)
+    checks += [
+        (run.get("protocol", "grpc") not in ("grpc", "http"), "protocol must be grpc or http"),
+        (has_c == has_r, "give exactly one of concurrency or request_rate(_of_peak)"),
+        (
+            "request_rate_of_peak" in run and i == 0,
+            "the first run is the sweep the others refer to; it cannot be a fraction of it",
+        ),
+    ]
+    checks += [
+        (not 1 <= int(b) <= ms.max_batch_size, f"batch_size {b} outside [1, {ms.max_batch_size}]")
+        for b in _as_list(run.get("batch_size", 1))
+    ]
+    checks += [
+        (sequence != (kind == "tick_streams"), f"tick_streams input is for the sequence model {spec.STREAM.name} only"),
+        ("sequence_length" in run and not sequence, f"sequence_length only applies to {spec.STREAM.name}"),
+        (run.get("shared_memory", "none") not in ("none", "system"), "shared_memory must be none or system"),
+    ]
+    return out + [message for bad, message in checks if bad]
 
 
 QUICK_KEEP = 16  # the concurrency of the dynamic-batching comparison survives the quick profile

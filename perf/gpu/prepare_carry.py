@@ -1,27 +1,15 @@
-"""Build, here and at no device time, what a GPU device call carries for Triton on the GPU (docs/GPU.md).
+"""Build, here and at no device time, what a GPU device call carries for Triton on the GPU (docs/GPU.md, step 0).
 
     python -m perf.gpu.prepare_carry [--artifacts artifacts] [--dest build/gpu-carry]
+    python3 -m perf.gpu.prepare_carry --unpack /tmp/site --stub-site /tmp/stubnp      # on the GPU machine
 
-A device call carries at most 64 MiB (working tree included), and the pinned wheels do not fit as
-they are (nvidia-pytriton 55 MB + tritonclient 14 MB + numpy 18 MB). pip downloads them (pinned,
-CPython 3.12 / manylinux x86-64: the GPU image's Python) into build/gpu-downloads/, and this writes:
-
-  pytriton-0.7.0-py312.tar.xz  the nvidia-pytriton wheel's files without the python backend stubs for
-                               other Pythons and the libpython3.13 bundled for one of them (about 27 MB)
-  perf_analyzer.xz             tritonclient 2.51.0's perf_analyzer (the wheel holds the 20 MB binary twice)
-  numpy-1.26.4-cp312-*.whl     numpy < 2 for the python backend stub only (its pybind11 reads numpy 1's
-                               dtype layout); the GPU image's own numpy is 2.x
-  checkpoints/                 nhits, reservoir, forecast_blend from --artifacts when given (12 MB); the
-                               catalog and user table are regenerated there from the seed instead
-  MANIFEST.json                every source wheel with its sha256, every file written, the sizes
-
-and fails when that folder plus the working tree would exceed the limit. On the GPU machine,
-
-    python3 -m perf.gpu.prepare_carry --unpack /tmp/site --stub-site /tmp/stubnp
-
-unpacks the server into /tmp/site (put it on PYTHONPATH) and numpy into /tmp/stubnp (give it to
-`perf.gpu.serve --stub-site`); a wheel is a zip, and unzipping it is what `pip install --no-deps
---target` does for these two.
+A device call carries at most 64 MiB (working tree included) and the pinned wheels do not fit as they
+are. pip downloads them (CPython 3.12 / manylinux x86-64: the GPU image's Python) into
+build/gpu-downloads/, and this writes the slimmed pytriton tarball, perf_analyzer.xz, numpy < 2 for the
+stub, the small checkpoints and MANIFEST.json (docs/GPU.md lists them), failing when the folder plus
+the working tree exceed the limit. `--unpack` unzips the server into SITE (put it on PYTHONPATH) and
+numpy into --stub-site (give it to `perf.gpu.serve --stub-site`): for these two wheels that is what
+`pip install --no-deps --target` does.
 """
 
 from __future__ import annotations
@@ -46,24 +34,15 @@ WHEELS = {
     "tritonclient": ("tritonclient==2.51.0", "tritonclient-2.51.0-*.whl"),
     "numpy": ("numpy==1.26.4", "numpy-1.26.4-cp312-*.whl"),
 }
-PLATFORMS = (
-    "manylinux_2_35_x86_64",
-    "manylinux_2_28_x86_64",
-    "manylinux_2_17_x86_64",
-    "manylinux2014_x86_64",
-    "manylinux1_x86_64",
-)
+PLATFORMS = tuple(f"manylinux{v}_x86_64" for v in ("_2_35", "_2_28", "_2_17", "2014", "1"))
 PYTHON = "3.12"  # the GPU image's python3 (KINDS.md)
 SMALL_CHECKPOINTS = ("nhits", "reservoir", "forecast_blend")
 PYTRITON_TAR = "pytriton-0.7.0-py312.tar.xz"
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def download(downloads: Path) -> dict[str, Path]:
@@ -74,8 +53,7 @@ def download(downloads: Path) -> dict[str, Path]:
         if not matches:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
             cmd += ["--python-version", PYTHON, "--implementation", "cp", "-d", str(downloads)]
-            for plat in PLATFORMS:
-                cmd += ["--platform", plat]
+            cmd += [arg for plat in PLATFORMS for arg in ("--platform", plat)]
             print("+", " ".join(cmd + [requirement]), flush=True)
             subprocess.run(cmd + [requirement], check=True)
             matches = sorted(downloads.glob(pattern))

@@ -1,8 +1,11 @@
 """JSON Schemas of the GPU probe and the GPU serving run, and a small validator for them.
 
-The validator covers the JSON Schema keywords used here (type, properties, required,
-additionalProperties, items, enum, minimum), so neither the CI machines nor the GPU image need
-the `jsonschema` package; tests cross-check with `jsonschema` where it is installed.
+The schemas are written in a short notation and expanded to JSON Schema by `expand`: a dict is an
+object whose keys are all required and whose other keys are refused (or, under "*", typed; `"?": True`
+allows null); a list of one item is an array; a tuple is an enum; a string names a type ("str",
+"int", "num", "bool", "obj"), "?" after it allows null and ">=N" sets a minimum. The validator covers the JSON Schema keywords
+that expansion produces, so neither the CI machines nor the GPU image need the `jsonschema` package;
+tests cross-check with `jsonschema` where it is installed.
 """
 
 from __future__ import annotations
@@ -10,188 +13,118 @@ from __future__ import annotations
 from typing import Any
 
 SCHEMA_VERSION = 1
-
-NUM = {"type": "number"}
-NUM_OR_NULL = {"type": ["number", "null"]}
-STR_OR_NULL = {"type": ["string", "null"]}
-STATUS = {"type": "string", "enum": ["ok", "skipped", "failed"]}
+NAMES = {"str": "string", "int": "integer", "num": "number", "bool": "boolean", "obj": "object"}
+STATUS = ("ok", "skipped", "failed")
 
 
-def _obj(properties: dict, required: list[str] | None = None, extra: bool = False) -> dict:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties) if required is None else required,
-        "additionalProperties": extra,
-    }
+def expand(spec: Any) -> dict:
+    """The short notation above -> JSON Schema."""
+    if isinstance(spec, dict):
+        props = {k: expand(v) for k, v in spec.items() if k not in ("*", "?")}
+        extra = expand(spec["*"]) if "*" in spec else False
+        kind = ["object", "null"] if spec.get("?") else "object"
+        return {"type": kind, "properties": props, "required": list(props), "additionalProperties": extra}
+    if isinstance(spec, list):
+        return {"type": "array", "items": expand(spec[0])}
+    if isinstance(spec, tuple):
+        return {"type": "integer" if isinstance(spec[0], int) else "string", "enum": list(spec)}
+    name, _, minimum = spec.rstrip("?").partition(">=")
+    out: dict = {"type": [NAMES[name], "null"] if spec.endswith("?") else NAMES[name]}
+    return out | ({"minimum": int(minimum)} if minimum else {})
 
 
-MACHINE = _obj(
-    {
-        "device": {"type": "string", "enum": ["cpu", "cuda"]},
-        "hostname": {"type": "string"},
-        "cpu": {"type": "string"},
-        "cpu_count": {"type": "integer", "minimum": 1},
-        "torch_threads": {"type": "integer", "minimum": 1},
-        "gpu": {
-            "type": ["object", "null"],
-            "properties": {
-                "name": {"type": "string"},
-                "capability": {"type": "string"},
-                "sm_count": {"type": "integer"},
-                "memory_gib": NUM,
-                "l2_mib": NUM_OR_NULL,
-                "driver": STR_OR_NULL,
-            },
-            "required": ["name", "capability", "sm_count", "memory_gib", "l2_mib", "driver"],
-            "additionalProperties": False,
-        },
-    }
-)
+GPU = {"name": "str", "capability": "str", "sm_count": "int", "memory_gib": "num", "l2_mib": "num?", "driver": "str?"}
+MACHINE = {
+    "device": ("cpu", "cuda"),
+    "hostname": "str",
+    "cpu": "str",
+    "cpu_count": "int>=1",
+    "torch_threads": "int>=1",
+    "gpu": {**GPU, "?": True},
+}
+VERSIONS = {"python": "str", "torch": "str", "cuda": "str?", "numpy": "str", "*": "str?"}
 
-VERSIONS = {
-    "type": "object",
-    "properties": {
-        "python": {"type": "string"},
-        "torch": {"type": "string"},
-        "cuda": STR_OR_NULL,
-        "numpy": {"type": "string"},
+RESULT = {
+    "model": "str",
+    "batch": "int>=1",
+    "variant": "str",
+    "mode": ("eager", "graph", "compile"),
+    "precision": ("fp32", "amp_fp16", "amp_bf16", "fp16w", "bf16w"),
+    "status": STATUS,
+    "reason": "str?",
+    "timer": ("cuda_events", "perf_counter"),
+    "iters": "int>=0",
+    "latency_ms": {"?": True, **{k: "num" for k in ("median", "p95", "p99", "mean", "min")}},
+    "throughput_per_s": "num?",
+    "rel_err": "num?",
+    "topk_agreement": "num?",
+    "floor": {
+        "?": True,
+        **{k: "num" for k in ("bytes", "flops", "bytes_ms", "flops_ms", "floor_ms")},
+        "bound": ("memory", "compute"),
+        "fraction": "num?",
     },
-    "required": ["python", "torch", "cuda", "numpy"],
-    "additionalProperties": {"type": ["string", "null"]},
+    "compile_s": "num?",
 }
-
-LATENCY = {
-    "type": ["object", "null"],
-    "properties": {"median": NUM, "p95": NUM, "p99": NUM, "mean": NUM, "min": NUM},
-    "required": ["median", "p95", "p99", "mean", "min"],
-    "additionalProperties": False,
-}
-
-FLOOR = {
-    "type": ["object", "null"],
-    "properties": {
-        "bytes": NUM,
-        "flops": NUM,
-        "bytes_ms": NUM,
-        "flops_ms": NUM,
-        "floor_ms": NUM,
-        "bound": {"type": "string", "enum": ["memory", "compute"]},
-        "fraction": NUM_OR_NULL,
+PROBE = {
+    "schema_version": (SCHEMA_VERSION,),
+    "kind": ("gpu_probe",),
+    "created": "str",
+    "command": "str",
+    "mode": ("full", "reduced"),
+    "machine": MACHINE,
+    "versions": VERSIONS,
+    "weights": {"*": "str"},
+    "sizes": {"*": "int"},
+    "settings": "obj",
+    "ceilings": {
+        "copy_gbps": "num",
+        "copy_bytes": "int",
+        "matmul_size": "int",
+        "matmul_tflops": {"fp32": "num", "fp16": "num", "bf16": "num"},
     },
-    "required": ["bytes", "flops", "bytes_ms", "flops_ms", "floor_ms", "bound", "fraction"],
-    "additionalProperties": False,
+    "kernels_per_call": {"*": "int?"},
+    "results": [RESULT],
+    "seconds": "num",
 }
-
-RESULT = _obj(
-    {
-        "model": {"type": "string"},
-        "batch": {"type": "integer", "minimum": 1},
-        "variant": {"type": "string"},
-        "mode": {"type": "string", "enum": ["eager", "graph", "compile"]},
-        "precision": {"type": "string", "enum": ["fp32", "amp_fp16", "amp_bf16", "fp16w", "bf16w"]},
-        "status": STATUS,
-        "reason": STR_OR_NULL,
-        "timer": {"type": "string", "enum": ["cuda_events", "perf_counter"]},
-        "iters": {"type": "integer", "minimum": 0},
-        "latency_ms": LATENCY,
-        "throughput_per_s": NUM_OR_NULL,
-        "rel_err": NUM_OR_NULL,
-        "topk_agreement": NUM_OR_NULL,
-        "floor": FLOOR,
-        "compile_s": NUM_OR_NULL,
-    }
-)
-
-PROBE_SCHEMA: dict[str, Any] = _obj(
-    {
-        "schema_version": {"type": "integer", "enum": [SCHEMA_VERSION]},
-        "kind": {"type": "string", "enum": ["gpu_probe"]},
-        "created": {"type": "string"},
-        "command": {"type": "string"},
-        "mode": {"type": "string", "enum": ["full", "reduced"]},
-        "machine": MACHINE,
-        "versions": VERSIONS,
-        "weights": {"type": "object", "additionalProperties": {"type": "string"}},
-        "sizes": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "settings": {"type": "object"},
-        "ceilings": _obj(
-            {
-                "copy_gbps": NUM,
-                "copy_bytes": {"type": "integer"},
-                "matmul_size": {"type": "integer"},
-                "matmul_tflops": {
-                    "type": "object",
-                    "properties": {"fp32": NUM, "fp16": NUM, "bf16": NUM},
-                    "required": ["fp32", "fp16", "bf16"],
-                    "additionalProperties": False,
-                },
-            }
-        ),
-        "kernels_per_call": {"type": "object", "additionalProperties": {"type": ["integer", "null"]}},
-        "results": {"type": "array", "items": RESULT},
-        "seconds": NUM,
-    }
-)
-
-SCENARIO = _obj(
-    {
-        "model": {"type": "string"},
-        "protocol": {"type": "string", "enum": ["grpc", "http"]},
-        "batch": {"type": "integer", "minimum": 1},
-        "concurrency": {"type": "integer", "minimum": 1},
-        "status": STATUS,
-        "reason": STR_OR_NULL,
-        "throughput_per_s": NUM_OR_NULL,
-        "latency_us": {
-            "type": ["object", "null"],
-            "properties": {"avg": NUM, "p50": NUM, "p90": NUM, "p95": NUM, "p99": NUM},
-            "required": ["avg", "p50", "p90", "p95", "p99"],
-            "additionalProperties": False,
-        },
-        "server_us": {"type": ["object", "null"], "additionalProperties": NUM},
-    }
-)
-
-CHECK = _obj(
-    {
-        "model": {"type": "string"},
-        "status": STATUS,
-        "reason": STR_OR_NULL,
-        "rows": {"type": "integer", "minimum": 0},
-        "rel_err": NUM_OR_NULL,
-        "topk_agreement": NUM_OR_NULL,
-    }
-)
-
-SERVING_SCHEMA: dict[str, Any] = _obj(
-    {
-        "schema_version": {"type": "integer", "enum": [SCHEMA_VERSION]},
-        "kind": {"type": "string", "enum": ["gpu_serving"]},
-        "created": {"type": "string"},
-        "command": {"type": "string"},
-        "machine": MACHINE,
-        "versions": VERSIONS,
-        "config_name": {"type": "string"},
-        "instance_kind": {"type": "string", "enum": ["KIND_CPU", "KIND_GPU"]},
-        "precision": {"type": "string"},
-        "cuda_graphs": {"type": "boolean"},
-        "weights": {"type": "object", "additionalProperties": {"type": "string"}},
-        "status": STATUS,
-        "reason": STR_OR_NULL,
-        "checks": {"type": "array", "items": CHECK},
-        "scenarios": {"type": "array", "items": SCENARIO},
-        "seconds": NUM,
-    }
-)
-
-_TYPES = {
-    "object": dict,
-    "array": list,
-    "string": str,
-    "boolean": bool,
-    "null": type(None),
+SCENARIO = {
+    "model": "str",
+    "protocol": ("grpc", "http"),
+    "batch": "int>=1",
+    "concurrency": "int>=1",
+    "status": STATUS,
+    "reason": "str?",
+    "throughput_per_s": "num?",
+    "latency_us": {"?": True, **{k: "num" for k in ("avg", "p50", "p90", "p95", "p99")}},
+    "server_us": {"?": True, "*": "num"},
 }
+CHECK = {
+    "model": "str",
+    "status": STATUS,
+    "reason": "str?",
+    "rows": "int>=0",
+    "rel_err": "num?",
+    "topk_agreement": "num?",
+}
+SERVING = {
+    "schema_version": (SCHEMA_VERSION,),
+    "kind": ("gpu_serving",),
+    "created": "str",
+    "command": "str",
+    "machine": MACHINE,
+    "versions": VERSIONS,
+    "config_name": "str",
+    "instance_kind": ("KIND_CPU", "KIND_GPU"),
+    "precision": "str",
+    "cuda_graphs": "bool",
+    "weights": {"*": "str"},
+    "status": STATUS,
+    "reason": "str?",
+    "checks": [CHECK],
+    "scenarios": [SCENARIO],
+    "seconds": "num",
+}
+PROBE_SCHEMA, SERVING_SCHEMA = expand(PROBE), expand(SERVING)
 
 
 def _is(value: Any, type_name: str) -> bool:
@@ -199,34 +132,28 @@ def _is(value: Any, type_name: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if type_name == "number":
         return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # NaN is no number
-    return isinstance(value, _TYPES[type_name])
+    types = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+    return isinstance(value, types[type_name])
 
 
 def errors(instance: Any, schema: dict, path: str = "$") -> list[str]:
     """Every violation of `schema` by `instance`, as 'path: problem' lines (empty when valid)."""
+    names = [schema["type"]] if isinstance(schema["type"], str) else schema["type"]
+    if not any(_is(instance, t) for t in names):
+        return [f"{path}: {type(instance).__name__} {instance!r:.60} is not of type {'/'.join(names)}"]
     out: list[str] = []
-    types = schema.get("type")
-    if types is not None:
-        names = [types] if isinstance(types, str) else types
-        if not any(_is(instance, t) for t in names):
-            return [f"{path}: {type(instance).__name__} {instance!r:.60} is not of type {'/'.join(names)}"]
     if "enum" in schema and instance not in schema["enum"]:
         out.append(f"{path}: {instance!r} is not one of {schema['enum']}")
     if "minimum" in schema and _is(instance, "number") and instance < schema["minimum"]:
         out.append(f"{path}: {instance} is below the minimum {schema['minimum']}")
     if isinstance(instance, dict):
-        props = schema.get("properties", {})
-        for key in schema.get("required", []):
-            if key not in instance:
-                out.append(f"{path}: missing required key {key!r}")
-        extra = schema.get("additionalProperties", True)
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties", True)
+        out += [f"{path}: missing required key {key!r}" for key in schema.get("required", []) if key not in instance]
         for key, value in instance.items():
-            if key in props:
-                out += errors(value, props[key], f"{path}.{key}")
+            if key in props or isinstance(extra, dict):
+                out += errors(value, props.get(key, extra), f"{path}.{key}")
             elif extra is False:
                 out.append(f"{path}: unexpected key {key!r}")
-            elif isinstance(extra, dict):
-                out += errors(value, extra, f"{path}.{key}")
     if isinstance(instance, list) and "items" in schema:
         for i, item in enumerate(instance):
             out += errors(item, schema["items"], f"{path}[{i}]")

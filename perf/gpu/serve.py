@@ -7,8 +7,8 @@
 Steps: assemble a repository (perf.gpu.repository) -> start tritonserver 2.51.0 from the
 nvidia-pytriton wheel with `--model-config-name=torch_gpu` (KIND_GPU, CUDA graphs) or `torch_cpu` ->
 check every model's served outputs against PyTorch FP32 on the CPU (HTTP, plain JSON) -> run
-perf_analyzer over gRPC per model and ensemble at each concurrency -> JSON matching
-perf.gpu.schema.SERVING_SCHEMA and a table on stdout.
+perf_analyzer over gRPC per model and ensemble at each concurrency (perf.analyzer builds the command
+and parses the CSV) -> JSON matching perf.gpu.schema.SERVING_SCHEMA (perf.gpu.report renders it).
 
 Works without the client Python packages: pytriton is located without importing it (its
 `__init__` pulls pyzmq, sh and the tritonclient HTTP stack, which the GPU image lacks), readiness and
@@ -20,7 +20,6 @@ the pytriton wheel's own libraries when the system has none.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import json
 import logging
@@ -41,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from models import spec
+from perf import analyzer, inputs
+from perf.gpu.repository import BASE, ENSEMBLES
 from serving import server as serving_server
 from serving.server import ADMIN_HEADER, ServerError, TritonServer, free_port
 
@@ -50,8 +51,9 @@ BACKEND_NAME = "torch_py"
 BACKEND_SOURCE = Path(__file__).resolve().parent / "torch_backend.py"
 CARRY = spec.ROOT / "build" / "gpu-carry"
 RUN_DIR = spec.ROOT / "build" / "gpu" / "triton-run"
-MODELS = ("nhits", "reservoir", "forecast_blend", "similarity", "user_embedding", "forecast", "recommend")
+MODELS = (*BASE, *ENSEMBLES)
 HALF_TOL, FP32_TOL = 1e-2, 1e-4
+SERVER_US = ("queue", "compute_input", "compute_infer", "compute_output")
 
 
 # ------------------------------------------------------------------------------ locating things
@@ -69,10 +71,6 @@ def locate_pytriton() -> Path:
     if not (root / "bin" / "tritonserver").is_file():
         raise ServerError(f"no tritonserver binary under {root}")
     return root
-
-
-def wheel_libs() -> Path:
-    return locate_pytriton().parent.parent / "nvidia_pytriton.libs"
 
 
 @contextmanager
@@ -94,18 +92,6 @@ def missing_libs(binary: Path, env: dict[str, str]) -> list[str]:
     return [line.split("=>")[0].strip() for line in out.splitlines() if "not found" in line]
 
 
-def lib_shim(run_dir: Path) -> Path:
-    """A folder of the sonames perf_analyzer asks for, linked to the wheel's renamed copies."""
-    shim = run_dir / "lib"
-    shim.mkdir(parents=True, exist_ok=True)
-    for soname, pattern in (("libcudart.so.12", "libcudart-*.so.12*"), ("libb64.so.0d", "libb64-*.so.0d")):
-        found = sorted(wheel_libs().glob(pattern))
-        target = shim / soname
-        if found and not target.exists():
-            target.symlink_to(found[0])
-    return shim
-
-
 def perf_analyzer_path(explicit: Path | None, run_dir: Path) -> Path | None:
     if explicit is not None:
         return explicit
@@ -113,19 +99,27 @@ def perf_analyzer_path(explicit: Path | None, run_dir: Path) -> Path | None:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     packed = CARRY / "perf_analyzer.xz"
-    if packed.is_file():
-        target = run_dir / "bin" / "perf_analyzer"
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(lzma.decompress(packed.read_bytes()))
-            target.chmod(0o755)
-        return target
-    return None
+    if not packed.is_file():
+        return None
+    target = run_dir / "bin" / "perf_analyzer"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(lzma.decompress(packed.read_bytes()))
+        target.chmod(0o755)
+    return target
 
 
 def perf_analyzer_env(run_dir: Path) -> dict[str, str]:
+    """LD_LIBRARY_PATH with a folder of the sonames perf_analyzer asks for, linked to the wheel's renamed copies."""
+    shim = run_dir / "lib"
+    shim.mkdir(parents=True, exist_ok=True)
+    libs = locate_pytriton().parent.parent / "nvidia_pytriton.libs"
+    for soname, pattern in (("libcudart.so.12", "libcudart-*.so.12*"), ("libb64.so.0d", "libb64-*.so.0d")):
+        found = sorted(libs.glob(pattern))
+        if found and not (shim / soname).exists():
+            (shim / soname).symlink_to(found[0])
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(lib_shim(run_dir)), env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(shim), env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
     return env
 
 
@@ -173,191 +167,121 @@ class GpuTritonServer(TritonServer):
         return {m["name"]: m.get("reason", "") or m.get("state", "") for m in index if m.get("state") != "READY"}
 
 
-DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+DATATYPES = {"FP32": np.float32, "INT64": np.int64}
 
 
 def http_infer(url: str, model: str, arrays: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
     """One inference over Triton's HTTP/REST v2 protocol with JSON tensors."""
+    names = {np.dtype(v): k for k, v in DATATYPES.items()}
     body = {
         "inputs": [
-            {"name": n, "shape": list(a.shape), "datatype": DATATYPES[a.dtype], "data": a.reshape(-1).tolist()}
+            {"name": n, "shape": list(a.shape), "datatype": names[a.dtype], "data": a.reshape(-1).tolist()}
             for n, a in arrays.items()
         ],
         "outputs": [{"name": n} for n in outputs],
     }
-    req = urllib.request.Request(
-        f"http://{url}/v2/models/{model}/infer",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
+    headers = {"Content-Type": "application/json"}
+    req = urllib.request.Request(f"http://{url}/v2/models/{model}/infer", json.dumps(body).encode(), headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             reply = json.loads(r.read())
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"{model}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:300]}") from exc
-    dtype = {"FP32": np.float32, "INT64": np.int64}
-    return {o["name"]: np.asarray(o["data"], dtype=dtype[o["datatype"]]).reshape(o["shape"]) for o in reply["outputs"]}
+    return {
+        o["name"]: np.asarray(o["data"], dtype=DATATYPES[o["datatype"]]).reshape(o["shape"]) for o in reply["outputs"]
+    }
 
 
-# ------------------------------------------------------------------------------ checks
+# ------------------------------------------------------------------------------ checks and measurements
 
 
-def reference_modules(repo: Path, models: tuple[str, ...]):
-    """The served checkpoints as FP32 CPU modules (ensembles composed in process)."""
-    from models import registry
-    from perf.gpu import weights
-
-    base = {}
-    for name in weights.BASE:
-        if any(name == m or name in deps(m) for m in models):
-            base[name] = registry.load_model(name, repo / name / "1")
-    mods = {m: base[m] for m in models if m in base}
-    if "forecast" in models:
-        mods["forecast"] = weights.Forecast(base["nhits"], base["reservoir"], base["forecast_blend"]).eval()
-    if "recommend" in models:
-        mods["recommend"] = weights.Recommend(base["user_embedding"], base["similarity"]).eval()
-    return mods
+def n_users_of(mods: dict, default: int) -> int:
+    users = mods.get("user_embedding") or getattr(mods.get("recommend"), "users", None)
+    return int(users.table.shape[0]) if users is not None else default
 
 
-def deps(model: str) -> tuple[str, ...]:
-    return {"forecast": ("nhits", "reservoir", "forecast_blend"), "recommend": ("user_embedding", "similarity")}.get(
-        model, ()
-    )
-
-
-def check(server: GpuTritonServer, repo: Path, models: tuple[str, ...], precision: str) -> list[dict]:
+def check(server: GpuTritonServer, mods: dict, precision: str) -> list[dict]:
+    """Each served model's outputs against its FP32 CPU module (perf.gpu.weights.load_all) on 16 rows."""
     import torch
 
     from perf.gpu import weights
 
-    mods = reference_modules(repo, models)
-    out = []
-    tol = FP32_TOL if precision == "fp32" else HALF_TOL
-    for model in models:
+    out, tol = [], FP32_TOL if precision == "fp32" else HALF_TOL
+    for model, module in mods.items():
         m_spec = spec.MODELS[model]
         record = {"model": model, "status": "ok", "reason": None, "rows": 0, "rel_err": None, "topk_agreement": None}
         try:
-            n_users = int(mods["user_embedding"].table.shape[0]) if "user_embedding" in mods else spec.N_USERS
-            n_items = int(mods["similarity"].catalog_t.shape[1]) if "similarity" in mods else spec.N_ITEMS
-            xs = weights.inputs(model, 16, 1, n_items, n_users)[0]
+            xs = weights.inputs(model, 16, 1, n_users_of(mods, spec.N_USERS))[0]
             arrays = {t.name: x for t, x in zip(m_spec.inputs, xs, strict=True)}
             got = http_infer(server.http_url, model, arrays, [t.name for t in m_spec.outputs])
             with torch.inference_mode():
-                ref = mods[model](*(torch.from_numpy(x) for x in xs))
+                ref = module(*(torch.from_numpy(x) for x in xs))
             ref = ref if isinstance(ref, tuple) else (ref,)
-            ref_by_name = {t.name: r.numpy() for t, r in zip(m_spec.outputs, ref, strict=False)}
-            floats = [n for n, r in ref_by_name.items() if r.dtype == np.float32]
-            diff = np.concatenate([(got[n] - ref_by_name[n]).ravel() for n in floats]).astype(np.float64)
-            norm = np.concatenate([ref_by_name[n].ravel() for n in floats]).astype(np.float64)
+            want = {t.name: r.numpy() for t, r in zip(m_spec.outputs, ref, strict=False)}
+            floats = [n for n, r in want.items() if r.dtype == np.float32]
+            diff = np.concatenate([(got[n] - want[n]).ravel() for n in floats]).astype(np.float64)
+            norm = np.concatenate([want[n].ravel() for n in floats]).astype(np.float64)
             record["rows"] = int(xs[0].shape[0])
             record["rel_err"] = float(f"{np.linalg.norm(diff) / max(np.linalg.norm(norm), 1e-30):.3e}")
-            if "ids" in ref_by_name:
-                hits = [
-                    len(set(a) & set(b)) for a, b in zip(got["ids"].tolist(), ref_by_name["ids"].tolist(), strict=True)
-                ]
-                record["topk_agreement"] = round(sum(hits) / ref_by_name["ids"].size, 4)
+            if "ids" in want:
+                hits = [len(set(a) & set(b)) for a, b in zip(got["ids"].tolist(), want["ids"].tolist(), strict=True)]
+                record["topk_agreement"] = round(sum(hits) / want["ids"].size, 4)
             if not np.isfinite(record["rel_err"]) or record["rel_err"] > tol:
                 record.update(status="failed", reason=f"relative error {record['rel_err']} above {tol:g}")
-            elif record["topk_agreement"] is not None and record["topk_agreement"] < (
+            elif (record["topk_agreement"] is not None) and record["topk_agreement"] < (
                 0.99 if precision == "fp32" else 0.95
             ):
                 record.update(status="failed", reason=f"top-k agreement {record['topk_agreement']} too low")
         except Exception as exc:  # a failed check is a result, not a crash
             record.update(status="failed", reason=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
-        log.info(
-            "check %-15s %s rel_err=%s topk=%s %s",
-            model,
-            record["status"],
-            record["rel_err"],
-            record["topk_agreement"],
-            record["reason"] or "",
-        )
+        shown = (record[k] for k in ("status", "rel_err", "topk_agreement"))
+        log.info("check %-15s %s rel_err=%s topk=%s %s", model, *shown, record["reason"] or "")
         out.append(record)
     return out
 
 
-# ------------------------------------------------------------------------------ perf_analyzer
-
-
-def input_data(model: str, path: Path, n_items: int, n_users: int, rows: int = 64) -> Path:
-    """perf_analyzer --input-data JSON: `rows` single-row requests from the project's data generators."""
-    from perf.gpu import weights
-
-    xs = weights.inputs(model, rows, 1, n_items, n_users, seed=7)[0]
-    names = [t.name for t in spec.MODELS[model].inputs]
-    entries = [
-        {n: {"content": x[i].reshape(-1).tolist(), "shape": list(x.shape[1:])} for n, x in zip(names, xs, strict=True)}
-        for i in range(rows)
-    ]
-    path.write_text(json.dumps({"data": entries}))
-    return path
-
-
-COLUMNS = {
-    "queue": "Server Queue",
-    "compute_input": "Server Compute Input",
-    "compute_infer": "Server Compute Infer",
-    "compute_output": "Server Compute Output",
-}
-
-
 def parse_csv(path: Path) -> dict:
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise RuntimeError(f"perf_analyzer wrote no rows to {path}")
-    r = rows[-1]
-    latency = {k: float(r[f"{k} latency"]) for k in ("p50", "p90", "p95", "p99")}
-    latency["avg"] = float(r["Avg latency"]) if r.get("Avg latency") else latency["p50"]
-    return {
-        "throughput_per_s": float(r["Inferences/Second"]),
-        "latency_us": latency,
-        "server_us": {k: float(r[c]) for k, c in COLUMNS.items() if r.get(c) not in (None, "")},
-    }
+    """perf_analyzer's CSV (parsed by perf.analyzer) in the serving schema's fields and units (µs)."""
+    row = analyzer.parse_csv(path)[-1]
+    us = {k: round(row[f"{k}_ms"] * 1000, 3) for k in ("p50", "p90", "p95", "p99")}
+    us["avg"] = round(row["avg_ms"] * 1000, 3) if row["avg_ms"] is not None else us["p50"]
+    server = {k: row["breakdown_us"][k] for k in SERVER_US if k in row["breakdown_us"]}
+    return {"throughput_per_s": row["throughput"], "latency_us": us, "server_us": server}
 
 
 def run_scenario(args, server: GpuTritonServer, pa: Path, model: str, batch: int, concurrency: int, data: Path) -> dict:
-    rec = {
-        "model": model,
-        "protocol": "grpc",
-        "batch": batch,
-        "concurrency": concurrency,
-        "status": "ok",
-        "reason": None,
-        "throughput_per_s": None,
-        "latency_us": None,
-        "server_us": None,
-    }
-    csv_path = args.run_dir / f"pa_{model}_b{batch}_c{concurrency}.csv"
+    rec = {"model": model, "protocol": "grpc", "batch": batch, "concurrency": concurrency, "status": "ok"}
+    rec |= {"reason": None, "throughput_per_s": None, "latency_us": None, "server_us": None}
+    stem = f"pa_{model}_b{batch}_c{concurrency}"
+    measurement = analyzer.Measurement(args.interval_ms, args.stability, args.max_trials)
+    point = analyzer.Point(model, stem, "grpc", concurrency, None, batch, str(data), measurement=measurement)
+    csv_path = args.run_dir / f"{stem}.csv"
     for stability in (args.stability, 999):  # second try: accept whatever three windows give
-        options = (
-            f"-m {model} -u {server.grpc_url} -i grpc -b {batch} --concurrency-range {concurrency}:{concurrency} "
-            f"--measurement-interval {args.interval_ms} --max-trials {args.max_trials} "
-            f"--stability-percentage {stability} --verbose-csv"
-        )
-        cmd = [str(pa), *options.split(), "--input-data", str(data), "-f", str(csv_path)]
+        cmd = [str(pa), *analyzer.command(point, server.grpc_url, csv_path, stability=stability)]
+        env = perf_analyzer_env(args.run_dir)
         try:
-            proc = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                env=perf_analyzer_env(args.run_dir),
-                timeout=args.scenario_timeout_s,
-            )
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.scenario_timeout_s)
         except subprocess.TimeoutExpired:
-            rec.update(status="failed", reason=f"perf_analyzer ran past {args.scenario_timeout_s:.0f} s")
-            return rec
-        (args.run_dir / f"pa_{model}_b{batch}_c{concurrency}.log").write_text(proc.stdout + proc.stderr)
+            return rec | {"status": "failed", "reason": f"perf_analyzer ran past {args.scenario_timeout_s:.0f} s"}
+        (args.run_dir / f"{stem}.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode == 0 and csv_path.is_file():
             relaxed = None if stability == args.stability else f"accepted at --stability-percentage {stability}"
-            rec.update(status="ok", reason=relaxed, **parse_csv(csv_path))
-            return rec
+            return rec | {"status": "ok", "reason": relaxed, **parse_csv(csv_path)}
         tail = (proc.stderr or proc.stdout).strip().splitlines()
         rec.update(status="failed", reason=(tail[-1] if tail else f"exit code {proc.returncode}")[:300])
         if "stable" not in rec["reason"]:
             break
     return rec
+
+
+def _shown(rec: dict) -> str:
+    lat, srv = rec["latency_us"], {k: v / 1e3 for k, v in (rec["server_us"] or {}).items()}
+    if not lat:
+        return rec["reason"] or ""
+    return (
+        f"{rec['throughput_per_s']:.1f}/s p50 {lat['p50'] / 1e3:.3f} ms p99 {lat['p99'] / 1e3:.3f} ms, server queue "
+        f"{srv.get('queue', 0):.3f} ms infer {srv.get('compute_infer', 0):.3f} ms"
+    )
 
 
 # ------------------------------------------------------------------------------ preflight
@@ -385,13 +309,12 @@ def preflight(args) -> tuple[dict, list[str]]:
         facts["stub"] = str(stub) if stub.is_file() else None
         if not stub.is_file():
             problems.append(f"the wheel has no python backend stub for Python {version}")
-        else:
-            missing = missing_libs(stub, env)
+        elif missing := missing_libs(stub, env):
             facts["stub_missing_libs"] = missing
-            if missing:
-                problems.append(f"the python backend stub cannot load {missing} (LD_LIBRARY_PATH from serving.server)")
-        missing = missing_libs(root / "bin" / "tritonserver", env)
-        if missing:
+            problems.append(f"the python backend stub cannot load {missing} (LD_LIBRARY_PATH from serving.server)")
+        else:
+            facts["stub_missing_libs"] = []
+        if missing := missing_libs(root / "bin" / "tritonserver", env):
             problems.append(f"tritonserver cannot load {missing}")
     except ServerError as exc:
         problems.append(str(exc))
@@ -406,14 +329,11 @@ def preflight(args) -> tuple[dict, list[str]]:
             "no perf_analyzer: pip install tritonclient[all]==2.51.0, or carry build/gpu-carry/perf_analyzer.xz"
         )
     elif not problems or "nvidia-pytriton" not in problems[0]:
-        missing = missing_libs(pa, perf_analyzer_env(args.run_dir))
-        facts["perf_analyzer_missing_libs"] = missing
+        facts["perf_analyzer_missing_libs"] = missing = missing_libs(pa, perf_analyzer_env(args.run_dir))
         if missing:
             problems.append(f"perf_analyzer cannot load {missing}")
     facts["stub_numpy"], problem = stub_numpy(args.stub_site)
-    if problem:
-        problems.append(problem)
-    return facts, problems
+    return facts, problems + ([problem] if problem else [])
 
 
 STUB_PROBE = (
@@ -462,8 +382,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("perf/results/gpu_serving.json"))
     args = p.parse_args(argv)
     args.models = tuple(m for m in args.models.split(",") if m)
-    bad = [m for m in args.models if m not in MODELS]
-    if bad:
+    if bad := [m for m in args.models if m not in MODELS]:
         p.error(f"unknown model(s) {bad}: expected some of {', '.join(MODELS)}")
     if args.perf_models == "none":
         args.perf_models = ()
@@ -523,32 +442,6 @@ def document(args, status: str, reason: str | None, sources, checks, scenarios, 
     return doc
 
 
-def print_table(doc: dict) -> None:
-    print(
-        f"\nTriton {doc['config_name']} ({doc['instance_kind']}, {doc['precision']}, graphs {doc['cuda_graphs']}) "
-        f"on {doc['machine']['device']}: {doc['status']} {doc['reason'] or ''}"
-    )
-    for c in doc["checks"]:
-        print(
-            f"  check {c['model']:<15} {c['status']:<7} rel_err {c['rel_err']}  top-k {c['topk_agreement']}  "
-            f"{c['reason'] or ''}"
-        )
-    print(
-        f"{'model':<15} {'batch':>5} {'conc':>5} {'items/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'queue ms':>9} "
-        f"{'infer ms':>9}"
-    )
-    for s in doc["scenarios"]:
-        if s["status"] != "ok":
-            print(f"{s['model']:<15} {s['batch']:>5} {s['concurrency']:>5} failed: {s['reason']}")
-            continue
-        lat, srv = s["latency_us"], s["server_us"] or {}
-        print(
-            f"{s['model']:<15} {s['batch']:>5} {s['concurrency']:>5} {s['throughput_per_s']:>10.1f} "
-            f"{lat['p50'] / 1e3:>8.3f} {lat['p99'] / 1e3:>8.3f} {srv.get('queue', 0) / 1e3:>9.3f} "
-            f"{srv.get('compute_infer', 0) / 1e3:>9.3f}"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -562,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         print("preflight: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
         return 1 if problems else 0
 
-    from perf.gpu import repository
+    from perf.gpu import repository, weights
 
     started = time.perf_counter()
     status, reason, checks, scenarios = "ok", None, [], []
@@ -577,14 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         args.n_items,
         args.n_users,
     )
-    server = GpuTritonServer(
-        args.repo_out,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        config_name=args.config,
-        run_dir=args.run_dir,
-    )
+    ports = {f"{k}_port": free_port() for k in ("http", "grpc", "metrics")}
+    server = GpuTritonServer(args.repo_out, **ports, config_name=args.config, run_dir=args.run_dir)
     server.stub_site = args.stub_site
     try:
         server.start(timeout=600)
@@ -594,28 +481,19 @@ def main(argv: list[str] | None = None) -> int:
             status, reason = "failed", "; ".join(f"{m}: {r}" for m, r in down.items())[:600]
             for m, r in down.items():
                 log.error("%s did not load: %s", m, r)
-        checks = check(server, args.repo_out, served, args.precision if args.config == "torch_gpu" else "fp32")
+        mods = weights.load_all(None, served, where=lambda name: args.repo_out / name / "1")[0]
+        checks = check(server, mods, args.precision if args.config == "torch_gpu" else "fp32")
         pa = perf_analyzer_path(args.perf_analyzer, args.run_dir) if args.perf_models else None
         if args.perf_models and pa is None:
             status, reason = "failed", "no perf_analyzer (see --preflight)"
-        n_users = args.n_users if args.synthesize else spec.N_USERS
-        if "user_embedding" in served:
-            from models import registry
-
-            n_users = int(registry.load_model("user_embedding", args.repo_out / "user_embedding" / "1").table.shape[0])
+        n_users = n_users_of(mods, args.n_users if args.synthesize else spec.N_USERS)
         for model in (m for m in args.perf_models if m in served and pa is not None):
-            data = input_data(model, args.run_dir / f"input_{model}.json", args.n_items, n_users)
+            names = [t.name for t in spec.MODELS[model].inputs]
+            xs = weights.inputs(model, 64, 1, n_users, seed=7)[0]  # 64 single-row requests
+            data = inputs.write_arrays(dict(zip(names, xs, strict=True)), args.run_dir / f"input_{model}.json")
             for c in args.concurrency:
                 rec = run_scenario(args, server, pa, model, args.batch, c, data)
-                log.info(
-                    "perf %-15s c=%-3d %s %s",
-                    model,
-                    c,
-                    rec["status"],
-                    f"{rec['throughput_per_s']:.1f}/s p99 {rec['latency_us']['p99'] / 1e3:.3f} ms"
-                    if rec["status"] == "ok"
-                    else rec["reason"],
-                )
+                log.info("perf %-15s c=%-3d %s %s", model, c, rec["status"], _shown(rec))
                 scenarios.append(rec)
     except ServerError as exc:
         status, reason = "failed", str(exc).splitlines()[0][:600]
@@ -625,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = document(args, status, reason, sources, checks, scenarios, started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print_table(doc)
+    print(f"Triton {args.config} on {doc['machine']['device']}: {status} {reason or ''}")
     print(f"wrote {args.out}; server log {server.log_path}")
     bad_checks = [c for c in checks if c["status"] != "ok"]
     return 0 if status == "ok" and not bad_checks else 1

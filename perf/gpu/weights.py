@@ -15,6 +15,7 @@ needed to get realistic windows, queries and user ids. Every result says where i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,10 @@ from models.blend import Blend
 from models.nhits import NHITS
 from models.reservoir import Reservoir, ReservoirConfig
 from models.similarity import Similarity, UserEmbedding
+from perf.gpu.repository import BASE, ENSEMBLES
 
 log = logging.getLogger(__name__)
 
-BASE = ("nhits", "reservoir", "forecast_blend", "similarity", "user_embedding")
 SYNTHETIC = "synthetic (same architecture and shapes, untrained)"
 
 
@@ -100,24 +101,21 @@ def load_all(
     n_items: int = spec.N_ITEMS,
     n_users: int = spec.N_USERS,
     units: int = spec.RESERVOIR_UNITS,
+    where: Callable[[str], Path] | None = None,
 ) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """Modules for `models` (BASE names plus the in-process ensembles `forecast` and `recommend`)."""
-    need = set(models)
-    if "forecast" in need:
-        need |= {"nhits", "reservoir", "forecast_blend"}
-    if "recommend" in need:
-        need |= {"similarity", "user_embedding"}
+    """Modules for `models` (BASE names plus the in-process ensembles `forecast` and `recommend`), from
+    `<artifacts>/checkpoints/` or, with `where`, from `<where(model)>/checkpoints/` (a model repository)."""
+    need = set(models).union(*(ENSEMBLES.get(m, ()) for m in models))
     mods: dict[str, nn.Module] = {}
     sources: dict[str, str] = {}
-    for name in BASE:
-        if name in need:
-            mods[name], sources[name] = load_base(name, artifacts, n_items, n_users, units)
-            log.info("%s: %s", name, sources[name])
+    for name in (n for n in BASE if n in need):
+        mods[name], sources[name] = load_base(name, where(name) if where else artifacts, n_items, n_users, units)
+        log.info("%s: %s", name, sources[name])
     if "forecast" in need:
         mods["forecast"] = Forecast(mods["nhits"], mods["reservoir"], mods["forecast_blend"]).eval()
     if "recommend" in need:
         mods["recommend"] = Recommend(mods["user_embedding"], mods["similarity"]).eval()
-    return {n: mods[n] for n in models}, {n: sources[n] for n in sources}
+    return {n: mods[n] for n in models}, sources
 
 
 def synthesize_checkpoints(
@@ -164,7 +162,7 @@ def _users(n: int) -> np.ndarray:
     return _CACHE["users"]
 
 
-def inputs(name: str, batch: int, n_sets: int, n_items: int, n_users: int, seed: int = 0) -> list[tuple[np.ndarray]]:
+def inputs(name: str, batch: int, n_sets: int, n_users: int, seed: int = 0) -> list[tuple[np.ndarray]]:
     """`n_sets` different input tuples of `batch` rows for model `name` (numpy, CPU)."""
     rng = np.random.default_rng([seed, batch])
     sets = []

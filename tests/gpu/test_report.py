@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
-from perf import gpu_probe
 from perf.gpu import report
 
 
@@ -43,11 +43,13 @@ def test_section_names_machine_versions_and_command(probe_doc):
     assert "What TensorRT would change" in text
 
 
-def test_report_cli_of_the_probe_prints_the_section(probe_doc, tmp_path, capsys):
+def test_report_cli_prints_the_section(probe_doc, tmp_path, capsys):
     path = tmp_path / "probe.json"
     path.write_text(json.dumps(probe_doc))
-    assert gpu_probe.main(["--report", str(path)]) == 0
+    assert report.main(["--probe", str(path)]) == 0
     assert "not measured: no GPU lent" in capsys.readouterr().out
+    assert report.main(["--probe", str(path), "--out", str(tmp_path / "section.md")]) == 0
+    assert (tmp_path / "section.md").read_text() == report.render(probe_doc)
 
 
 def test_gpu_shaped_json_gets_verdicts_from_its_own_numbers(probe_doc):
@@ -168,3 +170,27 @@ def test_gpu_shaped_serving_json_fills_the_served_column_and_table(probe_doc):
     served = text.split("### Served by Triton on the GPU", 1)[1].split("###", 1)[0]
     assert "| reservoir | 1 | 8 | 3,000/s | 4.00 ms | 8.00 ms | 10 µs | 110 µs |" in served
     assert "1 of 1 models agree" in served
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def as_gpu(doc: dict) -> dict:
+    """Shape only: a CPU probe document relabelled as a GPU run, to exercise the code that renders GPU figures."""
+    doc = copy.deepcopy(doc)
+    gpu = {"name": "TEST-ONLY", "capability": "9.0", "sm_count": 1, "memory_gib": 1.0, "l2_mib": None, "driver": None}
+    doc["machine"] |= {"device": "cuda", "gpu": gpu}
+    doc["kernels_per_call"] = {"reservoir": 700, "nhits": 40}
+    for r in doc["results"]:
+        r["timer"] = "cuda_events"
+    return doc
+
+
+def test_recorded_documents_render_the_sections_recorded_with_them():
+    """tests/gpu/data/section_*.md were rendered from these documents before perf/ was consolidated (issue 17):
+    every claim, table and note, to the character. serving_test_only.json holds made-up numbers."""
+    probe = json.loads((DATA / "probe_cpu.json").read_text())
+    serving = json.loads((DATA / "serving_test_only.json").read_text())
+    cpu_serving = {**serving, "machine": probe["machine"], "instance_kind": "KIND_CPU", "config_name": "torch_cpu"}
+    assert report.render(probe, cpu_serving) == (DATA / "section_cpu.md").read_text()
+    assert report.render(as_gpu(probe), serving) == (DATA / "section_gpu.md").read_text()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from models import registry, spec
-from perf.gpu import repository, serve
+from perf.gpu import report, repository, serve, weights
 from serving.repository import load_config, tensors
 from serving.server import free_port
 
@@ -85,7 +87,8 @@ def test_torch_backend_serves_checked_outputs_on_a_real_triton_and_rejects_bad_i
     server.start(timeout=240)
     try:
         assert server.unavailable_models() == {}
-        checks = serve.check(server, tmp_path / "repo", served, "fp32")
+        mods = weights.load_all(None, served, where=lambda name: tmp_path / "repo" / name / "1")[0]
+        checks = serve.check(server, mods, "fp32")
         assert [c["status"] for c in checks] == ["ok", "ok"], checks
         assert all(c["rel_err"] < 1e-5 and c["rows"] == 16 for c in checks)
         bad = np.array([[SMALL["n_users"]]], dtype=np.int64)
@@ -93,3 +96,18 @@ def test_torch_backend_serves_checked_outputs_on_a_real_triton_and_rejects_bad_i
             serve.http_infer(server.http_url, "user_embedding", {"user_id": bad}, ["embedding"])
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_the_cpu_serving_recipe_measures_with_perf_analyzer_and_the_report_reads_it(tmp_path):
+    out = tmp_path / "serving.json"
+    argv = ["--synthesize", "--n-items", "2000", "--n-users", "3000", "--config", "torch_cpu", "--quick"]
+    argv += ["--models", "nhits", "--out", str(out), "--repo-out", str(tmp_path / "repo"), "--run-dir", str(tmp_path)]
+    assert serve.main(argv) == 0
+    doc = json.loads(out.read_text())
+    (rec,) = doc["scenarios"]
+    assert rec["status"] == "ok" and rec["throughput_per_s"] > 0
+    assert 0 < rec["latency_us"]["p50"] <= rec["latency_us"]["p99"]
+    assert set(rec["server_us"]) == set(serve.SERVER_US)
+    assert (tmp_path / "pa_nhits_b1_c1.csv").is_file() and doc["checks"][0]["status"] == "ok"
+    assert "the serving JSON given is a CPU run" in report.render(None, doc)

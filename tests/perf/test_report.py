@@ -46,14 +46,7 @@ def test_the_report_names_the_machine_the_versions_and_the_commands(written: Pat
 def test_the_report_states_every_goal_with_a_verdict_and_a_reason(written: Path):
     summary = analysis.summarize(RUN)
     text = written.read_text()
-    per_model = (
-        analysis.SERVED_OVER_EAGER,
-        analysis.SERVED_OVER_ORT,
-        analysis.SERVED_C16_OVER_ORT_B1,
-        analysis.C1_THROUGHPUT,
-        analysis.COMPARE_GOAL,
-    )
-    assert len(summary["goals"]) == sum(map(len, per_model)) + 2 * len(analysis.GOAL_MODELS)  # + dynbatch, INT8
+    assert len(summary["goals"]) == sum(map(len, analysis.GOALS.values()))  # every goal of perf/goals.yaml
     for g in summary["goals"]:
         assert g["reason"], g
         assert g["reason"].split(";")[0][:40] in text
@@ -85,3 +78,9 @@ def test_knee_and_chosen_point_follow_their_definitions():
 def test_report_cli_rebuilds_from_a_run_directory(tmp_path: Path):
     assert report.main(["--run", str(RUN), "--out", str(tmp_path), "--search", str(DATA / "search.json")]) == 0
     assert (tmp_path / "report.md").is_file() and (tmp_path / "latency_reservoir.png").is_file()
+
+
+def test_the_recorded_run_renders_the_report_recorded_with_it(written: Path):
+    """Every figure, table, goal and ratio, to the character: tests/perf/data/report.md was rendered from this
+    run before perf/ was consolidated (issue 17); re-record it only when the report is meant to change."""
+    assert written.read_text() == (DATA / "report.md").read_text()
