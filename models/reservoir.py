@@ -129,6 +129,10 @@ class Reservoir(nn.Module):
     def fit_transform(self, train_series: np.ndarray) -> None:
         """Global affine transform of log values, fitted once on the train split."""
         logs = np.log(np.maximum(train_series.astype(np.float64), EPS))
+        if np.isnan(logs).any():  # the real profile's train split: NaN before a shorter series starts
+            self.in_loc.fill_(float(np.nanmean(logs)))
+            self.in_scale.fill_(float(np.nanstd(logs)))
+            return
         self.in_loc.fill_(float(logs.mean()))
         self.in_scale.fill_(float(logs.std()))
 
