@@ -11,6 +11,9 @@ MA_VENV ?= .venv-ma
 TARGET ?= cpu
 # SIZE: full = the sizes of DESIGN.md; small = tests and CI
 SIZE ?= full
+# DATA: synthetic = the project's own series and catalog at the seeds' sizes (the performance benchmark);
+# real = MovieLens embedded by all-MiniLM-L6-v2, hourly electricity demand and four stock indices
+DATA ?= synthetic
 ARTIFACTS ?= artifacts
 REPO ?= model_repository
 # Versions move together (DESIGN.md): server 2.51.0 = NGC 24.10 = TensorRT 10.5.
@@ -19,11 +22,13 @@ TRITONSERVER_IMAGE ?= nvcr.io/nvidia/tritonserver:$(TRITONSERVER_IMAGE_VERSION)-
 TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
 
 TEST_ROOT ?= build/test
+TEST_REAL_ROOT ?= build/test-real
 SOURCES := $(shell find models export calibration -name '*.py' 2>/dev/null) pyproject.toml
-STAMP := $(ARTIFACTS)/.export-$(strip $(SIZE))-$(strip $(TARGET)).stamp
+STAMP := $(ARTIFACTS)/.export-$(strip $(DATA))-$(strip $(SIZE))-$(strip $(TARGET)).stamp
 size_flag = $(if $(filter small,$(strip $(SIZE))),--small,)
+data_flag = --data $(strip $(DATA))
 
-.PHONY: help venv backend system-deps export export-small serve demo test lint clean
+.PHONY: help venv backend system-deps export export-small export-small-real serve demo test lint clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -47,8 +52,10 @@ export: $(VENV)/.installed backend ## train, export ONNX, calibrate INT8, build 
 	@$(MAKE) --no-print-directory $(STAMP)
 
 $(STAMP): $(SOURCES)
+	@test "$(DATA)" = synthetic -o "$(DATA)" = real || { echo "DATA must be synthetic or real, got '$(DATA)'" >&2; exit 2; }
+	@rm -f $(ARTIFACTS)/.export-*.stamp  # another profile's stamp no longer describes these artifacts
 	$(PY) -m serving.repository --repo $(REPO) --check-layout
-	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag)
+	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag) $(data_flag)
 	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(REPO)
 	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(REPO)
 	$(PY) -m export.build_engine --artifacts $(ARTIFACTS) --repo $(REPO) --target $(strip $(TARGET))
@@ -59,18 +66,22 @@ $(STAMP): $(SOURCES)
 
 export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_ROOT)
 	$(PY) -m serving.repository --repo model_repository --copy-configs-to $(TEST_ROOT)/model_repository
-	@$(MAKE) --no-print-directory export SIZE=small ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository
+	@$(MAKE) --no-print-directory export SIZE=small DATA=synthetic ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository
+
+export-small-real: $(VENV)/.installed ## the real-data profile at test sizes (600 movies) into $(TEST_REAL_ROOT)
+	$(PY) -m serving.repository --repo model_repository --copy-configs-to $(TEST_REAL_ROOT)/model_repository
+	@$(MAKE) --no-print-directory export SIZE=small DATA=real ARTIFACTS=$(TEST_REAL_ROOT)/artifacts REPO=$(TEST_REAL_ROOT)/model_repository
 
 serve: backend export ## start the local Triton (cpu target) on 127.0.0.1 until Ctrl-C
 	$(PY) -m serving.server --repo $(REPO)
 
-demo: backend export ## start Triton, call every model and ensemble over gRPC and HTTP, stop
-	$(PY) -m clients demo --repo $(REPO)
+demo: backend export ## start Triton, call every model and ensemble over gRPC and HTTP, stop (DATA=real: MovieLens search)
+	$(PY) -m clients demo --repo $(REPO) --artifacts $(ARTIFACTS)
 
 system-deps: ## install the Debian packages of .ci/apt-packages.txt that are missing
 	@scripts/install-system-deps.sh
 
-test: system-deps backend $(MA_VENV)/.installed export-small ## run the test suite against a real Triton (installs what it needs)
+test: system-deps backend $(MA_VENV)/.installed export-small export-small-real ## run the test suite against a real Triton (installs what it needs)
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed ## ruff lint and format check

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 ENCODER = "all-MiniLM-L6-v2"
 PRETRAINED_DIR = "pretrained"

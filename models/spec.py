@@ -19,6 +19,7 @@ N_USERS = 119_743
 RESERVOIR_UNITS = 1000
 VOCAB_SIZE = 30_522  # all-MiniLM-L6-v2's WordPiece vocabulary
 MAX_TOKENS = 256  # the encoder's max_seq_length: the tokenizer truncates longer texts
+MAX_TEXT_BYTES = 65_536  # the tokenizer refuses longer texts (a named error), before tokenizing them
 SEQUENCE = -1  # a dynamic per-sample dim (tokens): [-1] in the configs, "sequence" in the ONNX graph
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,10 @@ class TextEncoder(nn.Module):
     def from_folder(cls, folder: Path) -> TextEncoder:
         """Weights from an extracted sentence-transformers folder (models.real_data.encoder_dir); no hub."""
         from transformers import BertModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.set_verbosity_error()  # its load report lists the unused pooler weights: expected here
+        hf_logging.disable_progress_bar()
         # eager attention: plain MatMul / Softmax in the graph (what INT8 Q/DQ and TensorRT expect)
         bert = BertModel.from_pretrained(
             str(folder), attn_implementation="eager", add_pooling_layer=False, local_files_only=True
