@@ -246,6 +246,16 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
         out.append(
             f"| **served / eager** (chosen point; peak) | {_x(m.get('served_over_eager'))}; {_x(m.get('peak_over_eager'))} |"
         )
+    if m.get("sentence_transformers"):
+        st = m["sentence_transformers"]
+        out.append(
+            f"| in-process SentenceTransformer.encode, batch 1 | {_f(st['throughput'])}/s, p50 / p99 "
+            f"{_f(st['p50_ms'], 2)} / {_f(st['p99_ms'], 2)} ms ({st['threads']} threads) |"
+        )
+        out.append(
+            f"| **encode p50 / served c1 p50; served c16 / encode throughput** | "
+            f"{_x(m.get('st_p50_over_served_c1_p50'))}; {_x(m.get('served_c16_over_st'))} |"
+        )
     for h in m.get("http", []):
         g = analysis.at(m["sweep"], h["concurrency"])
         if g:

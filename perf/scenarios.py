@@ -185,11 +185,12 @@ def validate(s: Scenario, repo: Path = spec.MODEL_REPOSITORY) -> list[str]:
             if s.compare.get(key) not in names:
                 problems.append(f"{where}: compare.{key} names no run")
     for b in s.baselines:
-        if b not in ("eager", "ort"):
-            problems.append(f"{where}: baseline {b!r} is not eager or ort")
+        if b not in BASELINES:
+            problems.append(f"{where}: baseline {b!r} is not one of {', '.join(BASELINES)}")
     return problems
 
 
+BASELINES = ("eager", "ort", "sentence_transformers")
 QUICK_KEEP = 16  # the concurrency of the dynamic-batching comparison survives the quick profile
 
 
