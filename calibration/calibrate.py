@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -393,7 +394,12 @@ def preprocess(src: Path, dst: Path) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(src), str(dst), skip_optimization=False, skip_symbolic_shape=False)
+        # ORT's symbolic shape inference dumps `sym_shape_infer_temp.onnx` and a ~90 MB uuid-named `.data`
+        # file into the working directory when it cannot infer every shape (the text encoder): keep them in `work`.
+        with contextlib.chdir(dst.parent):
+            quant_pre_process(
+                str(src.resolve()), str(dst.resolve()), skip_optimization=False, skip_symbolic_shape=False
+            )
         return "quant_pre_process"
     except Exception as e:  # noqa: BLE001 - the raw graph quantizes too; record why
         log.warning("quant_pre_process failed on %s (%s); quantizing the graph as exported", src, e)
