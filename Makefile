@@ -11,6 +11,9 @@ MA_VENV ?= .venv-ma
 TARGET ?= cpu
 # SIZE: full = the sizes of DESIGN.md; small = tests and CI
 SIZE ?= full
+# DATA: synthetic = the project's own series and catalog at the seeds' sizes (the performance benchmark);
+# real = MovieLens embedded by all-MiniLM-L6-v2, hourly electricity demand and four stock indices
+DATA ?= synthetic
 ARTIFACTS ?= artifacts
 REPO ?= model_repository
 # the configs make export serves (export-small: the committed ones, into the test repository)
@@ -21,7 +24,8 @@ TRITONSERVER_IMAGE ?= nvcr.io/nvidia/tritonserver:$(TRITONSERVER_IMAGE_VERSION)-
 TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
 
 TEST_ROOT ?= build/test
-SOURCES := $(shell find models export calibration -name '*.py' 2>/dev/null) pyproject.toml
+TEST_REAL_ROOT ?= build/test-real
+SOURCES := $(shell find models export calibration -name '*.py' 2>/dev/null) serving/publish.py serving/repository.py pyproject.toml
 # Your data (README "Your data"): SERIES=prices.csv (unique_id, ds, y; .parquet too), CATALOG=items.npy (or
 # .parquet with an id column), USERS=users.parquet, INPUT_SIZE / HORIZON (168 / 24), RESERVOIR_TRANSFORM=identity
 # for series with values <= 0. Each changes what is trained, so each is part of the stamp's name.
@@ -36,12 +40,13 @@ data_flags = $(if $(SERIES),--series $(SERIES)) $(if $(CATALOG),--catalog $(CATA
 	$(if $(RESERVOIR_TRANSFORM),--reservoir-transform $(RESERVOIR_TRANSFORM))
 $(foreach f,$(SERIES) $(CATALOG) $(USERS),$(if $(wildcard $(f)),,$(error $(f) does not exist (SERIES / CATALOG / USERS name your files))))
 data_tag = $(if $(strip $(data_flags)),-$(shell echo '$(strip $(data_flags))' | sha1sum | cut -c1-8))
-STAMP := $(ARTIFACTS)/.export-$(strip $(SIZE))-$(strip $(TARGET))$(data_tag).stamp
+STAMP := $(ARTIFACTS)/.export-$(strip $(DATA))-$(strip $(SIZE))-$(strip $(TARGET))$(data_tag).stamp
 # make export builds here, beside $(REPO) on its file system, and moves the verified model folders in
 STAGE = $(dir $(patsubst %/,%,$(REPO))).$(notdir $(patsubst %/,%,$(REPO))).stage
 size_flag = $(if $(filter small,$(strip $(SIZE))),--small,)
+data_flag = --data $(strip $(DATA))
 
-.PHONY: help venv backend system-deps export export-small serve rollout demo test lint clean
+.PHONY: help venv backend system-deps export export-small export-small-real serve rollout demo test lint clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -68,8 +73,10 @@ export: $(VENV)/.installed backend ## train, export ONNX, calibrate INT8, build 
 # the last one verifies the stage (hashes, layout) and moves each model folder into $(REPO) (serving/publish.py).
 # A failed or interrupted run leaves $(REPO) byte-identical, and the stage for inspection.
 $(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(SERIES) $(CATALOG) $(USERS)
+	@test "$(DATA)" = synthetic -o "$(DATA)" = real || { echo "DATA must be synthetic or real, got '$(DATA)'" >&2; exit 2; }
+	@rm -f $(ARTIFACTS)/.export-*.stamp  # another profile's stamp no longer describes these artifacts
 	$(PY) -m serving.repository --repo $(CONFIGS) --check-layout --any-dims
-	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag) $(data_flags)
+	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag) $(data_flag) $(data_flags)
 	$(PY) -m serving.publish --repo $(REPO) --prepare $(STAGE) --configs-from $(CONFIGS) --artifacts $(ARTIFACTS)
 	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(STAGE)
@@ -81,8 +88,12 @@ $(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(SERI
 	@touch $@
 
 export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_ROOT)
-	@$(MAKE) --no-print-directory export SIZE=small ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository \
+	@$(MAKE) --no-print-directory export SIZE=small DATA=synthetic ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository \
 		CONFIGS=model_repository
+
+export-small-real: $(VENV)/.installed ## the real-data profile at test sizes (600 movies) into $(TEST_REAL_ROOT)
+	@$(MAKE) --no-print-directory export SIZE=small DATA=real ARTIFACTS=$(TEST_REAL_ROOT)/artifacts \
+		REPO=$(TEST_REAL_ROOT)/model_repository CONFIGS=model_repository
 
 # MODEL_CONTROL=explicit: models load and unload through the restricted API afterwards (what `make rollout` needs)
 MODEL_CONTROL ?= none
@@ -95,13 +106,13 @@ rollout: $(VENV)/.installed ## MODEL=<name> FROM=<export repository>: roll a new
 	@test -n "$(MODEL)" -a -n "$(FROM)" || { echo "make rollout needs MODEL=<served model> FROM=<export repository>" >&2; exit 2; }
 	$(PY) -m serving.rollout --model $(MODEL) --from $(FROM) --repo $(REPO) $(if $(URL),--url $(URL))
 
-demo: backend export ## start Triton, call every model and ensemble over gRPC and HTTP, stop
-	$(PY) -m clients demo --repo $(REPO)
+demo: backend export ## start Triton, call every model and ensemble over gRPC and HTTP, stop (DATA=real: MovieLens search)
+	$(PY) -m clients demo --repo $(REPO) --artifacts $(ARTIFACTS)
 
 system-deps: ## install the Debian packages of .ci/apt-packages.txt that are missing
 	@scripts/install-system-deps.sh
 
-test: system-deps backend $(MA_VENV)/.installed export-small ## run the test suite against a real Triton (installs what it needs)
+test: system-deps backend $(MA_VENV)/.installed export-small export-small-real ## run the test suite against a real Triton (installs what it needs)
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed ## ruff lint and format check

@@ -21,7 +21,7 @@ from clients.errors import (
     InvalidInputError,
     ServerUnavailableError,
 )
-from clients.results import Answer, Embedding, EnsembleForecast, Forecast, TopK
+from clients.results import Answer, Embedding, EnsembleForecast, Forecast, Tokens, TopK
 
 __all__ = [
     "Answer",
@@ -37,6 +37,7 @@ __all__ = [
     "InvalidInputError",
     "RetryPolicy",
     "ServerUnavailableError",
+    "Tokens",
     "TopK",
     "ranges_from_repository",
 ]

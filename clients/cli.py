@@ -5,6 +5,8 @@
     python -m clients forecast_blend --nhits a.npy --reservoir b.npy
     python -m clients similarity --input queries.npy --protocol http --url 127.0.0.1:8000
     python -m clients recommend --ids 3,14,15 --repo model_repository   # --repo: id range from the ONNX metadata
+    python -m clients search "space adventure with robots"        # titles from artifacts/ (make export DATA=real)
+    python -m clients tokenizer "a text" "another one"
     python -m clients health --url gpu-host:8001 --url 127.0.0.1:8001
     python -m clients demo --repo model_repository [--artifacts artifacts]
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from clients.client import Client, op_for, ranges_from_repository
 from clients.errors import ClientError
-from clients.results import Answer, Embedding, EnsembleForecast, Forecast, TopK
+from clients.results import Answer, Embedding, EnsembleForecast, Forecast, Tokens, TopK
 from models import spec
 
 log = logging.getLogger("clients.cli")
@@ -169,6 +171,35 @@ def render(result: Answer, actual: np.ndarray | None = None) -> str:
     return "\n".join(lines)
 
 
+def catalog_items(artifacts: Path) -> dict | None:
+    """Catalog row -> MovieLens movieId and title, when `artifacts` holds the real profile's data."""
+    from models import data
+
+    try:
+        return data.load_catalog_items(artifacts)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def render_search(result: TopK, texts: list[str], items: dict | None) -> str:
+    lines = [header(result)]
+    if items is None:
+        lines.append(
+            "(no MovieLens catalog under --artifacts: ids are catalog rows; `make export DATA=real` for titles)"
+        )
+    for i, text in enumerate(texts):
+        lines.append(f"\n{text!r}")
+        for r, (row, score) in enumerate(zip(result.ids[i], result.scores[i], strict=True)):
+            if items is None or row < 0:
+                lines.append(f"{r + 1:>4}. {score:7.4f}  row {int(row)}")
+            else:
+                movie, title = items["movie_ids"][row], items["titles"][row]
+                lines.append(
+                    f"{r + 1:>4}. {score:7.4f}  {title} ({items['genres'][row].replace('|', ', ')})  [movieId {movie}]"
+                )
+    return "\n".join(lines)
+
+
 def as_json(result: Answer, actual: np.ndarray | None = None) -> str:
     out: dict[str, Any] = {
         "model": result.model,
@@ -216,6 +247,8 @@ def run_model(args: argparse.Namespace) -> int:
         inputs = (query_input(args),)
     elif model in ID_MODELS:
         inputs = (id_input(args),)
+    elif model in ("search", "tokenizer"):
+        inputs = (list(args.texts),)
     else:  # forecast_blend
         if (args.nhits is None) != (args.reservoir is None):
             raise CliError("give both --nhits and --reservoir, or neither")
@@ -227,7 +260,16 @@ def run_model(args: argparse.Namespace) -> int:
                 window, actual = default_windows(args)
                 inputs = (client.nhits(window).values, client.reservoir(window).values)
         result = client.call(op_for(model), *inputs)  # checked before anything is sent
-    print(as_json(result, actual) if args.json else render(result, actual))
+    if args.json:
+        print(as_json(result, actual))
+    elif model == "search":
+        print(render_search(result, list(args.texts), catalog_items(args.artifacts)))
+    elif isinstance(result, Tokens):
+        print(header(result))
+        for text, ids, mask in zip(args.texts, result.ids, result.mask, strict=True):
+            print(f"{text!r}: {int(mask.sum())} tokens {ids[: int(mask.sum())].tolist()}")
+    else:
+        print(render(result, actual))
     return 0
 
 
@@ -282,6 +324,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         s = sub.add_parser(name, aliases=[name.replace("_", "-")] if "_" in name else [], parents=[common], help=what)
         s.add_argument("--ids", help="comma-separated user ids, e.g. 3,14,15")
         s.add_argument("--input", type=Path, help="CSV or .npy of user ids")
+    s = sub.add_parser("search", parents=[common], help="ensemble: top-10 catalog items for texts (MovieLens titles)")
+    s.add_argument("texts", nargs="+", help="query texts, e.g. 'space adventure with robots'")
+    s = sub.add_parser("tokenizer", parents=[common], help="WordPiece ids and mask of texts (the tokenizer model)")
+    s.add_argument("texts", nargs="+", help="texts")
     sub.add_parser("health", parents=[common], help="readiness of every --url")
     sub.add_parser("demo", parents=[common], help="start Triton on --repo, call everything over gRPC and HTTP, stop")
     args = p.parse_args(argv)

@@ -29,18 +29,41 @@ from typing import Any
 
 import numpy as np
 
-from clients import forecast, forecast_blend, nhits, recommend, reservoir, similarity, user_embedding
+from clients import (
+    forecast,
+    forecast_blend,
+    nhits,
+    recommend,
+    reservoir,
+    search,
+    similarity,
+    text_encoder,
+    tokenizer,
+    user_embedding,
+)
 from clients.errors import RETRYABLE, ClientError, DeadlineExceededError, ServerUnavailableError
 from clients.op import Op
-from clients.results import Answer, Embedding, EnsembleForecast, Forecast, TopK, concat
+from clients.results import Answer, Embedding, EnsembleForecast, Forecast, Tokens, TopK, concat
 from clients.transport import AsyncTransport, Transport, model_limits, parse_url
 from clients.validate import Ranges, check
 
 log = logging.getLogger("clients")
 
 DEFAULT_TIMEOUT_S = 10.0
-OPS: dict[str, Op] = {m.OP.name: m.OP for m in (nhits, reservoir, forecast_blend, similarity, user_embedding)} | {
-    m.OP.name: m.OP for m in (forecast, recommend)
+OPS: dict[str, Op] = {
+    m.OP.name: m.OP
+    for m in (
+        nhits,
+        reservoir,
+        forecast_blend,
+        similarity,
+        user_embedding,
+        tokenizer,
+        text_encoder,
+        forecast,
+        recommend,
+        search,
+    )
 }
 
 
@@ -345,6 +368,18 @@ class Client(_Base):
         """Ensemble: user ids (B,) or (B, 1) int64 -> TopK of the catalog for each user."""
         return self.call(recommend.OP, user_ids, timeout=timeout)
 
+    def tokenizer(self, texts: Any, *, timeout: float | None = None) -> Tokens:
+        """texts (a str or a list of B) -> Tokens ids, mask (B, T) int64, padded to the longest text."""
+        return self.call(tokenizer.OP, texts, timeout=timeout)
+
+    def text_encoder(self, input_ids: Any, attention_mask: Any, *, timeout: float | None = None) -> Embedding:
+        """input_ids, attention_mask (B, T) int64 -> Embedding (B, 384), L2-normalised."""
+        return self.call(text_encoder.OP, input_ids, attention_mask, timeout=timeout)
+
+    def search(self, texts: Any, *, timeout: float | None = None) -> TopK:
+        """Ensemble: texts (a str or a list of B) -> TopK of the catalog for each text."""
+        return self.call(search.OP, texts, timeout=timeout)
+
     # -- plumbing -----------------------------------------------------------------------------
     def call(self, model: str | Op, *inputs: Any, timeout: float | None = None) -> Answer:
         """Check, send with retries and failover, decode. `inputs` in the order of the model's spec."""
@@ -484,6 +519,18 @@ class AsyncClient(_Base):
     async def recommend(self, user_ids: Any, *, timeout: float | None = None) -> TopK:
         """Ensemble: user ids (B,) or (B, 1) int64 -> TopK of the catalog for each user."""
         return await self.call(recommend.OP, user_ids, timeout=timeout)
+
+    async def tokenizer(self, texts: Any, *, timeout: float | None = None) -> Tokens:
+        """texts -> Tokens ids, mask (B, T) int64."""
+        return await self.call(tokenizer.OP, texts, timeout=timeout)
+
+    async def text_encoder(self, input_ids: Any, attention_mask: Any, *, timeout: float | None = None) -> Embedding:
+        """input_ids, attention_mask (B, T) int64 -> Embedding (B, 384)."""
+        return await self.call(text_encoder.OP, input_ids, attention_mask, timeout=timeout)
+
+    async def search(self, texts: Any, *, timeout: float | None = None) -> TopK:
+        """Ensemble: texts -> TopK of the catalog for each text."""
+        return await self.call(search.OP, texts, timeout=timeout)
 
     async def call(self, model: str | Op, *inputs: Any, timeout: float | None = None) -> Answer:
         op, arrays = self._prepare(model, inputs)

@@ -1,10 +1,11 @@
 """`python -m clients demo --repo REPO [--artifacts A]`: the whole serving path in one command.
 
-Starts the local Triton (cpu target) on free ports, calls every model and both ensembles over gRPC and over
-HTTP, checks that both protocols agree and that each ensemble equals its steps run by hand, prints a
-forecast next to its actuals from the test split and the top-k of a user, streams a short series through
-the stateful `reservoir_stream` with `clients.stream` (skipped, and said so, when that module is missing),
-and stops the server.
+Starts the local Triton (cpu target) on free ports, calls every model and the three ensembles over gRPC and
+over HTTP, checks that both protocols agree and that each ensemble equals its steps run by hand, prints a
+forecast next to its actuals from the test split, the top-k of a user and of a text search, streams a short
+series through the stateful `reservoir_stream` with `clients.stream` (skipped, and said so, when that module is
+missing), and stops the server. On the real profile (`make demo DATA=real`) the search answers with MovieLens
+titles and the forecasters' and the recommender's real-data scores from the train report are printed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.cli import forecast_table
+from clients.cli import catalog_items, forecast_table, render_search
 from clients.client import Client, ranges_from_repository
-from models import data, spec
+from models import data, real_data, spec
 from serving.server import ServerError, TritonServer, free_port
 
 log = logging.getLogger("clients.demo")
@@ -31,7 +32,9 @@ def _rule(title: str) -> None:
     print(f"\n== {title} " + "=" * max(0, 72 - len(title)))
 
 
-def _call_everything(client: Client, windows: np.ndarray, queries: np.ndarray, users: np.ndarray) -> dict:
+def _call_everything(
+    client: Client, windows: np.ndarray, queries: np.ndarray, users: np.ndarray, texts: list[str]
+) -> dict:
     r: dict = {}
     r["nhits"] = client.nhits(windows)
     r["reservoir"] = client.reservoir(windows)
@@ -41,6 +44,10 @@ def _call_everything(client: Client, windows: np.ndarray, queries: np.ndarray, u
     r["user_embedding"] = client.user_embedding(users)
     r["recommend"] = client.recommend(users)
     r["similarity_of_users"] = client.similarity(r["user_embedding"].values)
+    r["search"] = client.search(texts)
+    r["tokenizer"] = client.tokenizer(texts)
+    r["text_encoder"] = client.text_encoder(r["tokenizer"].ids, r["tokenizer"].mask)
+    r["similarity_of_texts"] = client.similarity(r["text_encoder"].values)
     return r
 
 
@@ -75,6 +82,24 @@ def _stream(server: TritonServer, series: np.ndarray, window_forecast: np.ndarra
     print(f"streamed state = reservoir model on the same {STREAM_TICKS}-tick window: max |difference| = {gap:.3g}")
 
 
+def _real_scores(artifacts: Path) -> None:
+    """The real profile's scores from the train report (models.train --data real)."""
+    import json
+
+    report = json.loads((artifacts / "reports" / "train.json").read_text())
+    real = report["real"]
+    _rule("real data: test MAE / sMAPE per series (train report), against seasonal naive")
+    models = list(next(iter(real["test_by_series"].values())))
+    print(f"{'series':<11}" + "".join(f"{m:>22}" for m in models))
+    for name, row in real["test_by_series"].items():
+        print(f"{name:<11}" + "".join(f"{row[m]['mae']:>12.4g} / {row[m]['smape']:5.2f}%" for m in models))
+    loo = real["leave_one_out"]
+    print(
+        f"MovieLens leave-one-out ({loo['users']} users with >= {loo['min_liked']} liked movies): "
+        f"hit rate@{loo['k']} {loo['hit_rate']:.4f} vs popularity {loo['popularity_hit_rate']:.4f}"
+    )
+
+
 def demo(repo: Path, artifacts: Path, rows: int = 3) -> int:
     repo, artifacts = Path(repo), Path(artifacts)
     x, y = data.load_windows(artifacts, "test")
@@ -85,6 +110,8 @@ def demo(repo: Path, artifacts: Path, rows: int = 3) -> int:
     queries = data.load_queries(artifacts, "test", rows)
     users = data.load_user_ids(artifacts, "test", rows)
     ranges = ranges_from_repository(repo)
+    texts = list(real_data.QUERIES[: max(rows, 2)])
+    items = catalog_items(artifacts)
 
     server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), run_dir=RUN_DIR)
     print(f"starting Triton on {repo} (log: {server.log_path}) ...")
@@ -99,7 +126,7 @@ def demo(repo: Path, artifacts: Path, rows: int = 3) -> int:
         for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
             _rule(f"every model and ensemble over {protocol}")
             with Client(url, protocol=protocol, timeout=60.0, ranges=ranges) as client:
-                results[protocol] = _call_everything(client, windows, queries, users)
+                results[protocol] = _call_everything(client, windows, queries, users, texts)
             for name, res in results[protocol].items():
                 shapes = ", ".join(str(a.shape) for a in _arrays(res))
                 print(f"{name:<20} {shapes:<28} {res.latency_s * 1e3:8.1f} ms  {res.endpoint}")
@@ -122,6 +149,8 @@ def demo(repo: Path, artifacts: Path, rows: int = 3) -> int:
         )
         same_ids = np.array_equal(g["recommend"].ids, g["similarity_of_users"].ids)
         print(f"recommend ensemble = similarity(user_embedding(user)) by hand: ids identical = {same_ids}")
+        same_text = np.array_equal(g["search"].ids, g["similarity_of_texts"].ids)
+        print(f"search ensemble = similarity(text_encoder(tokenizer(text))) by hand: ids identical = {same_text}")
 
         _rule(f"forecast for test window #{pick[0]} (asset {pick[0] // per_asset}) next to what happened")
         f = g["forecast"]
@@ -139,6 +168,11 @@ def demo(repo: Path, artifacts: Path, rows: int = 3) -> int:
         print(f"{'rank':>4} {'item id':>9} {'cosine':>8}")
         for r, (item, score) in enumerate(zip(top.ids[0], top.scores[0], strict=True)):
             print(f"{r + 1:>4} {int(item):>9} {score:>8.4f}")
+
+        _rule("text search (search ensemble: tokenizer -> text_encoder -> similarity)")
+        print(render_search(g["search"], texts, items))
+        if items is not None:
+            _real_scores(artifacts)
 
         _stream(server, series[0], g["reservoir"].values[0])  # window #0 is the first 168 ticks of asset 0
     finally:

@@ -30,6 +30,23 @@ def as_ids(value: Any, tensor: Tensor) -> np.ndarray:
     return a.reshape(-1, 1) if a.ndim == 1 else a
 
 
+def as_texts(value: Any, tensor: Tensor) -> np.ndarray:
+    """Texts as (B, 1) bytes objects: a str, bytes or a list / array of them; str is encoded as UTF-8."""
+    if isinstance(value, str | bytes):
+        value = [value]
+    if isinstance(value, np.ndarray) and value.dtype == object and value.ndim == 2:
+        return value
+    try:
+        rows = [
+            v if isinstance(v, bytes) else str(v).encode("utf-8") for v in np.asarray(value, dtype=object).reshape(-1)
+        ]
+    except UnicodeEncodeError as exc:  # lone surrogates in a str
+        raise InvalidInputError(f"input '{tensor.name}' cannot be encoded as UTF-8: {exc}") from None
+    out = np.empty((len(rows), 1), dtype=object)
+    out[:, 0] = rows
+    return out
+
+
 @dataclass(frozen=True)
 class Op:
     """One model (or ensemble) as the clients call it."""

@@ -46,6 +46,12 @@ class Embedding(Answer):
     values: np.ndarray  # (B, EMBED_DIM) float32
 
 
+@dataclass(frozen=True)
+class Tokens(Answer):
+    ids: np.ndarray  # (B, T) int64 WordPiece ids, [CLS] ... [SEP] then [PAD] (0)
+    mask: np.ndarray  # (B, T) int64: 1 on tokens, 0 on padding
+
+
 def concat(parts: list[Answer], latency_s: float) -> Answer:
     """Join results of consecutive chunks of one batch, in order, into one result of the same type."""
     first = parts[0]

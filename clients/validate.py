@@ -18,9 +18,10 @@ import numpy as np
 from tritonclient.utils import np_to_triton_dtype
 
 from clients.errors import InvalidInputError
-from models.spec import ModelSpec
+from models.spec import MAX_TEXT_BYTES, SEQUENCE, ModelSpec
 
 Ranges = dict[str, tuple[int, int]]  # input name -> [lo, hi)
+MASK = "attention_mask"  # text_encoder: a row with no attended token has nothing to average (answers NaN)
 
 
 def _dims(shape) -> str:
@@ -48,7 +49,8 @@ def core_problem(model: ModelSpec, arrays: dict[str, np.ndarray]) -> str | None:
             if got is None:
                 return f"input '{t.name}' has dtype {a.dtype}, expected {want.name}"
             return f"inference input '{t.name}' data-type is '{got}', but model '{model.name}' expects '{np_to_triton_dtype(want)}'"
-        if tuple(a.shape[1:]) != t.dims:
+        dims = a.shape[1:]
+        if len(dims) != len(t.dims) or any(w != SEQUENCE and d != w for d, w in zip(dims, t.dims, strict=True)):
             return (
                 f"unexpected shape for input '{t.name}' for model '{model.name}'. "
                 f"Expected {_dims((-1, *t.dims))}, got {_dims(a.shape)}."
@@ -58,10 +60,15 @@ def core_problem(model: ModelSpec, arrays: dict[str, np.ndarray]) -> str | None:
 
 def value_problem(model: ModelSpec, arrays: dict[str, np.ndarray], ranges: Ranges | None) -> str | None:
     """An empty batch, or a value the graph answers with its sentinel (NaN/Inf, id out of range), or None."""
+    ranges = {**model.extra.get("ranges", {}), **(ranges or {})}
     for t in model.inputs:
         a = arrays[t.name]
         if a.shape[0] == 0:
             return f"input '{t.name}' has an empty batch"
+        if a.dtype == object:
+            problem = text_problem(a)
+            if problem is not None:
+                return problem
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             bad = int(np.argwhere(~np.isfinite(a))[0][0])
             return f"input '{t.name}' contains NaN or Inf (batch row {bad})"
@@ -70,6 +77,24 @@ def value_problem(model: ModelSpec, arrays: dict[str, np.ndarray], ranges: Range
             out = (a < lo) | (a >= hi)
             if out.any():
                 return f"input '{t.name}' value {int(a[out][0])} is out of range [{lo}, {hi})"
+        if t.name == MASK and a.ndim == 2 and not a.any(axis=1).all():
+            return f"input '{t.name}' of batch row {int(np.flatnonzero(~a.any(axis=1))[0])} attends no token"
+    return None
+
+
+def text_problem(texts: np.ndarray) -> str | None:
+    """What the tokenizer model refuses (model_repository/tokenizer/1/model.py, same wording), or None."""
+    for i, value in enumerate(texts.reshape(-1)):
+        if not isinstance(value, bytes):
+            return f"text of row {i} is {type(value).__name__}, expected bytes"
+        if len(value) > MAX_TEXT_BYTES:
+            return f"text of row {i} has {len(value)} bytes, more than max_text_bytes={MAX_TEXT_BYTES}"
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return f"text of row {i} is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+        if not text.strip():
+            return f"text of row {i} is empty"
     return None
 
 
@@ -110,12 +135,22 @@ def sentinel_problem(
         return None
     r = int(rows[0])
     why = f"batch row {r} was answered with the invalid-input sentinel (README: bad values)"
+    ranges = model.extra.get("ranges", {})
     for t in model.inputs:
         a = np.asarray(arrays[t.name])[r]
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             why = f"input '{t.name}' contains NaN or Inf (batch row {r})"
             break
-        if np.issubdtype(a.dtype, np.integer):
+        if np.issubdtype(a.dtype, np.integer) and t.name in ranges:
+            lo, hi = ranges[t.name]
+            out = (a < lo) | (a >= hi)
+            if out.any():
+                why = f"input '{t.name}' value {int(a[out][0])} is out of range [{lo}, {hi}) (batch row {r})"
+                break
+            if t.name == MASK and not a.any():
+                why = f"input '{t.name}' of batch row {r} attends no token"
+                break
+        elif np.issubdtype(a.dtype, np.integer):
             why = f"input '{t.name}' value {int(a.reshape(-1)[0])} is outside the model's table (batch row {r})"
             break
     more = f"; {len(rows) - 1} more row(s) answered the sentinel" if len(rows) > 1 else ""

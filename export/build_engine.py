@@ -12,7 +12,8 @@ plans were skipped and exits 0; `--target gpu` prints the same line and exits 1.
   is an FP32 copy (no Q/DQ: forecast_blend, user_embedding) the INT8 plan is built
   like the FP16 one, and the provenance says so.
 - One optimisation profile per plan: min batch 1, opt = the largest
-  `preferred_batch_size` of `<repo>/<model>/config.pbtxt`, max = its `max_batch_size`.
+  `preferred_batch_size` of `<repo>/<model>/config.pbtxt`, max = its `max_batch_size`; a dynamic per-sample
+  dim (text_encoder's tokens) gets the (min, opt, max) of `models.spec` (`extra["sequence"]`: 1 / 32 / 256).
 - Similarity: the GEMM, top-k and rerank layers keep FP32 outputs (precision constraints):
   FP16 scores would reorder near-tied items of the top-k.
 - A timing cache at `<artifacts>/tensorrt/tensorrt.timing.cache` is loaded before
@@ -204,7 +205,14 @@ class EngineBuilder:
             log.info("output %-20s %-16s %s", t.name, tuple(t.shape), t.dtype)
         return network, parser
 
-    def build(self, onnx_path: Path, plan_path: Path, batches: tuple[int, int, int], int8: bool) -> dict[str, Any]:
+    def build(
+        self,
+        onnx_path: Path,
+        plan_path: Path,
+        batches: tuple[int, int, int],
+        int8: bool,
+        sequence: tuple[int, int, int] | None = None,
+    ) -> dict[str, Any]:
         trt = self.trt
         network, _parser = self.parse(onnx_path)  # the parser must outlive the build
         config = self.builder.create_builder_config()
@@ -218,9 +226,13 @@ class EngineBuilder:
         for i in range(network.num_inputs):
             t = network.get_input(i)
             rest = tuple(t.shape)[1:]
-            if any(d < 0 for d in rest):
+            if any(d < 0 for d in rest) and sequence is None:
                 raise CliError(f"{onnx_path}: input {t.name} has dynamic non-batch dims {tuple(t.shape)}")
-            profile.set_shape(t.name, (lo, *rest), (opt, *rest), (hi, *rest))
+            shapes = [
+                (b, *(seq if d < 0 else d for d in rest))
+                for b, seq in zip((lo, opt, hi), sequence or (0, 0, 0), strict=True)
+            ]
+            profile.set_shape(t.name, *shapes)
         config.add_optimization_profile(profile)
 
         config.set_flag(trt.BuilderFlag.FP16)
@@ -239,7 +251,10 @@ class EngineBuilder:
         self.timing_cache.parent.mkdir(parents=True, exist_ok=True)
         self.timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
         log.info("%s: %d bytes in %.1fs", plan_path, plan_path.stat().st_size, seconds)
-        return {"build_s": round(seconds, 3), "profile": {"min": lo, "opt": opt, "max": hi}, "fp32_layers": fp32_layers}
+        prof: dict[str, Any] = {"min": lo, "opt": opt, "max": hi}
+        if sequence is not None:
+            prof["sequence"] = dict(zip(("min", "opt", "max"), sequence, strict=True))
+        return {"build_s": round(seconds, 3), "profile": prof, "fp32_layers": fp32_layers}
 
     def constrain_scores_to_fp32(self, network: Any) -> list[str]:
         """Similarity scores stay FP32 from the GEMM to the top-k: the gap between the 10th and 11th best score
@@ -273,7 +288,7 @@ def build_model(
         int8 = plan_name == spec.PLAN_INT8 and has_qdq(onnx_path)
         if plan_name == spec.PLAN_INT8 and not int8:
             log.info("%s: %s has no Q/DQ nodes (an FP32 copy): INT8 plan built with FP16 only", model, onnx_name)
-        info = builder.build(onnx_path, plan_path, batches, int8)
+        info = builder.build(onnx_path, plan_path, batches, int8, spec.MODELS[model].extra.get("sequence"))
         prov = {
             "plan": plan_name,
             "plan_sha256": common.sha256_file(plan_path),

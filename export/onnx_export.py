@@ -102,6 +102,9 @@ def valid_ranges(name: str, model: torch.nn.Module) -> dict[str, tuple[int, int]
     int_inputs = [t.name for t in inputs if t.dtype.startswith("int")]
     if not int_inputs:
         return {}
+    declared = spec.MODELS[name].extra.get("ranges") if name in spec.MODELS else None
+    if declared:  # text_encoder: token ids within the vocabulary, mask values 0 / 1
+        return {i: tuple(declared[i]) for i in int_inputs}
     n = None
     for m in model.modules():
         if isinstance(m, torch.nn.Embedding):
@@ -130,6 +133,14 @@ def guarded(
     return Guarded(model, {inputs.index(k): v for k, v in ranges.items()}, carry).eval()
 
 
+def _model_of(inputs: list[str], outputs: list[str]) -> str:
+    """The spec model whose ONNX tensors these are (torch_export is called with names only)."""
+    for name in common.ALL_MODELS:
+        if common.io_names(name) == (list(inputs), list(outputs)):
+            return name
+    raise CliError(f"no model in models.spec has inputs {inputs} and outputs {outputs}")
+
+
 def torch_export(
     model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, inputs: list[str], outputs: list[str]
 ) -> tuple[str, int]:
@@ -142,6 +153,10 @@ def torch_export(
     import torch
 
     dynamic_axes = {n: {0: "batch"} for n in (*inputs, *outputs)}
+    for t in (t for ts in common.io_tensors(_model_of(inputs, outputs)) for t in ts):
+        for axis, d in enumerate(t.dims, start=1):
+            if d == spec.SEQUENCE:
+                dynamic_axes[t.name][axis] = "sequence"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -203,7 +218,10 @@ def pin_io_shapes(name: str, model_proto: onnx.ModelProto) -> None:
             dims[0].dim_param = "batch"
             for d, size in zip(dims[1:], t.dims, strict=True):
                 d.Clear()
-                d.dim_value = size
+                if size == spec.SEQUENCE:
+                    d.dim_param = "sequence"
+                else:
+                    d.dim_value = size
 
 
 def check_graph(name: str, model_proto: onnx.ModelProto) -> list[str]:
@@ -222,6 +240,7 @@ def check_graph(name: str, model_proto: onnx.ModelProto) -> list[str]:
             tt = v.type.tensor_type
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
             dims = [d.dim_param or d.dim_value for d in tt.shape.dim]
+            dims = dims[:1] + [spec.SEQUENCE if isinstance(d, str) else d for d in dims[1:]]
             if dtype != t.dtype:
                 problems.append(f"{kind} {v.name} dtype {dtype} != {t.dtype}")
             if not dims or not isinstance(dims[0], str) or dims[1:] != list(t.dims):
@@ -250,6 +269,9 @@ def random_inputs(
         if r.dtype.is_floating_point:
             lo, hi = float(r.min()), float(r.max())
             out.append((lo + (hi - lo) * torch.rand(shape, generator=gen)).to(r.dtype))
+        elif n == "attention_mask":  # a mask is a prefix of ones: 1 to T attended tokens per row
+            lengths = torch.randint(1, shape[1] + 1, (batch, 1), generator=gen)
+            out.append((torch.arange(shape[1])[None, :] < lengths).to(r.dtype))
         elif present is not None:
             pick = torch.randint(0, len(present), shape, generator=gen)
             out.append(present[pick].to(r.dtype))
@@ -321,7 +343,34 @@ def verify(
     results["guard"] = common.guard_check(
         sess, {n: _to_numpy(t) for n, t in zip(input_names, test, strict=True)}, ranges
     )
+    if name == "text_encoder":
+        results["sentence_transformers"] = verify_sentence_transformers(sess, artifacts)
     return results
+
+
+def verify_sentence_transformers(sess: Any, artifacts: Path) -> dict[str, Any]:
+    """The ONNX encoder on tokenizer output against `SentenceTransformer.encode` on the same texts: test-split
+    movie texts and the free-text queries of models.real_data, one batch each and text by text."""
+    from models import data, real_data
+
+    texts = data.load_texts(artifacts, "test")[:TEST_BATCH] + list(real_data.QUERIES)
+    ref = real_data.sentence_transformer(artifacts).encode(texts, convert_to_numpy=True, show_progress_bar=False)
+    tok = real_data.load_tokenizer(real_data.tokenizer_json(artifacts))
+    ids, mask = real_data.tokenize(tok, texts)
+    batch = sess.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+    alone = np.concatenate(
+        [
+            sess.run(
+                ["embedding"], dict(zip(("input_ids", "attention_mask"), real_data.tokenize(tok, [t]), strict=True))
+            )[0]
+            for t in texts
+        ]
+    )
+    return {
+        "embedding": {"rel_err": max(common.relative_error(batch, ref), common.relative_error(alone, ref))},
+        "texts": len(texts),
+        "reference": "sentence_transformers.SentenceTransformer.encode (the packaged all-MiniLM-L6-v2)",
+    }
 
 
 def failures(name: str, checks: dict[str, Any]) -> list[str]:
@@ -427,6 +476,23 @@ def export_one(name: str, artifacts: Path, repo: Path, force: bool, source_hash:
     return record
 
 
+def install_tokenizer(artifacts: Path, repo: Path) -> Path:
+    """The encoder's own tokenizer.json beside the tokenizer model (model_repository/tokenizer/1/model.py reads
+    it there): the served tokenizer and the exported encoder always come from the same folder."""
+    import shutil
+
+    from models import real_data
+
+    src = real_data.tokenizer_json(artifacts)
+    dst = spec.version_dir("tokenizer", repo) / "tokenizer.json"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.is_file() or dst.read_bytes() != src.read_bytes():
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    return dst
+
+
 def build_parser() -> common.OneLineParser:
     p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--artifacts", type=Path, required=True, help="training artifacts (checkpoints/, data/)")
@@ -474,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         results[name] = export_one(name, args.artifacts, args.repo, args.force, source_hash)
         bad += results[name].get("failures", [])
+    if "text_encoder" in names:
+        install_tokenizer(args.artifacts, args.repo)
     common.write_json(report_path, report)
     if bad:
         failed = sorted({b.split("/")[0] for b in bad})

@@ -68,6 +68,8 @@ def export_section(rep: dict[str, Any] | None) -> list[str]:
 
 
 def _acc_cells(acc: dict[str, Any]) -> tuple[str, str, str]:
+    if "cosine_min" in acc:  # text_encoder
+        return "cosine min / recall@10", "1 / 1 (exact)", f"{acc['cosine_min']:.4f} / {acc['recall_at_k']:.4f}"
     if "recall_at_k" in acc:
         return "recall@10", "1 (exact)", f"{acc['recall_at_k']:.4f}"
     if "mae_fp32" in acc:

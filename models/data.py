@@ -97,13 +97,14 @@ def split_series(series: np.ndarray, cfg: SeriesConfig) -> dict[str, np.ndarray]
 
 def windows_from_series(series: np.ndarray, stride: int = WINDOW_STRIDE) -> tuple[np.ndarray, np.ndarray]:
     """Cut (S, L) series into X (N, INPUT_SIZE) and Y (N, HORIZON), series-major, `stride` apart. Windows that
-    reach into a series' NaN padding (a user's series shorter than the longest: models.userdata) are left out."""
+    reach into a NaN (a user's series shorter than the longest, models.userdata; the real profile's train split
+    before a shorter series starts) are left out."""
     span = spec.INPUT_SIZE + spec.HORIZON
     starts = np.arange(0, series.shape[1] - span + 1, stride)
     idx = starts[:, None] + np.arange(span)[None, :]  # (W, span)
     win = series[:, idx].reshape(-1, span)  # (S*W, span)
-    if np.isnan(win).any():
-        win = win[~np.isnan(win).any(axis=1)]
+    if not np.isfinite(win).all():
+        win = win[np.isfinite(win).all(axis=1)]
     x = np.ascontiguousarray(win[:, : spec.INPUT_SIZE], dtype=np.float32)
     y = np.ascontiguousarray(win[:, spec.INPUT_SIZE :], dtype=np.float32)
     return x, y
@@ -195,15 +196,24 @@ def save_all(
     users: np.ndarray,
     ids: dict[str, np.ndarray] | None = None,
     stride: int = WINDOW_STRIDE,
+    extra: dict | None = None,
 ) -> Path:
-    """Persist the data of one training run. `cfg`: the SeriesConfig of the synthetic series, or what describes
-    a user's (models.userdata); `ids`: the user's item_ids / user_ids, when given."""
+    """Persist the data of one training run. `cfg`: the SeriesConfig of the synthetic (or real) series, or what
+    describes a user's (models.userdata); `ids`: the user's item_ids / user_ids, when given; `extra`: manifest keys
+    (the profile: "data" synthetic / real / yours)."""
     out = Path(artifacts) / DATA_DIR
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("item_ids.npy", "user_ids.npy"):
         (out / stale).unlink(missing_ok=True)
     series = asdict(cfg) if isinstance(cfg, SeriesConfig) else dict(cfg)
-    manifest: dict = {"series": series, "window_stride": stride, "dims": asdict(spec.DIMS), "files": {}}
+    manifest: dict = {
+        "data": "synthetic",
+        "series": series,
+        "window_stride": stride,
+        "dims": asdict(spec.DIMS),
+        "files": {},
+    }
+    manifest |= extra or {}
     arrays = {f"series_{k}": v for k, v in splits.items()} | {"mackey_glass": mg, "catalog": catalog, "users": users}
     arrays |= {k: v for k, v in (ids or {}).items() if v is not None}
     for name, arr in arrays.items():
@@ -268,3 +278,36 @@ def load_queries(artifacts: Path, split: str, n: int) -> np.ndarray:
     _, users = load_embeddings(artifacts, mmap=True)
     seed = manifest(artifacts)["series"]["seed"]
     return queries_from_users(users, split, n, seed=seed)[0]
+
+
+# ---------------------------------------------------------------- texts (the text encoder's data)
+
+TEXTS = "texts.json"
+
+
+def save_texts(artifacts: Path, texts: dict) -> Path:
+    """`texts`: {"texts": [...], "split": [...], and for a real catalog "movie_ids", "titles", "user_ids"}."""
+    path = Path(artifacts) / DATA_DIR / TEXTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(texts) + "\n")
+    return path
+
+
+def _texts(artifacts: Path) -> dict:
+    path = Path(artifacts) / DATA_DIR / TEXTS
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: run `python -m models.train --out {artifacts}` first")
+    return json.loads(path.read_text())
+
+
+def load_texts(artifacts: Path, split: str) -> list[str]:
+    """Movie texts ("title (year). genres") of one split: the encoder's calibration (train) and checks (test)."""
+    t = _texts(artifacts)
+    split = split_name(split)
+    return [x for x, s in zip(t["texts"], t["split"], strict=True) if s == split]
+
+
+def load_catalog_items(artifacts: Path) -> dict | None:
+    """Real profile: catalog row -> MovieLens movieId, title, text; user row -> userId. None for synthetic data."""
+    t = _texts(artifacts)
+    return t if t.get("catalog") else None

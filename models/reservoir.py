@@ -128,7 +128,8 @@ class Reservoir(nn.Module):
 
     def fit_transform(self, train_series: np.ndarray) -> None:
         """Global affine transform of log values (or of the values, transform "identity"), fitted once on the
-        train split; NaN (the padding of a user's shorter series) is not data."""
+        train split; NaN (the padding of a user's shorter series, the real profile's before a series starts) is not
+        data."""
         v = train_series.astype(np.float64)
         v = np.log(np.maximum(v, EPS)) if self.cfg.transform == "log" else v
         if np.isnan(v).any():

@@ -17,6 +17,10 @@ TOP_K = 10
 N_ITEMS = 62_423
 N_USERS = 119_743
 RESERVOIR_UNITS = 1000
+VOCAB_SIZE = 30_522  # all-MiniLM-L6-v2's WordPiece vocabulary
+MAX_TOKENS = 256  # the encoder's max_seq_length: the tokenizer truncates longer texts
+MAX_TEXT_BYTES = 65_536  # the tokenizer refuses longer texts (a named error), before tokenizing them
+SEQUENCE = -1  # a dynamic per-sample dim (tokens): [-1] in the configs, "sequence" in the ONNX graph
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("ARTIFACTS", ROOT / "artifacts"))
@@ -31,8 +35,8 @@ PLAN_INT8 = "model.int8.plan"
 @dataclass(frozen=True)
 class Tensor:
     name: str
-    dtype: str  # numpy dtype name: "float32", "int64"
-    dims: tuple[int, ...]  # without the batch axis
+    dtype: str  # numpy dtype name: "float32", "int64", "object" (Triton TYPE_STRING: bytes per element)
+    dims: tuple[int, ...]  # without the batch axis; SEQUENCE (-1) where the length varies
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class ModelSpec:
     outputs: tuple[Tensor, ...]
     max_batch_size: int
     ensemble: bool = False
+    python: bool = False  # served by Triton's python backend on both targets (one config.pbtxt)
     extra: dict = field(default_factory=dict)
 
 
@@ -57,6 +62,13 @@ class Dims:
 
 
 DEFAULT_DIMS = Dims()
+
+
+TEXT = Tensor("text", "object", (1,))  # one UTF-8 text per row
+INPUT_IDS = Tensor("input_ids", "int64", (SEQUENCE,))
+ATTENTION_MASK = Tensor("attention_mask", "int64", (SEQUENCE,))
+TEXT_BATCH = 64
+TEXT_DIM = 384  # all-MiniLM-L6-v2's embedding, whatever catalog a user serves
 
 
 def _models(d: Dims) -> dict[str, ModelSpec]:
@@ -75,6 +87,18 @@ def _models(d: Dims) -> dict[str, ModelSpec]:
             ModelSpec(
                 "user_embedding", (user,), (Tensor("embedding", "float32", (d.embed_dim,)),), max_batch_size=1024
             ),
+            ModelSpec(
+                "text_encoder",
+                (INPUT_IDS, ATTENTION_MASK),
+                (Tensor("embedding", "float32", (TEXT_DIM,)),),
+                max_batch_size=TEXT_BATCH,
+                # value guard ranges (models/guard.py); TensorRT profiles over the token axis: (min, opt, max)
+                extra={
+                    "ranges": {"input_ids": (0, VOCAB_SIZE), "attention_mask": (0, 2)},
+                    "sequence": (1, 32, MAX_TOKENS),
+                },
+            ),
+            ModelSpec("tokenizer", (TEXT,), (INPUT_IDS, ATTENTION_MASK), max_batch_size=TEXT_BATCH, python=True),
             ModelSpec("forecast", (window,), (forecast, *both), max_batch_size=256, ensemble=True),
             ModelSpec("recommend", (user,), top, max_batch_size=256, ensemble=True),
             # Stateful streaming reservoir (one tick per request, state kept per sequence).
@@ -86,9 +110,17 @@ def _models(d: Dims) -> dict[str, ModelSpec]:
                 extra={"state": Tensor("state", "float32", (RESERVOIR_UNITS,))},  # gpu: state_in -> state_out
             ),
         )
-    }
+    } | (
+        # text -> tokenizer -> text_encoder -> similarity: only where the catalog lives in the encoder's space
+        {"search": ModelSpec("search", (TEXT,), top, max_batch_size=TEXT_BATCH, ensemble=True)}
+        if d.embed_dim == TEXT_DIM
+        else {}
+    )
 
 
+# Models a repository serves only with some dims (`search` needs a catalog of the encoder's dimension): make
+# export retires their folders when the dims it serves leave them out (serving.publish).
+OPTIONAL_MODELS = ("search",)
 MODELS: dict[str, ModelSpec] = _models(DEFAULT_DIMS)
 DIMS = DEFAULT_DIMS
 WINDOW = MODELS["nhits"].inputs[0]
@@ -124,7 +156,7 @@ def use_dims_of(artifacts: Path) -> Dims:
 
 
 # Models with an ONNX file of their own (the ensembles have none).
-EXPORTED = ("nhits", "reservoir", "forecast_blend", "similarity", "user_embedding")
+EXPORTED = ("nhits", "reservoir", "forecast_blend", "similarity", "user_embedding", "text_encoder")
 
 
 def version_dir(model: str, repo: Path | None = None) -> Path:

@@ -195,6 +195,13 @@ def model_summary(
         out["int8_latency_b64"] = ratio(p50[str(INT8_BATCH), "int8"], p50[str(INT8_BATCH), "fp32"])
         out["int8_speedup_b64"] = ratio(p50[str(INT8_BATCH), "fp32"], p50[str(INT8_BATCH), "int8"])
         out["int8_latency_b1"] = ratio(p50["1", "int8"], p50["1", "fp32"])
+    st = b.get("sentence_transformers")
+    if st:  # the text search against SentenceTransformer.encode at batch 1, in-process
+        out["sentence_transformers"] = st
+        c1 = out["c1"]
+        out["st_p50_over_served_c1_p50"] = ratio(st["p50_ms"], c1["p50_ms"])
+        c16 = at(sweep, DYNBATCH_CONCURRENCY)
+        out["served_c16_over_st"] = ratio(c16 and c16["throughput"], st["throughput"])
     if b.get("int8_accuracy") is not None:
         out["int8_accuracy"] = b["int8_accuracy"]
     if b.get("op_profile"):

@@ -7,6 +7,9 @@
   session options of the serving backend (intra-op threads of the model's cpu config, sequential), at
   batch 1, at the batch the server formed, and at batch 64.
 
+- sentence_transformers: `SentenceTransformer.encode` of the packaged all-MiniLM-L6-v2, one text per call
+  (the in-process way to embed a query), on the text-search scenario's texts.
+
 Each timing runs `seconds` of wall time after a short warm-up and reports items/s and per-call p50/p99.
 """
 
@@ -185,3 +188,18 @@ def paired(name: str, repo: Path, rows: dict[str, np.ndarray], batch: int, secon
         i,
     )
     return out
+
+
+def sentence_transformers(artifacts: Path, texts: list[str], seconds: float) -> Timing:
+    """SentenceTransformer.encode at batch 1 with PyTorch's default threads: the search's in-process baseline."""
+    import torch
+
+    from models import real_data
+
+    model = real_data.sentence_transformer(artifacts)
+    feeds = [{"text": t} for t in texts[:64]]
+
+    def encode(feed: dict) -> object:
+        return model.encode([feed["text"]], convert_to_numpy=True, show_progress_bar=False)
+
+    return time_calls("SentenceTransformer.encode", encode, feeds, seconds, torch.get_num_threads())

@@ -6,6 +6,7 @@
     user_ids        one user id (user_embedding, recommend)                    test-split user ids
     blend           the nhits + reservoir forecasts of one window              FP32 ONNX outputs on test windows
     tick_streams    one hourly tick; one stream = one asset's sequence         test-split series, one per stream
+    texts           one UTF-8 text (search, tokenizer)                         test-split movie texts + free queries
 
 Values are written as the shortest decimal that reads back to the same float32.
 """
@@ -22,7 +23,7 @@ from models import data, spec
 
 log = logging.getLogger(__name__)
 
-KINDS = ("windows", "queries", "user_ids", "blend", "tick_streams")
+KINDS = ("windows", "queries", "user_ids", "blend", "tick_streams", "texts")
 # The tensors each kind fills: a scenario's model must take exactly these inputs.
 TENSORS = {
     "windows": ("window",),
@@ -30,6 +31,7 @@ TENSORS = {
     "user_ids": ("user_id",),
     "blend": ("nhits_forecast", "reservoir_forecast"),
     "tick_streams": ("tick",),
+    "texts": ("text",),
 }
 
 
@@ -74,6 +76,14 @@ def arrays_for(kind: str, artifacts: Path, repo: Path, n: int) -> dict[str, np.n
     raise ValueError(f"unknown input kind {kind!r}: expected one of {', '.join(KINDS)}")
 
 
+def texts_for(artifacts: Path, n: int) -> list[str]:
+    """n held-out texts: the free-text queries of models.real_data and test-split movie texts, in turn."""
+    from models import real_data
+
+    pool = list(real_data.QUERIES) + data.load_texts(artifacts, "test")
+    return [pool[i] for i in _spread(len(pool), n)]
+
+
 def streams_for(artifacts: Path, streams: int, length: int) -> np.ndarray:
     """(streams, length) hourly ticks: the start of the test split of `streams` different assets."""
     series = data.load_series(artifacts, "test")
@@ -88,6 +98,8 @@ def write(kind: str, artifacts: Path, repo: Path, out: Path, n: int = 512, lengt
     if kind == "tick_streams":
         ticks = streams_for(artifacts, n, length)
         return _dump({"data": [[{"tick": {"content": _floats(v), "shape": [1]}} for v in s] for s in ticks]}, out)
+    if kind == "texts":
+        return _dump({"data": [{"text": {"content": [t], "shape": [1]}} for t in texts_for(artifacts, n)]}, out)
     return write_arrays(arrays_for(kind, artifacts, repo, n), out)
 
 

@@ -199,6 +199,11 @@ def _figures(m: dict, budget: float) -> list[tuple[str, str]]:
         )
         value = f"{times(m.get('served_over_eager'))}; {times(m.get('peak_over_eager'))}"
         add(("**served / eager** (chosen point; peak)", value))
+    if st := m.get("sentence_transformers"):
+        value = f"{num(st['throughput'])}/s, p50 / p99 {lat(st)} ms ({st['threads']} threads)"
+        add(("in-process SentenceTransformer.encode, batch 1", value))
+        value = f"{times(m.get('st_p50_over_served_c1_p50'))}; {times(m.get('served_c16_over_st'))}"
+        add(("**encode p50 / served c1 p50; served c16 / encode throughput**", value))
     for h in m.get("http", []):
         if g := analysis.at(m["sweep"], h["concurrency"]):
             add((f"HTTP / gRPC throughput at c{h['concurrency']}", times(h["throughput"] / g["throughput"])))

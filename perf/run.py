@@ -248,6 +248,13 @@ def baseline_for(s: sc.Scenario, args, run_dir: Path) -> dict:
     """In-process baselines of one scenario's model on the scenario's input data."""
     secs = 0.5 if args.quick else args.baseline_seconds
     name = s.model
+    if s.input_data["kind"] == "texts":  # the text search: its in-process baseline embeds one text per call
+        texts = inputs.texts_for(args.artifacts, int(s.input_data.get("n", 512)))
+        acc = int8_accuracy(args.artifacts, "text_encoder")
+        return {
+            "int8_accuracy": acc,
+            "sentence_transformers": baselines.sentence_transformers(args.artifacts, texts, secs).as_dict(),
+        }
     rows = inputs.arrays_for(s.input_data["kind"], args.artifacts, args.repo, int(s.input_data.get("n", 512)))
     entry: dict = {"int8_accuracy": int8_accuracy(args.artifacts, name)}
     if "eager" in s.baselines:

@@ -121,7 +121,9 @@ def validate(s: Scenario, repo: Path = spec.MODEL_REPOSITORY) -> list[str]:
         for k in ("stream", "window")
         if s.compare and s.compare.get(k) not in names
     ]
-    return problems + [f"{where}: baseline {b!r} is not eager or ort" for b in s.baselines if b not in ("eager", "ort")]
+    return problems + [
+        f"{where}: baseline {b!r} is not one of {', '.join(BASELINES)}" for b in s.baselines if b not in BASELINES
+    ]
 
 
 def _run_problems(s: Scenario, i: int, run: dict, repo: Path) -> list[str]:
@@ -163,6 +165,7 @@ def _run_problems(s: Scenario, i: int, run: dict, repo: Path) -> list[str]:
     return out + [message for bad, message in checks if bad]
 
 
+BASELINES = ("eager", "ort", "sentence_transformers")
 QUICK_KEEP = 16  # the concurrency of the dynamic-batching comparison survives the quick profile
 
 

@@ -66,6 +66,8 @@ class Reference:
 
     def __init__(self, repo: Path, models: tuple[str, ...] = (*spec.EXPORTED, STREAM), config_name: str = "cpu"):
         self.sessions: dict[str, ort.InferenceSession] = {}
+        self.repo = Path(repo)
+        self._tokenizer = None
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         for m in models:
@@ -89,8 +91,22 @@ class Reference:
         if target == "recommend":
             embedding = self.run("user_embedding", inputs)["embedding"]
             return self.run("similarity", {"query": embedding})
+        if target in ("tokenizer", "search"):
+            ids, mask = self.tokenize(inputs["text"])
+            if target == "tokenizer":
+                return {"input_ids": ids, "attention_mask": mask}
+            embedding = self.run("text_encoder", {"input_ids": ids, "attention_mask": mask})["embedding"]
+            return self.run("similarity", {"query": embedding})
         out = self.run(target, inputs)
         return {t.name: out[t.name] for t in spec.MODELS[target].outputs}
+
+    def tokenize(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What the tokenizer model answers: the repository's tokenizer.json, padded to the request's longest."""
+        from models import real_data
+
+        if self._tokenizer is None:
+            self._tokenizer = real_data.load_tokenizer(spec.version_dir("tokenizer", self.repo) / "tokenizer.json")
+        return real_data.tokenize(self._tokenizer, [t.decode("utf-8") for t in texts.reshape(-1)])
 
     def valid_range(self, model: str, tensor: str) -> tuple[int, int] | None:
         """The id range the exporter wrote into the ONNX metadata (`valid_range.<input>` = "lo,hi")."""

@@ -2,8 +2,9 @@
 
     check(target, got, expected) -> None | "what is wrong"
 
-Float outputs: max|got - want| / max(max|want|, 1e-6) within `rtol`; integer outputs (top-k ids): equal, except
-where the expected scores tie with a neighbour (their order is arbitrary) or at the last position.
+Float outputs: max|got - want| / max(max|want|, 1e-6) within `rtol`; integer outputs: token ids and masks
+exactly equal; top-k ids equal,
+except where the expected scores tie with a neighbour (their order is arbitrary) or at the last position.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def check(
         if value.shape != want.shape or value.dtype != want.dtype:
             return f"{target}.{name}: {value.dtype}{list(value.shape)} != {want.dtype}{list(want.shape)}"
         if value.dtype.kind in "iu":
-            continue  # ids: checked against the scores below
+            if name != "ids" and not np.array_equal(value, want):  # token ids and masks: exact
+                return f"{target}.{name}: differs from the reference"
+            continue  # top-k ids: checked against the scores below
         err = _rel_err(value, want)
         if not err <= rtol:
             return f"{target}.{name}: relative error {err:.2e} > {rtol:.0e}"

@@ -189,9 +189,14 @@ def commit(
             "put the repository in a folder of its own file system"
         )
     had_manifest = (stage / integrity.MANIFEST).is_file() or (repo / integrity.MANIFEST).is_file()
+    from models import spec
+
+    # a model these dims do not serve (spec.OPTIONAL_MODELS) leaves the repository in the same commit
+    retire = [m for m in spec.OPTIONAL_MODELS if m not in spec.MODELS and m not in models and (repo / m).is_dir()]
     journal = {
         "repo": str(repo),
         "models": models,
+        "retire": retire,
         "inodes": {m: os.stat(stage / m).st_ino for m in models},
         "manifest": had_manifest,
     }
@@ -214,6 +219,12 @@ def _roll_forward(stage: Path, journal: dict) -> None:
             _move_in(staged, repo / name, old / name)
         elif staged.exists():  # swapped, not yet put aside
             os.rename(staged, old / name)
+    for name in journal.get("retire", []):
+        if (repo / name).is_dir():
+            if (old / name).exists():
+                shutil.rmtree(old / name)
+            os.rename(repo / name, old / name)
+            log.info("retired %s from %s: the dims served leave it out (models.spec.OPTIONAL_MODELS)", name, repo)
     merge_manifest(repo, journal["models"], journal.get("manifest", False))
     shutil.rmtree(stage, ignore_errors=True)
     log.info("published %s into %s", ", ".join(journal["models"]), repo)
@@ -291,7 +302,8 @@ def prepare(repo: Path, stage: Path, models: Iterable[str], configs_from: Path |
         if src.is_dir():
             shutil.copytree(src, stage / name, symlinks=True)
         (stage / name / "1").mkdir(parents=True, exist_ok=True)
-        for rel in CONFIG_FILES if configs_from is not None else ():
+        # a python model's code (tokenizer/1/model.py) is part of its config
+        for rel in (*CONFIG_FILES, "1/model.py") if configs_from is not None else ():
             config = Path(configs_from) / name / rel
             if config.is_file():
                 (stage / name / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from models import spec
 
-DTYPES = {mc.TYPE_FP32: "float32", mc.TYPE_INT64: "int64", mc.TYPE_INT32: "int32", mc.TYPE_UINT64: "uint64"}
+DTYPES = {
+    mc.TYPE_FP32: "float32",
+    mc.TYPE_INT64: "int64",
+    mc.TYPE_INT32: "int32",
+    mc.TYPE_UINT64: "uint64",
+    mc.TYPE_STRING: "object",
+}
 # variant name -> (the config it is written from, the model file it serves)
 VARIANTS = {
     "cpu_fp32": ("configs/cpu.pbtxt", spec.ONNX_FP32),
@@ -41,6 +47,12 @@ VARIANTS = {
 BASE_FILES = ("config.pbtxt", "configs/cpu.pbtxt")
 CONFIG_FILES = (*BASE_FILES, *(f"configs/{v}.pbtxt" for v in VARIANTS))
 _FILENAME_LINE = re.compile(r'^default_model_filename: ".*"$', re.M)
+
+
+def config_files(model: str) -> tuple[str, ...]:
+    """The config files a model folder holds: ensembles and python models have one for both targets."""
+    m = spec.MODELS[model]
+    return ("config.pbtxt",) if m.ensemble or m.python else CONFIG_FILES
 
 
 def load_config(path: Path) -> mc.ModelConfig:
@@ -71,7 +83,7 @@ def check_layout(repo: Path, dims: bool = True) -> list[str]:
     unless `dims` is False: the configs of a repository made for other dims, see set_dims)."""
     problems = []
     for name, model in spec.MODELS.items():
-        files = ("config.pbtxt",) if model.ensemble else CONFIG_FILES
+        files = config_files(name)
         for rel in files:
             path = repo / name / rel
             if not path.is_file():
@@ -141,7 +153,7 @@ def check_ensembles(repo: Path) -> list[str]:
         available = tensors(cfg.input)
         produced: dict[str, tuple[str, tuple[int, ...]]] = {}
         for step in cfg.ensemble_scheduling.step:
-            for rel in CONFIG_FILES:
+            for rel in config_files(step.model_name):
                 sub = load_config(repo / step.model_name / rel)
                 sub_in, sub_out = tensors(sub.input), tensors(sub.output)
                 for key, value in step.input_map.items():
@@ -181,7 +193,8 @@ def check_onnx(repo: Path, filename: str = spec.ONNX_FP32) -> list[str]:
 
         def shape(vi):
             dims = vi.type.tensor_type.shape.dim
-            return elem.get(vi.type.tensor_type.elem_type, "?"), tuple(d.dim_value for d in dims[1:]), dims[0]
+            per_sample = tuple(spec.SEQUENCE if d.dim_param else d.dim_value for d in dims[1:])
+            return elem.get(vi.type.tensor_type.elem_type, "?"), per_sample, dims[0]
 
         onnx_in = {vi.name: shape(vi) for vi in graph.input}
         onnx_out = {vi.name: shape(vi) for vi in graph.output}
@@ -254,6 +267,12 @@ def copy_configs(repo: Path, dest: Path) -> None:
                 if not target.exists() or target.read_bytes() != src.read_bytes():
                     shutil.copy2(src, target)
         (dest / name / "1").mkdir(parents=True, exist_ok=True)
+        code = repo / name / "1" / "model.py"  # a python model's code is part of its config
+        if code.is_file() and (
+            not (dest / name / "1" / "model.py").is_file()
+            or (dest / name / "1" / "model.py").read_bytes() != code.read_bytes()
+        ):
+            shutil.copy2(code, dest / name / "1" / "model.py")
 
 
 def main(argv: list[str] | None = None) -> int:

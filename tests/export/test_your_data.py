@@ -168,3 +168,17 @@ def test_the_readme_shows_the_command(files):
     assert "## Your data" in readme
     for var in ("SERIES=", "CATALOG=", "USERS=", "INPUT_SIZE=", "HORIZON="):
         assert var in readme.split("## Your data", 1)[1].split("\n## ", 1)[0], var
+
+
+def test_search_leaves_the_repository_when_the_catalog_is_not_in_the_encoders_space(your_export, your_server):
+    """A catalog of dimension 32 cannot be searched with all-MiniLM-L6-v2's 384-dim text embeddings: make export
+    retires the search ensemble (models.spec.OPTIONAL_MODELS); the tokenizer and the encoder still serve."""
+    assert DIM != spec.TEXT_DIM and not (your_export["repo"] / "search").exists()
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(your_server.http_url)
+    try:
+        assert client.is_model_ready("tokenizer") and client.is_model_ready("text_encoder")
+        assert not client.is_model_ready("search")
+    finally:
+        client.close()

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from clients.validate import text_problem
 from models import spec
 from reliability.load import Caller, Endpoint
 from reliability.reference import check
@@ -48,7 +49,8 @@ DTYPES = {
     "BOOL": np.bool_,
     "BYTES": np.object_,
 }
-TRITON_OF = {"float32": "FP32", "int64": "INT64"}
+TRITON_OF = {"float32": "FP32", "int64": "INT64", "object": "BYTES"}
+MAX_TOKENS_FUZZED = 40  # a drawn token count (the text_encoder's dynamic axis) is 1..this
 MODEL_NAMES = [*spec.MODELS, "no_such_model", "NHITS", "nhits/1", "../nhits", "", " ", "nhits\u00e9"]
 FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES,
@@ -78,8 +80,11 @@ def good(workload):
 # -- structured requests through tritonclient ----------------------------------------------------------
 def _values(rng: np.random.Generator, dtype: str, shape: list[int], special: str, scale: float) -> np.ndarray:
     n = math.prod(shape)
-    if dtype == "BYTES":
-        return np.array([b"x" * (i % 5) for i in range(n)], dtype=np.object_).reshape(shape)
+    if dtype == "BYTES":  # texts: empty ones (i % 5 == 0) and, with a value special, bytes that are not UTF-8
+        rows = [b"x" * (i % 5) for i in range(n)]
+        if n and special != "none":
+            rows[int(rng.integers(0, n))] = b"\xff\xfe not utf-8"
+        return np.array(rows, dtype=np.object_).reshape(shape)
     if dtype == "BOOL":
         return rng.integers(0, 2, n).astype(bool).reshape(shape)
     np_type = DTYPES[dtype]
@@ -114,6 +119,7 @@ def structured_requests(draw):
     if "batch" in broken:
         batch = draw(st.sampled_from([0, ms.max_batch_size + 1, 2 * ms.max_batch_size]))
     tensors: dict[str, np.ndarray] = {}
+    tokens = draw(st.integers(1, MAX_TOKENS_FUZZED))  # one length for every dynamic axis of the request
     for t in ms.inputs:
         if "drop" in broken and draw(st.booleans()):
             continue
@@ -121,7 +127,7 @@ def structured_requests(draw):
         dtype = TRITON_OF[t.dtype]
         if "dtype" in broken:
             dtype = draw(st.sampled_from(sorted(set(DTYPES) - {dtype})))
-        dims = list(t.dims)
+        dims = [tokens if d == spec.SEQUENCE else d for d in t.dims]
         if "dims" in broken:
             dims = draw(st.lists(st.integers(0, 400), max_size=2).filter(lambda d, want=dims: d != want))
         shape = dims if "rank" in broken else [batch, *dims]
@@ -147,21 +153,39 @@ def _accepted(model: str, tensors: dict[str, np.ndarray]) -> bool:
     ms = spec.MODELS.get(model)
     if ms is None or model == spec.STREAM.name or set(tensors) != {t.name for t in ms.inputs}:
         return False
-    batches = set()
+    batches, lengths = set(), set()
     for t in ms.inputs:
         a = tensors[t.name]
-        if a.dtype != np.dtype(t.dtype) or a.ndim != len(t.dims) + 1 or list(a.shape[1:]) != list(t.dims):
+        if a.dtype != np.dtype(t.dtype) or a.ndim != len(t.dims) + 1:
             return False
+        for d, want in zip(a.shape[1:], t.dims, strict=True):
+            if want == spec.SEQUENCE:
+                lengths.add(d)  # Triton takes any length; the graph needs one length for ids and mask
+            elif d != want:
+                return False
+        if a.dtype == object and text_problem(a) is not None:
+            return False  # the tokenizer's named INVALID_ARG error (empty, not UTF-8, too long)
         batches.add(a.shape[0])
+    if len(lengths) > 1 or 0 in lengths:
+        return False
     return len(batches) == 1 and 1 <= next(iter(batches)) <= ms.max_batch_size
 
 
 def _bad_rows(model: str, tensors: dict[str, np.ndarray], id_range: tuple[int, int]) -> np.ndarray:
     """Rows holding a value the graph answers with its sentinel: NaN / Inf, or an id outside the table."""
     bad = None
+    ranges = spec.MODELS[model].extra.get("ranges", {})
     for t in spec.MODELS[model].inputs:
         a = tensors[t.name].reshape(len(tensors[t.name]), -1)
-        rows = ~np.isfinite(a).all(axis=1) if a.dtype.kind == "f" else ((a < id_range[0]) | (a >= id_range[1])).any(1)
+        lo, hi = ranges.get(t.name, id_range)
+        if a.dtype == object:  # texts: a bad one is refused as a whole (_accepted), never a sentinel row
+            rows = np.zeros(len(a), bool)
+        elif a.dtype.kind == "f":
+            rows = ~np.isfinite(a).all(axis=1)
+        else:
+            rows = ((a < lo) | (a >= hi)).any(1)
+            if t.name == "attention_mask":
+                rows |= ~a.any(axis=1)  # no attended token: nothing to average (NaN)
         bad = rows if bad is None else bad | rows
     return bad
 

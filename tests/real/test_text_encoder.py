@@ -1,0 +1,99 @@
+"""The text_encoder: served FP32 against SentenceTransformer.encode, the INT8 file's bounds, the value guard."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from clients import Client, InvalidInputError
+from export import common
+from models import data, real_data, spec
+
+PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
+FP32_BOUND = 1e-4  # the issue's bound: relative error against SentenceTransformer.encode
+
+
+def texts_of(artifacts) -> list[str]:
+    return data.load_texts(artifacts, "test")[:16] + list(real_data.QUERIES)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_served_encoder_equals_sentence_transformers(triton_real, real_artifacts, tokenizer, reference, protocol):
+    texts = texts_of(real_artifacts)
+    want = reference.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+    ids, mask = real_data.tokenize(tokenizer, texts)
+    url = triton_real.http_url if protocol == "http" else triton_real.grpc_url
+    with Client(url, protocol=protocol) as client:
+        got = client.text_encoder(ids, mask).values
+        one = np.concatenate([client.text_encoder(*real_data.tokenize(tokenizer, [t])).values for t in texts[:4]])
+    assert common.relative_error(got, want) <= FP32_BOUND
+    assert common.relative_error(one, want[:4]) <= FP32_BOUND
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_export_report_holds_the_sentence_transformers_check(real_artifacts):
+    record = json.loads((real_artifacts / "reports" / "export.json").read_text())["models"]["text_encoder"]
+    assert record["passed"], record["failures"]
+    assert record["verification"]["sentence_transformers"]["embedding"]["rel_err"] <= FP32_BOUND
+    assert record["verification"]["guard"]["passed"]
+
+
+def test_int8_encoder_meets_cosine_and_recall_bounds(real_artifacts, real_repo, tokenizer):
+    """The calibration report's figures, and the INT8 file recomputed here on held-out texts."""
+    entry = json.loads((real_artifacts / "reports" / "calibration.json").read_text())["models"]["text_encoder"]
+    acc = entry["accuracy"]
+    assert acc["met"], acc["reason"]
+    assert acc["cosine_min"] >= 0.99 and acc["recall_at_k"] >= 0.95
+    assert entry["calibration_set"]["split"] == "train" and entry["qdq"]["zero_points_all_zero"]
+    assert len(entry["qdq"]["int8_gemms"]) == 18 and len(entry["qdq"]["fp32_gemms"]) == 30  # hidden-state GEMMs FP32
+    vdir = spec.version_dir("text_encoder", real_repo)
+    fp32, int8 = (
+        ort.InferenceSession(str(vdir / f), providers=["CPUExecutionProvider"])
+        for f in (spec.ONNX_FP32, spec.ONNX_INT8)
+    )
+    ids, mask = real_data.tokenize(tokenizer, list(real_data.QUERIES))
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    a, b = fp32.run(None, feeds)[0], int8.run(None, feeds)[0]
+    assert np.min(np.sum(a * b, axis=1)) >= 0.99
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_bad_token_rows_answer_nan_and_leave_batch_mates_alone(triton_real, real_artifacts, tokenizer, protocol):
+    """Ids outside the vocabulary, a mask value of 2 and a mask with no token answer the NaN sentinel."""
+    texts = texts_of(real_artifacts)[:6]
+    ids, mask = real_data.tokenize(tokenizer, texts)
+    bad_ids, bad_mask = ids.copy(), mask.copy()
+    bad_ids[1, 1] = spec.VOCAB_SIZE
+    bad_mask[3, 0] = 2
+    bad_mask[4, :] = 0
+    url = triton_real.http_url if protocol == "http" else triton_real.grpc_url
+    with Client(url, protocol=protocol, validate=False) as client:
+        good = client.text_encoder(ids, mask).values
+        with pytest.raises(
+            InvalidInputError,
+            match=r"input 'input_ids' value 30522 is out of range \[0, 30522\) \(batch row 1\); 2 more",
+        ):
+            client.text_encoder(bad_ids, bad_mask)  # the server's sentinel, named by the client
+    with Client(url, protocol=protocol) as client:
+        with pytest.raises(InvalidInputError, match="input_ids' value 30522 is out of range"):
+            client.text_encoder(bad_ids, mask)  # refused before sending
+        with pytest.raises(InvalidInputError, match="attention_mask' of batch row 4 attends no token"):
+            client.text_encoder(ids, np.where(np.arange(6)[:, None] == 4, 0, mask))
+    mod = PROTOCOLS[protocol]
+    c = mod.InferenceServerClient(url)
+    try:
+        tensors = []
+        for name, a in (("input_ids", bad_ids), ("attention_mask", bad_mask)):
+            tensors.append(mod.InferInput(name, list(a.shape), "INT64"))
+            tensors[-1].set_data_from_numpy(a)
+        emb = c.infer("text_encoder", tensors).as_numpy("embedding")
+    finally:
+        c.close()
+    assert np.isnan(emb[[1, 3, 4]]).all()
+    keep = [0, 2, 5]
+    assert common.relative_error(emb[keep], good[keep]) <= 1e-5
