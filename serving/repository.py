@@ -129,7 +129,8 @@ def set_dims(repo: Path) -> list[Path]:
     otherwise as it was. Returns the files changed."""
     changed = []
     for name, model in spec.MODELS.items():
-        dims = {t.name: t.dims for t in (*model.inputs, *model.outputs)}
+        # a dynamic (spec.SEQUENCE) dim is [-1] in the tensor and concrete in a warm-up input: left as written
+        dims = {t.name: t.dims for t in (*model.inputs, *model.outputs) if spec.SEQUENCE not in t.dims}
         for rel in ("config.pbtxt",) if model.ensemble else BASE_FILES:
             path = repo / name / rel
             if not path.is_file():

@@ -96,3 +96,17 @@ def test_response_cache_is_on_for_similarity_and_recommend_on_both_targets():
     want = {"recommend/config.pbtxt", "similarity/config.pbtxt", "similarity/configs/cpu.pbtxt"}
     want |= {f"similarity/configs/{v}.pbtxt" for v in repository.VARIANTS}
     assert cached == want
+
+
+def test_set_dims_rewrites_fixed_dims_and_leaves_a_warm_up_of_the_dynamic_token_axis(tmp_path):
+    """A user's dims rewrite window/forecast/embedding dims; the text encoder's warm-up keeps its 32 tokens."""
+    repository.copy_configs(spec.MODEL_REPOSITORY, tmp_path)
+    try:
+        spec.use_dims(spec.Dims(96, 12, 32))
+        repository.set_dims(tmp_path)
+        nhits = (tmp_path / "nhits" / "config.pbtxt").read_text()
+        assert "dims: [ 96 ]" in nhits and "dims: [ 12 ]" in nhits
+        encoder = (tmp_path / "text_encoder" / "config.pbtxt").read_text()
+        assert encoder == (spec.MODEL_REPOSITORY / "text_encoder" / "config.pbtxt").read_text()
+    finally:
+        spec.use_dims(spec.DEFAULT_DIMS)
