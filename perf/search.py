@@ -235,7 +235,8 @@ def winner_comment(run_id: str, result: dict, entry: dict) -> str:
     w = entry["winner"]
     return (
         f"chosen by Model Analyzer, run {run_id} (`make perf-search APPLY=1`, {result['cores']} cores): highest "
-        f"throughput with p99 <= {result['budget_ms']:g} ms of {len(entry['points'])} measured points:\n"
+        f"throughput with p99 <= {result['budget_ms']:g} ms of {len(entry['points'])} measured points (within "
+        f"{TIE:.0%}: the shortest delay):\n"
         f"{w['throughput']:.0f} infer/s, p99 {w['p99_ms']:.2f} ms at concurrency {w['concurrency']} (gRPC)"
     )
 
