@@ -225,11 +225,12 @@ REAL_SOURCES = {
 }
 
 
-def _prepare_real(out: Path, movies) -> tuple[data.SeriesConfig, dict, np.ndarray, np.ndarray, dict, dict]:
+def _prepare_real(out: Path, movies, seed: int) -> tuple[data.SeriesConfig, dict, np.ndarray, np.ndarray, dict, dict]:
     """The real profile: the real series and the MovieLens catalog and users, embedded by the encoder."""
     series = real_data.load_series()
     splits = series.splits
-    cfg = data.SeriesConfig(n_series=len(series.names), length=int(sum(v.shape[1] for v in splits.values())))
+    length = int(sum(v.shape[1] for v in splits.values()))
+    cfg = data.SeriesConfig(n_series=len(series.names), length=length, seed=seed)  # the manifest records the run's seed
     t_enc = time.perf_counter()
     encoder = real_data.sentence_transformer(out)
     catalog = encoder.encode(movies.texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False).astype(
@@ -264,7 +265,7 @@ def prepare_data(out: Path, profile: Profile, seed: int, yours: YourData, real: 
     real_info: dict = {}
     stride = data.WINDOW_STRIDE
     if real:
-        cfg, splits, catalog, users, more, real_info = _prepare_real(out, movies)
+        cfg, splits, catalog, users, more, real_info = _prepare_real(out, movies, seed)
         texts |= more
         extra = {"data": "real", "real": {k: v for k, v in real_info.items() if k != "leave_one_out"}}
     else:

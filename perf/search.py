@@ -179,8 +179,12 @@ def winner(rows: list[dict]) -> dict | None:
         return None
     best = max(r["throughput"] for r in ok)
     close = [r for r in ok if r["throughput"] >= (1 - TIE) * best]
-    cost = lambda r: (r["settings"]["delay_us"], r["settings"]["instances"] * r["settings"]["threads"])  # noqa: E731
-    return min(close, key=lambda r: (*cost(r), -r["throughput"]))
+    return min(close, key=_lone_request_cost)
+
+
+def _lone_request_cost(r: dict) -> tuple:
+    s = r["settings"]
+    return s["delay_us"], s["instances"] * s["threads"], -r["throughput"]
 
 
 # ----------------------------------------------------------------------------------- --apply
