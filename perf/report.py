@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -51,21 +52,23 @@ POINT_RUNS = {  # the point tables of a model's section beside its sweep: run ->
 # ----------------------------------------------------------------------------------- figures
 
 
-def figure(path: Path, draw, figsize: tuple[float, float], ncols: int = 1) -> Path:
-    """The one figure helper: draw(axes) on a new figure, plain numbers on log axes, saved as PNG."""
+@contextmanager
+def figure(path: Path, figsize: tuple[float, float], ncols: int = 1):
+    """The one figure helper: the axes of a new figure to draw on; on exit plain numbers on log axes, saved as PNG."""
     fig, axes = plt.subplots(1, ncols, figsize=figsize)
-    draw(axes)
-    for ax in axes if ncols > 1 else (axes,):
-        fmt = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
-        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
-            if scale == "log":
-                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                axis.set_major_formatter(fmt)
-                axis.set_minor_formatter(NullFormatter())
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        yield axes
+        for ax in axes if ncols > 1 else (axes,):
+            fmt = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
+            for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+                if scale == "log":
+                    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                    axis.set_major_formatter(fmt)
+                    axis.set_minor_formatter(NullFormatter())
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _xy(pts: list[dict], y: str = "p99_ms") -> tuple[list, list]:
@@ -79,7 +82,7 @@ def _annotate(ax, pts: list[dict], suffix: str = "", dy: int = 4, **kw) -> None:
 
 
 def plot_model(name: str, m: dict, budget_ms: float, path: Path) -> Path:
-    def draw(ax) -> None:
+    with figure(path, (10, 5)) as ax:
         ax.plot(*_xy(m["sweep"]), "o-", color="C0", label="Triton gRPC p99 (concurrency sweep)")
         ax.plot(*_xy(m["sweep"], "p50_ms"), "o--", color="C0", alpha=0.5, label="Triton gRPC p50")
         _annotate(ax, m["sweep"])
@@ -93,17 +96,8 @@ def plot_model(name: str, m: dict, budget_ms: float, path: Path) -> Path:
         if m.get("batching_off"):
             _annotate(ax, m["batching_off"], " off", -10, color="C3")
         if c := m.get("chosen"):
-            ax.plot(
-                [c["throughput"]],
-                [c["p99_ms"]],
-                "*",
-                ms=16,
-                color="gold",
-                mec="k",
-                label=f"chosen: c{c['concurrency']}",
-            )
-        k = m["knee"]
-        ax.plot([k["throughput"]], [k["p99_ms"]], "D", ms=8, mfc="none", mec="k", label=f"knee: c{k['concurrency']}")
+            ax.plot(*_xy([c]), "*", ms=16, color="gold", mec="k", label=f"chosen: c{c['concurrency']}")
+        ax.plot(*_xy([m["knee"]]), "D", ms=8, mfc="none", mec="k", label=f"knee: c{m['knee']['concurrency']}")
         ax.axhline(budget_ms, color="grey", ls=":", lw=1, label=f"p99 budget {budget_ms:g} ms")
         fp32, int8, b = m.get("ort", {}).get("fp32", {}), m.get("ort", {}).get("int8", {}), str(m.get("served_batch"))
         marks = [(m.get("eager"), "PyTorch eager b1", "C1", "-"), (fp32.get("1"), "ORT FP32 b1 in-process", "C5", "--")]
@@ -115,29 +109,24 @@ def plot_model(name: str, m: dict, budget_ms: float, path: Path) -> Path:
         ax.set_title(f"{name}: latency vs throughput (in-process baselines as vertical lines)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-
-    return figure(path, draw, (10, 5))
+    return path
 
 
 def plot_stream(stream: dict, path: Path) -> Path:
-    pts = stream["points"]
-    xs = range(len(pts))
-
-    def draw(axes) -> None:
+    pts, xs = stream["points"], range(len(stream["points"]))
+    with figure(path, (9, 3.8), ncols=2) as axes:
         for ax, (title, (ylabel, *bars)) in zip(axes, STREAM_PANELS.items(), strict=True):
             for dx, (key, label) in zip((-0.2, 0.2), bars, strict=True):
                 ax.bar([x + dx for x in xs], [p[key] for p in pts], 0.4, label=label)
             ax.set_xticks(list(xs), [f"{p['concurrency']} clients" for p in pts])
             ax.set(yscale="log", ylabel=ylabel, title=title)
             ax.legend(fontsize=7)
-
-    return figure(path, draw, (9, 3.8), ncols=2)
+    return path
 
 
 def plot_goals(goals: list[dict], path: Path) -> Path:
     rows = [g for g in goals if g["value"] is not None]
-
-    def draw(ax) -> None:
+    with figure(path, (8, 0.45 * max(len(rows), 2) + 1)) as ax:
         for i, g in enumerate(rows):
             target = g["threshold"]
             norm = target / max(g["value"], 1e-9) if g["lower_is_better"] else g["value"] / target  # >= 1: meets it
@@ -147,15 +136,13 @@ def plot_goals(goals: list[dict], path: Path) -> Path:
         ax.set_yticks(range(len(rows)), [f"{g['model']}: {g['goal']}" for g in rows], fontsize=7)
         ax.set(xscale="log", xlabel="measured / goal (>= 1 meets it; grey: goal not applicable)")
         ax.set_title("goals on this cpu target")
-
-    return figure(path, draw, (8, 0.45 * max(len(rows), 2) + 1))
+    return path
 
 
 # ----------------------------------------------------------------------------------- markdown
 
 
 def lat(f: dict, a: str = "p50_ms", b: str = "p99_ms") -> str:
-    """A point's two latencies as "p50 / p99" (ms, 2 decimals)."""
     return f"{num(f[a], 2)} / {num(f[b], 2)}"
 
 
@@ -383,11 +370,10 @@ def render(summary: dict, figures: dict[str, str], search: dict | None) -> str:
     out += ["", "## Ratios watched by the regression gate", ""]
     out += table(["ratio", "value"], ([k, f"{v:.3f}"] for k, v in summary["ratios"].items()))
     out += ["", "## Per model", ""]
+    budget, configs = summary["budget_ms"], summary.get("configs", {})
     for name, m in summary["models"].items():
         if m.get("sweep"):
-            out += _model_section(
-                name, m, figures.get(name), summary["budget_ms"], summary.get("configs", {}).get(name)
-            )
+            out += _model_section(name, m, figures.get(name), budget, configs.get(name))
     if stream := summary.get("stream"):
         out += STREAM.split("\n")
         if figures.get("stream"):
