@@ -194,9 +194,7 @@ def model_summary(
         out["sentence_transformers"] = st
         out["st_p50_over_served_c1_p50"] = ratio(st["p50_ms"], out["c1"]["p50_ms"])
         out["served_c16_over_st"] = ratio(_get(c16), st["throughput"])
-    for key in ("int8_accuracy", "op_profile"):
-        if b.get(key) is not None:
-            out[key] = b[key]
+    out |= {key: b[key] for key in ("int8_accuracy", "op_profile") if b.get(key) is not None}
     return out
 
 
