@@ -23,7 +23,7 @@ GATED: tuple[str, ...] = tuple(_G["gated"])
 RUNS = ("http", "batch", "rate", "shm", "noshm", "cached", "batching_off")  # beside <model>.sweep
 
 
-def _read(path: Path, default=None):
+def read_json(path: Path, default=None):
     return json.loads(path.read_text()) if path.is_file() else default
 
 
@@ -401,8 +401,8 @@ def kernel_classes(shares: dict[str, float]) -> dict[str, float]:
 def summarize(run_dir: Path, budget_ms: float = BUDGET_MS) -> dict:
     run_dir = Path(run_dir)
     records = load_records(run_dir)
-    env = _read(run_dir / "env.json", {})
-    baselines = _read(run_dir / "baselines.json", {})
+    env = read_json(run_dir / "env.json", {})
+    baselines = read_json(run_dir / "baselines.json", {})
     names = sorted({r["point"]["label"].split(".")[0] for r in records} - {"reservoir_stream"})
     compare = (env.get("run") or {}).get("compare")
     models = {n: model_summary(n, records, baselines, budget_ms, compare) for n in names}
@@ -412,7 +412,7 @@ def summarize(run_dir: Path, budget_ms: float = BUDGET_MS) -> dict:
         "budget_ms": budget_ms,
         "models": models,
         "stream": stream_summary(records),
-        "extras": _read(run_dir / "extras.json", {}),
+        "extras": read_json(run_dir / "extras.json", {}),
         "errors": load_errors(run_dir),
         "goals": goals(models, budget_ms, load),
     }

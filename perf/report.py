@@ -391,15 +391,13 @@ def render(summary: dict, figures: dict[str, str], search: dict | None) -> str:
 
 
 def latest_search(run_dir: Path) -> dict | None:
-    path = Path(run_dir).resolve().parent / "search" / "latest" / "search.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return analysis.read_json(Path(run_dir).resolve().parent / "search" / "latest" / "search.json")
 
 
 def write(run_dir: Path, out_dir: Path = DEFAULT_OUT, search: dict | None = None) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
-    budget = env.get("run", {}).get("budget_ms", analysis.BUDGET_MS)
+    budget = analysis.read_json(run_dir / "env.json", {}).get("run", {}).get("budget_ms", analysis.BUDGET_MS)
     summary = analysis.summarize(run_dir, budget)
     search = search if search is not None else latest_search(run_dir)
     figures = {
