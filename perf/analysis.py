@@ -1,9 +1,7 @@
-"""From recorded runs to figures: knee, chosen point, ratios, goals with profile-based reasons.
+"""From a recorded run to figures: knee, chosen point, ratios and the goals of perf/goals.yaml.
 
-Everything here reads the files a run wrote (runs/<scenario>/*.json, baselines.json, extras.json,
-env.json) and writes nothing; `summarize` returns the dict that `perf.run` stores as summary.json,
-that `perf.report` renders and that `perf.gate` compares with perf/baseline.json. The goals and their
-thresholds are data: perf/goals.yaml.
+`summarize` reads what a run wrote (runs/<scenario>/*.json, baselines.json, extras.json, env.json)
+and returns the dict that perf.run stores as summary.json, perf.report renders and perf.gate compares.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ GATED: tuple[str, ...] = tuple(_G["gated"])
 RUNS = ("http", "batch", "rate", "shm", "noshm", "cached", "batching_off")  # beside <model>.sweep
 
 
-def _read(path: Path, default=None):
+def read_json(path: Path, default=None):
     return json.loads(path.read_text()) if path.is_file() else default
 
 
@@ -44,11 +42,7 @@ def flat(rec: dict) -> dict:
     p, row = rec["point"], rec["row"]
     server = rec.get("server", {}).get(p["model"], {})
     return {
-        "model": p["model"],
-        "label": p["label"],
-        "protocol": p["protocol"],
-        "concurrency": p.get("concurrency"),
-        "request_rate": p.get("request_rate"),
+        **{k: p.get(k) for k in ("model", "label", "protocol", "concurrency", "request_rate")},
         "batch_size": p.get("batch_size", 1),
         "shared_memory": p.get("shared_memory", "none"),
         "throughput": row["throughput"],
@@ -87,6 +81,10 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _get(f: dict | None, key: str = "throughput") -> float | None:
+    return (f or {}).get(key)
+
+
 def compute_us(b: dict) -> float:
     return b.get("compute_input", 0) + b.get("compute_infer", 0) + b.get("compute_output", 0)
 
@@ -121,9 +119,8 @@ BOTTLENECK = {
 def bottleneck(f: dict | None) -> str:
     if not f:
         return ""
-    b = f["breakdown_us"]
-    parts = _parts(b)
-    parts = {"queue": parts["queue"], "compute": parts["compute"], "transport": b.get("network", 0) + parts["client"]}
+    q, c, net, client = _parts(f["breakdown_us"]).values()
+    parts = {"queue": q, "compute": c, "transport": net + client}
     return BOTTLENECK[max(parts, key=parts.get)]
 
 
@@ -131,21 +128,26 @@ def compare_summary(sweep: list[dict], other: list[dict], config: str) -> dict:
     """The committed configs' sweep against the --compare config's, concurrency by concurrency."""
     rows = []
     for f in sweep:
-        g = at(other, f["concurrency"])
-        if g is not None and f["batch_size"] == g["batch_size"]:
-            rows.append(
-                {
-                    "concurrency": f["concurrency"],
-                    "throughput": f["throughput"],
-                    "other_throughput": g["throughput"],
-                    "throughput_ratio": ratio(f["throughput"], g["throughput"]),
-                    "p50_ms": f["p50_ms"],
-                    "other_p50_ms": g["p50_ms"],
-                    "p99_ms": f["p99_ms"],
-                    "other_p99_ms": g["p99_ms"],
-                }
-            )
+        if (g := at(other, f["concurrency"])) is not None and f["batch_size"] == g["batch_size"]:
+            rows.append({"concurrency": f["concurrency"], "throughput_ratio": ratio(f["throughput"], g["throughput"])})
+            rows[-1] |= {
+                f"{o}{k}": p[k] for k in ("throughput", "p50_ms", "p99_ms") for o, p in (("", f), ("other_", g))
+            }
     return {"config": config, "points": rows, "sweep": other}
+
+
+def stream_summary(records: list[dict], scenario: str = "reservoir_stream") -> dict | None:
+    stream, window = series(records, f"{scenario}.stream"), series(records, f"{scenario}.windowed")
+    if not stream or not window:
+        return None
+    rows = []
+    for s in stream:
+        if w := at(window, s["concurrency"]):
+            rows.append({"concurrency": s["concurrency"], "stream_ticks_per_s": s["throughput"]})
+            rows[-1] |= {"window_per_s": w["throughput"], "throughput_ratio": s["throughput"] / w["throughput"]}
+            rows[-1] |= {f"{n}_{k}": p[k] for k in ("p99_ms", "avg_batch") for n, p in (("stream", s), ("window", w))}
+            rows[-1]["p99_ratio"] = ratio(s["p99_ms"], w["p99_ms"])
+    return {"points": rows, "stream": stream, "window": window}
 
 
 def model_summary(
@@ -153,33 +155,28 @@ def model_summary(
 ) -> dict:
     sweep = series(records, f"{name}.sweep")
     out: dict = {"sweep": sweep}
-    other = series(records, f"{name}.sweep@{compare}") if compare else []
-    if other:
+    if other := series(records, f"{name}.sweep@{compare}") if compare else []:
         out["compare"] = compare_summary(sweep, other, compare)
     out.update({run: pts for run in RUNS if (pts := series(records, f"{name}.{run}"))})
     if not sweep:
         return out
-    peak = max(sweep, key=lambda f: f["throughput"])
+    peak, c16 = max(sweep, key=lambda f: f["throughput"]), at(sweep, DYNBATCH_CONCURRENCY)
     out.update({"c1": at(sweep, 1) or sweep[0], "knee": knee(sweep), "peak": peak, "chosen": chosen(sweep, budget_ms)})
     # DYNBATCH_CONCURRENCY when both sides measured it, else the largest concurrency both measured
-    common = {f["concurrency"] for f in sweep} & {f["concurrency"] for f in out.get("batching_off", [])}
-    if common:
+    if common := {f["concurrency"] for f in sweep} & {f["concurrency"] for f in out.get("batching_off", [])}:
         c = out["dynbatch_concurrency"] = DYNBATCH_CONCURRENCY if DYNBATCH_CONCURRENCY in common else max(common)
         out["dynbatch"] = ratio(at(sweep, c)["throughput"], at(out["batching_off"], c)["throughput"])
     b = baselines.get(name, {})
     if eager := b.get("eager"):
         out["eager"] = eager
         out["peak_over_eager"] = ratio(peak["throughput"], eager["throughput"])
-        out["served_over_eager"] = ratio(out["chosen"] and out["chosen"]["throughput"], eager["throughput"])
+        out["served_over_eager"] = ratio(_get(out["chosen"]), eager["throughput"])
     if ortb := b.get("ort", {}):
-        out["ort"] = ortb
-        ref = out["chosen"] or peak
-        out["served_precision"] = b.get("served_precision", "fp32")
-        same = ortb.get(out["served_precision"], {}).get(str(b.get("served_batch")))
+        out["ort"], out["served_precision"] = ortb, b.get("served_precision", "fp32")
         out["served_batch"] = b.get("served_batch")
-        out["served_over_ort"] = ratio(ref["throughput"], same and same["throughput"])
-        c16, b1 = at(sweep, DYNBATCH_CONCURRENCY), ortb.get("fp32", {}).get("1")
-        out["c16_over_ort_b1"] = ratio(c16 and c16["throughput"], b1 and b1["throughput"])
+        same = ortb.get(out["served_precision"], {}).get(str(b.get("served_batch")))
+        out["served_over_ort"] = ratio((out["chosen"] or peak)["throughput"], _get(same))
+        out["c16_over_ort_b1"] = ratio(_get(c16), _get(ortb.get("fp32", {}).get("1")))
         # INT8 vs FP32 from the alternating (paired) measurement where there is one, else the two sweeps
         pairs = b.get("int8_paired") or {
             str(k): {p: ortb.get(p, {}).get(str(k)) for p in ("fp32", "int8")} for k in (1, INT8_BATCH)
@@ -188,40 +185,44 @@ def model_summary(
         if b.get("int8_paired"):
             out["int8_pairs"] = b["int8_paired"]
         p50 = {
-            (k, p): (pairs.get(k, {}).get(p) or {}).get("p50_ms")
-            for k in ("1", str(INT8_BATCH))
-            for p in ("fp32", "int8")
+            (k, p): _get(pairs.get(k, {}).get(p), "p50_ms") for k in ("1", str(INT8_BATCH)) for p in ("fp32", "int8")
         }
         out["int8_latency_b64"] = ratio(p50[str(INT8_BATCH), "int8"], p50[str(INT8_BATCH), "fp32"])
         out["int8_speedup_b64"] = ratio(p50[str(INT8_BATCH), "fp32"], p50[str(INT8_BATCH), "int8"])
         out["int8_latency_b1"] = ratio(p50["1", "int8"], p50["1", "fp32"])
-    st = b.get("sentence_transformers")
-    if st:  # the text search against SentenceTransformer.encode at batch 1, in-process
+    if st := b.get("sentence_transformers"):  # the text search against SentenceTransformer.encode at batch 1
         out["sentence_transformers"] = st
-        c1 = out["c1"]
-        out["st_p50_over_served_c1_p50"] = ratio(st["p50_ms"], c1["p50_ms"])
-        c16 = at(sweep, DYNBATCH_CONCURRENCY)
-        out["served_c16_over_st"] = ratio(c16 and c16["throughput"], st["throughput"])
-    if b.get("int8_accuracy") is not None:
-        out["int8_accuracy"] = b["int8_accuracy"]
-    if b.get("op_profile"):
-        out["op_profile"] = b["op_profile"]
+        out["st_p50_over_served_c1_p50"] = ratio(st["p50_ms"], out["c1"]["p50_ms"])
+        out["served_c16_over_st"] = ratio(_get(c16), st["throughput"])
+    out |= {key: b[key] for key in ("int8_accuracy", "op_profile") if b.get(key) is not None}
     return out
+
+
+# ----------------------------------------------------------------------------------- goals
+# One check per kind of perf/goals.yaml: (model summary, threshold, budget, load note) ->
+# (value, met, reason), or None when the run did not measure it.
+CHECKS: dict[str, tuple] = {}
+LOWER_IS_BETTER = {"int8_latency"}
+
+
+def _goal(goal: str, target: str):
+    """Register a check under its kind, with its goal and target (format fields: k, pct, budget, cfg)."""
+
+    def register(check):
+        CHECKS[check.__name__.lstrip("_")] = (goal, target, check)
+        return check
+
+    return register
 
 
 def _fmt(v: float | None, unit: str = "x") -> str:
     return "n/a" if v is None else f"{v:.2f}{unit}"
 
 
-# ----------------------------------------------------------------------------------- goals
-# One function per kind of perf/goals.yaml: (model summary, threshold, budget, load note) ->
-# (goal, target, value, met, reason); value None means not measured.
-
-
-def _served_over_eager(m: dict, k: float, budget_ms: float, busy: str) -> tuple:
-    goal, target = "served / PyTorch eager", f">= {k:g}x, p99 <= {budget_ms:g} ms"
+@_goal("served / PyTorch eager", ">= {k:g}x, p99 <= {budget:g} ms")
+def _served_over_eager(m: dict, k: float, budget_ms: float, busy: str) -> tuple | None:
     if "eager" not in m:
-        return goal, target, None, None, "not measured"
+        return None
     eager, c = m["eager"], m.get("chosen")
     if c is None:
         best = min(m["sweep"], key=lambda f: f["p99_ms"])
@@ -230,32 +231,30 @@ def _served_over_eager(m: dict, k: float, budget_ms: float, busy: str) -> tuple:
             f"concurrency {best['concurrency']}: {profile(best)}); {bottleneck(best)}. At any latency the peak is "
             f"{m['peak']['throughput']:.0f}/s = {_fmt(m.get('peak_over_eager'))} eager.{busy}"
         )
-        return goal, target, None, False, reason
+        return None, False, reason
     v = m["served_over_eager"]
     reason = (
         f"{c['throughput']:.0f}/s at concurrency {c['concurrency']} (p99 {c['p99_ms']:.1f} ms) vs eager "
         f"{eager['throughput']:.0f}/s (batch 1, p50 {eager['p50_ms']:.2f} ms). Profile: {profile(c)}"
     )
-    return goal, target, v, v >= k, reason + (f"; {bottleneck(c)}.{busy}" if v < k else "")
+    return v, v >= k, reason + (f"; {bottleneck(c)}.{busy}" if v < k else "")
 
 
-def _dynbatch(m: dict, k: float, budget_ms: float, busy: str) -> tuple:
-    goal, target = "dynamic batching on / off", f">= {k:g}x at c{DYNBATCH_CONCURRENCY}"
-    v = m.get("dynbatch")
-    if v is None:
-        return goal, target, None, None, "not measured"
+@_goal("dynamic batching on / off", f">= {{k:g}}x at c{DYNBATCH_CONCURRENCY}")
+def _dynbatch(m: dict, k: float, budget_ms: float, busy: str) -> tuple | None:
+    if (v := m.get("dynbatch")) is None:
+        return None
     c = m.get("dynbatch_concurrency", DYNBATCH_CONCURRENCY)
     on, off = at(m.get("sweep", []), c), at(m.get("batching_off", []), c)
     per_row_on = on["exec_ms"] / on["avg_batch"] if on.get("exec_ms") and on.get("avg_batch") else None
-    per_row_off = off["exec_ms"] if off.get("exec_ms") else None
+    per_row_off = off.get("exec_ms") or None
     reason = (
         f"at c{c}: on {on['throughput']:.0f}/s, avg batch {on['avg_batch'] or 0:.1f}; off: {off['throughput']:.0f}/s. "
         f"Server execution per row: {_fmt(per_row_off, ' ms')} at batch 1 vs {_fmt(per_row_on, ' ms')} batched"
     )
     if per_row_on and per_row_off:
-        gain = per_row_off / per_row_on
-        reason += f" ({gain:.1f}x cheaper per row)"
-        if v < min(gain, k):
+        reason += f" ({per_row_off / per_row_on:.1f}x cheaper per row)"
+        if v < min(per_row_off / per_row_on, k):
             reason += (
                 "; throughput rose less than per-row compute fell: per-request costs that batching does not "
                 "share (gRPC, Triton's per-request tensors, perf_analyzer's own client on the same cores) bound it"
@@ -265,17 +264,15 @@ def _dynbatch(m: dict, k: float, budget_ms: float, busy: str) -> tuple:
             "; batching can only help as much as a batched execution is cheaper per row than batch 1"
             f" (off-server profile: {profile(off)}).{busy}"
         )
-    met: bool | None = v >= k
     if c != DYNBATCH_CONCURRENCY:
-        met, reason = None, f"measured at c{c} only, not c{DYNBATCH_CONCURRENCY} (quick profile): {reason}"
-    return goal, target, v, met, reason.rstrip(".") + "."
+        reason = f"measured at c{c} only, not c{DYNBATCH_CONCURRENCY} (quick profile): {reason}"
+    return v, v >= k if c == DYNBATCH_CONCURRENCY else None, reason.rstrip(".") + "."
 
 
-def _served_over_ort(m: dict, k: float, budget_ms: float, busy: str) -> tuple:
-    goal, target = "served / in-process ORT, same batch", f">= {100 * k:.0f} %"
-    v = m.get("served_over_ort")
-    if v is None:
-        return goal, target, None, None, "not measured"
+@_goal("served / in-process ORT, same batch", ">= {pct:.0f} %")
+def _served_over_ort(m: dict, k: float, budget_ms: float, busy: str) -> tuple | None:
+    if (v := m.get("served_over_ort")) is None:
+        return None
     ref = m.get("chosen") or m["peak"]
     same = m["ort"][m["served_precision"]][str(m["served_batch"])]
     reason = (
@@ -286,57 +283,55 @@ def _served_over_ort(m: dict, k: float, budget_ms: float, busy: str) -> tuple:
     )
     if v < k:
         reason += f"; {bottleneck(ref)}, and perf_analyzer's client runs on the same cores.{busy}"
-    return goal, target, v, v >= k, reason
+    return v, v >= k, reason
 
 
-def _c16_over_ort_b1(m: dict, k: float, budget_ms: float, busy: str) -> tuple:
-    c = DYNBATCH_CONCURRENCY
-    goal, target = f"served at c{c} / in-process ORT batch-1 loop (model.onnx)", f">= {k:g}x"
-    v = m.get("c16_over_ort_b1")
-    if v is None:
-        return goal, target, None, None, "not measured"
-    c16, b1 = at(m["sweep"], c), m["ort"]["fp32"]["1"]
+@_goal(f"served at c{DYNBATCH_CONCURRENCY} / in-process ORT batch-1 loop (model.onnx)", ">= {k:g}x")
+def _c16_over_ort_b1(m: dict, k: float, budget_ms: float, busy: str) -> tuple | None:
+    if (v := m.get("c16_over_ort_b1")) is None:
+        return None
+    c16, b1 = at(m["sweep"], DYNBATCH_CONCURRENCY), m["ort"]["fp32"]["1"]
     reason = (
-        f"served {c16['throughput']:.0f}/s at concurrency {c} (p99 {c16['p99_ms']:.1f} ms, "
+        f"served {c16['throughput']:.0f}/s at concurrency {DYNBATCH_CONCURRENCY} (p99 {c16['p99_ms']:.1f} ms, "
         f"avg server batch {c16['avg_batch'] or 0:.1f}) vs {b1['throughput']:.0f}/s for one query at a time "
         f"through model.onnx in this process ({b1['threads']} threads)"
     )
-    return goal, target, v, v >= k, reason
+    return v, v >= k, reason
 
 
-def _c1_throughput(m: dict, k: float, budget_ms: float, busy: str) -> tuple:
-    goal, target = "throughput at concurrency 1 (gRPC)", f">= {k:,.0f}/s"
-    c1 = at(m.get("sweep", []), 1)
-    if c1 is None:
-        return goal, target, None, None, "not measured"
+@_goal("throughput at concurrency 1 (gRPC)", ">= {k:,.0f}/s")
+def _c1_throughput(m: dict, k: float, budget_ms: float, busy: str) -> tuple | None:
+    if (c1 := at(m.get("sweep", []), 1)) is None:
+        return None
     reason = f"p50 {c1['p50_ms']:.2f} ms, p99 {c1['p99_ms']:.2f} ms per request. Profile: {profile(c1)}"
-    return goal, target, c1["throughput"], c1["throughput"] >= k, reason
+    return c1["throughput"], c1["throughput"] >= k, reason
 
 
-def _compare(m: dict, k: float, budget_ms: float, busy: str) -> tuple:
-    cmp = m.get("compare")
-    row = next((r for r in (cmp or {}).get("points", []) if r["concurrency"] == COMPARE_AT), None)
-    goal, target = f"throughput / the {cmp['config'] if cmp else '--compare'} configs at c{COMPARE_AT}", f">= {k:g}x"
+@_goal(f"throughput / the {{cfg}} configs at c{COMPARE_AT}", ">= {k:g}x")
+def _compare(m: dict, k: float, budget_ms: float, busy: str) -> tuple | None:
+    row = next((r for r in m.get("compare", {}).get("points", []) if r["concurrency"] == COMPARE_AT), None)
     if row is None:
-        return goal, target, None, None, "not measured (make perf PERF_ARGS=--compare=...)"
+        return None, None, "not measured (make perf PERF_ARGS=--compare=...)"
     reason = (
         f"{row['throughput']:.0f}/s (p99 {row['p99_ms']:.1f} ms) vs {row['other_throughput']:.0f}/s "
         f"(p99 {row['other_p99_ms']:.1f} ms), measured back to back in the same run"
     )
-    return goal, target, row["throughput_ratio"], row["throughput_ratio"] >= k, reason
+    return row["throughput_ratio"], row["throughput_ratio"] >= k, reason
 
 
-def _int8_latency(m: dict, k: float, budget_ms: float, busy: str) -> tuple:
-    goal, target = "INT8 / FP32 latency", f"<= {k:g} at batch {INT8_BATCH} where INT8 accuracy holds"
-    v = m.get("int8_latency_b64")
-    if v is None:
-        return goal, target, None, None, "not measured"
-    prof, why = m.get("op_profile", {}), ""
-    if prof:
-        top = lambda p: ", ".join(f"{op} {share:.0f} %" for op, share in list(p.items())[:3])  # noqa: E731
-        why = f" ONNX Runtime op profile at batch {INT8_BATCH}: FP32 [{top(prof.get('fp32', {}))}]; INT8 [{top(prof.get('int8', {}))}]."
+@_goal("INT8 / FP32 latency", f"<= {{k:g}} at batch {INT8_BATCH} where INT8 accuracy holds")
+def _int8_latency(m: dict, k: float, budget_ms: float, busy: str) -> tuple | None:
+    if (v := m.get("int8_latency_b64")) is None:
+        return None
+    prof = m.get("op_profile", {})
     how = "calls alternating between the two sessions" if m.get("int8_paired") else "one session after the other"
-    base = f"INT8 p50 / FP32 p50 at batch {INT8_BATCH} = {v:.2f} (in-process ONNX Runtime, {how}).{why}"
+    base = f"INT8 p50 / FP32 p50 at batch {INT8_BATCH} = {v:.2f} (in-process ONNX Runtime, {how})."
+    if prof:
+        top = {
+            p: ", ".join(f"{op} {share:.0f} %" for op, share in list(prof.get(p, {}).items())[:3])
+            for p in ("fp32", "int8")
+        }
+        base += f" ONNX Runtime op profile at batch {INT8_BATCH}: FP32 [{top['fp32']}]; INT8 [{top['int8']}]."
     if prof.get("int8"):
         kc = kernel_classes(prof["int8"])
         base += (
@@ -354,26 +349,16 @@ def _int8_latency(m: dict, k: float, budget_ms: float, busy: str) -> tuple:
                 "pairs into integer kernels), so INT8 adds Q/DQ work to FP32 math"
             )
         elif v > k:
-            base += ": the integer GEMMs are not where the time goes; the FP32 ops around them (top-k, gathers, "
-            base += "pooling) are unchanged by INT8 and the quantize/dequantize steps add to them"
+            base += (
+                ": the integer GEMMs are not where the time goes; the FP32 ops around them (top-k, gathers, "
+                "pooling) are unchanged by INT8 and the quantize/dequantize steps add to them"
+            )
         base += "."
     acc = m.get("int8_accuracy")
     if acc is not None and not acc.get("met", False):
         why = acc.get("reason") or "see calibration report"
-        return goal, target, v, None, f"not applicable: INT8 accuracy goal missed ({why}). {base}"
-    return goal, target, v, v <= k, base
-
-
-CHECKS = {
-    "served_over_eager": _served_over_eager,
-    "dynbatch": _dynbatch,
-    "served_over_ort": _served_over_ort,
-    "c16_over_ort_b1": _c16_over_ort_b1,
-    "c1_throughput": _c1_throughput,
-    "compare": _compare,
-    "int8_latency": _int8_latency,
-}
-LOWER_IS_BETTER = {"int8_latency"}
+        return v, None, f"not applicable: INT8 accuracy goal missed ({why}). {base}"
+    return v, v <= k, base
 
 
 def goals(models: dict, budget_ms: float, load: list[float] | None) -> list[dict]:
@@ -381,11 +366,15 @@ def goals(models: dict, budget_ms: float, load: list[float] | None) -> list[dict
     busy = f" The cores are shared with other work (load average {load[0]:.1f} at the end of the run)." if load else ""
     out = []
     for kind, per_model in GOALS.items():
+        goal, target, check = CHECKS[kind]
         for name, k in per_model.items():
-            goal, target, value, met, reason = CHECKS[kind](models.get(name) or {}, k, budget_ms, busy)
+            m = models.get(name) or {}
+            value, met, reason = check(m, k, budget_ms, busy) or (None, None, "not measured")
+            cfg = m.get("compare", {}).get("config", "--compare")
+            fields = {"k": k, "pct": 100 * k, "budget": budget_ms, "cfg": cfg}
             out.append(
-                {"goal": goal, "model": name, "target": target, "value": value, "met": met, "reason": reason}
-                | {"threshold": k, "lower_is_better": kind in LOWER_IS_BETTER}
+                {"goal": goal.format(**fields), "model": name, "target": target.format(**fields), "value": value}
+                | {"met": met, "reason": reason, "threshold": k, "lower_is_better": kind in LOWER_IS_BETTER}
             )
     return out
 
@@ -409,44 +398,21 @@ def kernel_classes(shares: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def stream_summary(records: list[dict], scenario: str = "reservoir_stream") -> dict | None:
-    stream, window = series(records, f"{scenario}.stream"), series(records, f"{scenario}.windowed")
-    if not stream or not window:
-        return None
-    rows = []
-    for s in stream:
-        if w := at(window, s["concurrency"]):
-            rows.append(
-                {
-                    "concurrency": s["concurrency"],
-                    "stream_ticks_per_s": s["throughput"],
-                    "window_per_s": w["throughput"],
-                    "throughput_ratio": s["throughput"] / w["throughput"],
-                    "stream_p99_ms": s["p99_ms"],
-                    "window_p99_ms": w["p99_ms"],
-                    "p99_ratio": s["p99_ms"] / w["p99_ms"] if w["p99_ms"] else None,
-                    "stream_avg_batch": s["avg_batch"],
-                    "window_avg_batch": w["avg_batch"],
-                }
-            )
-    return {"points": rows, "stream": stream, "window": window}
-
-
 def summarize(run_dir: Path, budget_ms: float = BUDGET_MS) -> dict:
     run_dir = Path(run_dir)
     records = load_records(run_dir)
-    env = _read(run_dir / "env.json", {})
-    baselines = _read(run_dir / "baselines.json", {})
-    names = sorted({r["point"]["label"].split(".")[0] for r in records})
+    env = read_json(run_dir / "env.json", {})
+    baselines = read_json(run_dir / "baselines.json", {})
+    names = sorted({r["point"]["label"].split(".")[0] for r in records} - {"reservoir_stream"})
     compare = (env.get("run") or {}).get("compare")
-    models = {n: model_summary(n, records, baselines, budget_ms, compare) for n in names if n != "reservoir_stream"}
+    models = {n: model_summary(n, records, baselines, budget_ms, compare) for n in names}
     load = (env.get("machine_end") or {}).get("loadavg") or (env.get("machine") or {}).get("loadavg")
     summary = {
         **{k: env.get(k, {}) for k in ("run", "machine", "machine_end", "versions", "configs")},
         "budget_ms": budget_ms,
         "models": models,
         "stream": stream_summary(records),
-        "extras": _read(run_dir / "extras.json", {}),
+        "extras": read_json(run_dir / "extras.json", {}),
         "errors": load_errors(run_dir),
         "goals": goals(models, budget_ms, load),
     }
@@ -461,8 +427,7 @@ def gated_ratios(summary: dict) -> dict[str, float]:
         for key in GATED
         if m.get(key) is not None
     }
-    stream = summary.get("stream")
-    if stream and stream["points"]:
+    if (stream := summary.get("stream")) and stream["points"]:
         last = stream["points"][-1]
         out[f"reservoir_stream.throughput_over_windowed_c{last['concurrency']}"] = round(last["throughput_ratio"], 4)
     return out

@@ -4,11 +4,10 @@
     python -m perf.gate --run perf/results/<id> --tolerance 0.3
     python -m perf.gate --update                          # write the latest run's ratios as the new baseline
 
-Only ratios are compared (served / PyTorch eager, dynamic batching on / off, served / in-process ONNX
-Runtime, INT8 speed-up, stream / windowed throughput), never absolute times: both sides of each ratio
-are measured in the same run, so a slower or busier machine moves them far less than it moves the
-times. All ratios are "higher is better". A ratio fails when it falls below baseline x (1 - tolerance),
-or when the run did not measure it. Exit status 0: no regression; 1: regression; 2: bad input.
+Only same-run ratios are compared (perf.analysis.GATED and stream / windowed throughput), never absolute
+times: a slower or busier machine moves them far less than it moves the times. All are "higher is better":
+one fails when it falls below baseline x (1 - tolerance) or was not measured.
+Exit status 0: no regression; 1: regression; 2: bad input.
 """
 
 from __future__ import annotations
@@ -29,10 +28,9 @@ DEFAULT_TOLERANCE = 0.35  # the 2-core machine is shared: a 35 % drop of a same-
 def load_ratios(run: Path) -> tuple[dict[str, float], dict]:
     """Ratios of a run directory (its summary.json, recomputed if absent) or of a summary.json file."""
     run = Path(run)
-    if run.is_file():
-        summary = json.loads(run.read_text())
-    elif (run / "summary.json").is_file():
-        summary = json.loads((run / "summary.json").read_text())
+    path = run if run.is_file() else run / "summary.json"
+    if path.is_file():
+        summary = json.loads(path.read_text())
     elif (run / "runs").is_dir():
         from perf import analysis
 
@@ -79,6 +77,11 @@ def baseline_from(summary: dict, tolerance: float) -> dict:
     }
 
 
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m perf.gate", description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE, help="committed ratios (perf/baseline.json)")
@@ -93,27 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ratios, summary = load_ratios(args.run)
     except (FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    quick = summary.get("run", {}).get("quick")
     if args.update:
-        if summary.get("run", {}).get("quick"):
-            print("error: a --quick run is not a baseline: run `make perf` in full first", file=sys.stderr)
-            return 2
-        body = baseline_from(summary, args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE)
+        if quick:
+            return _fail("a --quick run is not a baseline: run `make perf` in full first")
+        body = baseline_from(summary, DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance)
         args.baseline.write_text(json.dumps(body, indent=2) + "\n")
         print(f"wrote {len(body['ratios'])} ratios to {args.baseline}")
         return 0
     if not args.baseline.is_file():
-        print(f"error: no baseline {args.baseline}: write one with `python -m perf.gate --update`", file=sys.stderr)
-        return 2
-    baseline = json.loads(args.baseline.read_text())
+        return _fail(f"no baseline {args.baseline}: write one with `python -m perf.gate --update`")
     mach = summary.get("machine", {})
     load, cores = (mach.get("loadavg") or [None])[0], mach.get("nproc")
     if load is not None and cores and load > cores:
         print(f"warning: the run started at load average {load:g} on {cores} cores: its ratios carry that noise")
-    if summary.get("run", {}).get("quick"):
+    if quick:
         print("warning: a --quick run (short windows, fewer points) is compared with a full-run baseline")
-    rows = compare(baseline, ratios, args.tolerance)
+    rows = compare(json.loads(args.baseline.read_text()), ratios, args.tolerance)
     width = max((len(r["name"]) for r in rows), default=10)
     for r in rows:
         value = "missing" if r["value"] is None else f"{r['value']:.3f}"
@@ -121,11 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{state} {r['name']:{width}s} {value:>9s}  baseline {r['baseline']:.3f}  floor {r['floor']:.3f}  {r['why']}"
         )
-    failed = [r for r in rows if not r["ok"]]
-    print(
-        f"perf gate: {len(rows) - len(failed)}/{len(rows)} ratios within tolerance"
-        + (" - REGRESSION" if failed else "")
-    )
+    failed = sum(not r["ok"] for r in rows)
+    print(f"perf gate: {len(rows) - failed}/{len(rows)} ratios within tolerance" + (" - REGRESSION" if failed else ""))
     return 1 if failed else 0
 
 

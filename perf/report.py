@@ -13,6 +13,8 @@ import argparse
 import json
 import logging
 import sys
+from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -30,26 +32,43 @@ log = logging.getLogger("perf.report")
 DEFAULT_RUN = spec.ROOT / "perf" / "results" / "latest"
 DEFAULT_OUT = spec.ROOT / "perf"
 STATE = {True: "**met**", False: "**missed**", None: "n/a"}
+STREAM_PANELS = {  # title: (y label, (key, legend) of the stream bar, (key, legend) of the windowed bar)
+    "throughput per tick": (
+        "answers per second",
+        ("stream_ticks_per_s", "reservoir_stream (ticks/s)"),
+        ("window_per_s", "reservoir windowed (forecasts/s)"),
+    ),
+    "p99 per tick": ("p99 latency per tick (ms)", ("stream_p99_ms", "stream p99"), ("window_p99_ms", "windowed p99")),
+}
+POINT_RUNS = {  # the point tables of a model's section beside its sweep: run -> (title, x)
+    "http": ("HTTP", "concurrency"),
+    "batch": ("client-side batches (-b)", "concurrency"),
+    "rate": ("request-rate sweep (Poisson arrivals, fractions of the sweep's peak)", "request rate"),
+    "batching_off": ("dynamic batching off (second server, same configs without dynamic_batching)", "concurrency"),
+    "cached": ("recommend_cached: response cache on, repeated test users", "concurrency"),
+}
 
 
 # ----------------------------------------------------------------------------------- figures
 
 
-def figure(path: Path, draw, figsize: tuple[float, float], ncols: int = 1) -> Path:
-    """The one figure helper: draw(axes) on a new figure, plain numbers on log axes, saved as PNG."""
+@contextmanager
+def figure(path: Path, figsize: tuple[float, float], ncols: int = 1):
+    """The one figure helper: the axes of a new figure to draw on; on exit plain numbers on log axes, saved as PNG."""
     fig, axes = plt.subplots(1, ncols, figsize=figsize)
-    draw(axes)
-    for ax in axes if ncols > 1 else (axes,):
-        fmt = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
-        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
-            if scale == "log":
-                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                axis.set_major_formatter(fmt)
-                axis.set_minor_formatter(NullFormatter())
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        yield axes
+        for ax in axes if ncols > 1 else (axes,):
+            fmt = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
+            for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+                if scale == "log":
+                    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                    axis.set_major_formatter(fmt)
+                    axis.set_minor_formatter(NullFormatter())
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _xy(pts: list[dict], y: str = "p99_ms") -> tuple[list, list]:
@@ -63,7 +82,7 @@ def _annotate(ax, pts: list[dict], suffix: str = "", dy: int = 4, **kw) -> None:
 
 
 def plot_model(name: str, m: dict, budget_ms: float, path: Path) -> Path:
-    def draw(ax) -> None:
+    with figure(path, (10, 5)) as ax:
         ax.plot(*_xy(m["sweep"]), "o-", color="C0", label="Triton gRPC p99 (concurrency sweep)")
         ax.plot(*_xy(m["sweep"], "p50_ms"), "o--", color="C0", alpha=0.5, label="Triton gRPC p50")
         _annotate(ax, m["sweep"])
@@ -74,74 +93,40 @@ def plot_model(name: str, m: dict, budget_ms: float, path: Path) -> Path:
         ):
             if m.get(run):
                 ax.plot(*_xy(m[run]), fmt, **style)
-                if run == "batching_off":
-                    _annotate(ax, m[run], " off", -10, color="C3")
+        if m.get("batching_off"):
+            _annotate(ax, m["batching_off"], " off", -10, color="C3")
         if c := m.get("chosen"):
-            label = f"chosen: c{c['concurrency']}"
-            ax.plot([c["throughput"]], [c["p99_ms"]], "*", ms=16, color="gold", mec="k", label=label)
-        if k := m.get("knee"):
-            ax.plot(
-                [k["throughput"]], [k["p99_ms"]], "D", ms=8, mfc="none", mec="k", label=f"knee: c{k['concurrency']}"
-            )
+            ax.plot(*_xy([c]), "*", ms=16, color="gold", mec="k", label=f"chosen: c{c['concurrency']}")
+        ax.plot(*_xy([m["knee"]]), "D", ms=8, mfc="none", mec="k", label=f"knee: c{m['knee']['concurrency']}")
         ax.axhline(budget_ms, color="grey", ls=":", lw=1, label=f"p99 budget {budget_ms:g} ms")
-        ort, b = m.get("ort", {}), str(m.get("served_batch"))
-        marks = [(m["eager"], "PyTorch eager b1", "C1", "-")] if m.get("eager") else []
-        marks += [(ort.get("fp32", {}).get("1"), "ORT FP32 b1 in-process", "C5", "--")]
-        marks += [(b != "1" and ort.get("fp32", {}).get(b), f"ORT FP32 b{b} in-process", "C6", "--")]
-        marks += [(ort.get("int8", {}).get(b), f"ORT INT8 b{b} in-process", "C7", "-.")]
+        fp32, int8, b = m.get("ort", {}).get("fp32", {}), m.get("ort", {}).get("int8", {}), str(m.get("served_batch"))
+        marks = [(m.get("eager"), "PyTorch eager b1", "C1", "-"), (fp32.get("1"), "ORT FP32 b1 in-process", "C5", "--")]
+        marks += [(b != "1" and fp32.get(b), f"ORT FP32 b{b} in-process", "C6", "--")]
+        marks += [(int8.get(b), f"ORT INT8 b{b} in-process", "C7", "-.")]
         for t, label, color, ls in (mark for mark in marks if mark[0]):
             ax.axvline(t["throughput"], color=color, ls=ls, lw=1.2, label=f"{label}: {t['throughput']:,.0f}/s")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("throughput (inferences/s)")
-        ax.set_ylabel("latency (ms)")
+        ax.set(xscale="log", yscale="log", xlabel="throughput (inferences/s)", ylabel="latency (ms)")
         ax.set_title(f"{name}: latency vs throughput (in-process baselines as vertical lines)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-
-    return figure(path, draw, (10, 5))
+    return path
 
 
 def plot_stream(stream: dict, path: Path) -> Path:
-    pts = stream["points"]
-    xs = range(len(pts))
-
-    def draw(axes) -> None:
-        for ax, (stream_key, window_key, labels, ylabel, title) in zip(
-            axes,
-            (
-                (
-                    "stream_ticks_per_s",
-                    "window_per_s",
-                    ("reservoir_stream (ticks/s)", "reservoir windowed (forecasts/s)"),
-                    "answers per second",
-                    "throughput per tick",
-                ),
-                (
-                    "stream_p99_ms",
-                    "window_p99_ms",
-                    ("stream p99", "windowed p99"),
-                    "p99 latency per tick (ms)",
-                    "p99 per tick",
-                ),
-            ),
-            strict=True,
-        ):
-            ax.bar([x - 0.2 for x in xs], [p[stream_key] for p in pts], 0.4, label=labels[0])
-            ax.bar([x + 0.2 for x in xs], [p[window_key] for p in pts], 0.4, label=labels[1])
+    pts, xs = stream["points"], range(len(stream["points"]))
+    with figure(path, (9, 3.8), ncols=2) as axes:
+        for ax, (title, (ylabel, *bars)) in zip(axes, STREAM_PANELS.items(), strict=True):
+            for dx, (key, label) in zip((-0.2, 0.2), bars, strict=True):
+                ax.bar([x + dx for x in xs], [p[key] for p in pts], 0.4, label=label)
             ax.set_xticks(list(xs), [f"{p['concurrency']} clients" for p in pts])
-            ax.set_yscale("log")
-            ax.set_ylabel(ylabel)
+            ax.set(yscale="log", ylabel=ylabel, title=title)
             ax.legend(fontsize=7)
-            ax.set_title(title)
-
-    return figure(path, draw, (9, 3.8), ncols=2)
+    return path
 
 
 def plot_goals(goals: list[dict], path: Path) -> Path:
     rows = [g for g in goals if g["value"] is not None]
-
-    def draw(ax) -> None:
+    with figure(path, (8, 0.45 * max(len(rows), 2) + 1)) as ax:
         for i, g in enumerate(rows):
             target = g["threshold"]
             norm = target / max(g["value"], 1e-9) if g["lower_is_better"] else g["value"] / target  # >= 1: meets it
@@ -149,18 +134,15 @@ def plot_goals(goals: list[dict], path: Path) -> Path:
             ax.text(norm, i, f" {g['value']:.2f} (goal {g['target'].split(' at ')[0]})", va="center", fontsize=7)
         ax.axvline(1.0, color="k", lw=1)
         ax.set_yticks(range(len(rows)), [f"{g['model']}: {g['goal']}" for g in rows], fontsize=7)
-        ax.set_xscale("log")
-        ax.set_xlabel("measured / goal (>= 1 meets it; grey: goal not applicable)")
+        ax.set(xscale="log", xlabel="measured / goal (>= 1 meets it; grey: goal not applicable)")
         ax.set_title("goals on this cpu target")
-
-    return figure(path, draw, (8, 0.45 * max(len(rows), 2) + 1))
+    return path
 
 
 # ----------------------------------------------------------------------------------- markdown
 
 
 def lat(f: dict, a: str = "p50_ms", b: str = "p99_ms") -> str:
-    """A point's two latencies as "p50 / p99" (ms, 2 decimals)."""
     return f"{num(f[a], 2)} / {num(f[b], 2)}"
 
 
@@ -175,53 +157,44 @@ def point_table(pts: list[dict], x: str = "concurrency") -> list[str]:
     return table([*head, "network+send/recv ms", "stable", "load (1 min)"], rows)
 
 
-def _figures(m: dict, budget: float) -> list[tuple[str, str]]:
-    """The (figure, value) rows of a model's section."""
-    c1, knee, peak, ch = m.get("c1"), m.get("knee"), m.get("peak"), m.get("chosen")
-    rows: list[tuple[str, str]] = []
-    add = rows.append
-    if c1:
-        add(("concurrency 1: p50 / p99", f"{lat(c1)} ms at {num(c1['throughput'])}/s"))
-    if knee:
-        value = f"{num(knee['throughput'])}/s, p50 / p99 {lat(knee)} ms, avg server batch {num(knee['avg_batch'])}"
-        add((f"knee (first concurrency at >= 90 % of peak): c{knee['concurrency']}", value))
-    if peak:
-        value = f"{num(peak['throughput'])}/s at c{peak['concurrency']} (p99 {num(peak['p99_ms'], 2)} ms)"
-        add(("peak throughput", value))
+def _figures(m: dict, budget: float) -> dict[str, str]:
+    """The figure -> value rows of a model's section."""
+    c1, knee, peak, ch = m["c1"], m["knee"], m["peak"], m.get("chosen")
+    rows = {"concurrency 1: p50 / p99": f"{lat(c1)} ms at {num(c1['throughput'])}/s"}
+    value = f"{num(knee['throughput'])}/s, p50 / p99 {lat(knee)} ms, avg server batch {num(knee['avg_batch'])}"
+    rows[f"knee (first concurrency at >= 90 % of peak): c{knee['concurrency']}"] = value
+    rows["peak throughput"] = f"{num(peak['throughput'])}/s at c{peak['concurrency']} (p99 {num(peak['p99_ms'], 2)} ms)"
     value = f"c{ch['concurrency']}: {num(ch['throughput'])}/s, p99 {num(ch['p99_ms'], 2)} ms" if ch else ""
-    add((f"chosen point (highest throughput with p99 <= {budget:g} ms)", value or "none: no point meets the budget"))
+    rows[f"chosen point (highest throughput with p99 <= {budget:g} ms)"] = value or "none: no point meets the budget"
     if e := m.get("eager"):
-        add(
-            (
-                "PyTorch eager, batch 1 loop",
-                f"{num(e['throughput'])}/s, p50 {num(e['p50_ms'], 2)} ms ({e['threads']} threads)",
-            )
+        value = f"{num(e['throughput'])}/s, p50 {num(e['p50_ms'], 2)} ms ({e['threads']} threads)"
+        rows["PyTorch eager, batch 1 loop"] = value
+        rows["**served / eager** (chosen point; peak)"] = (
+            f"{times(m.get('served_over_eager'))}; {times(m.get('peak_over_eager'))}"
         )
-        value = f"{times(m.get('served_over_eager'))}; {times(m.get('peak_over_eager'))}"
-        add(("**served / eager** (chosen point; peak)", value))
     if st := m.get("sentence_transformers"):
         value = f"{num(st['throughput'])}/s, p50 / p99 {lat(st)} ms ({st['threads']} threads)"
-        add(("in-process SentenceTransformer.encode, batch 1", value))
+        rows["in-process SentenceTransformer.encode, batch 1"] = value
         value = f"{times(m.get('st_p50_over_served_c1_p50'))}; {times(m.get('served_c16_over_st'))}"
-        add(("**encode p50 / served c1 p50; served c16 / encode throughput**", value))
+        rows["**encode p50 / served c1 p50; served c16 / encode throughput**"] = value
     for h in m.get("http", []):
         if g := analysis.at(m["sweep"], h["concurrency"]):
-            add((f"HTTP / gRPC throughput at c{h['concurrency']}", times(h["throughput"] / g["throughput"])))
+            rows[f"HTTP / gRPC throughput at c{h['concurrency']}"] = times(h["throughput"] / g["throughput"])
     if m.get("dynbatch") is not None:
-        add((f"**dynamic batching on / off** at c{m['dynbatch_concurrency']} (throughput)", times(m["dynbatch"])))
+        rows[f"**dynamic batching on / off** at c{m['dynbatch_concurrency']} (throughput)"] = times(m["dynbatch"])
     if m.get("ort"):
         b, prec = m.get("served_batch"), m.get("served_precision", "fp32")
         same = m["ort"].get(prec, {}).get(str(b), {})
         what = f"ONNX Runtime {prec.upper()} (the served file) in-process at the served batch ({b})"
-        add((what, f"{num(same.get('throughput'))}/s ({same.get('threads')} threads)"))
+        rows[what] = f"{num(same.get('throughput'))}/s ({same.get('threads')} threads)"
         if m.get("c16_over_ort_b1") is not None:
-            add(("**served at c16 / ORT FP32 batch-1 loop**", times(m["c16_over_ort_b1"])))
+            rows["**served at c16 / ORT FP32 batch-1 loop**"] = times(m["c16_over_ort_b1"])
         served = 100 * m["served_over_ort"] if m.get("served_over_ort") else None
-        add(("**served / in-process ORT at that batch**", num(served, 0, " %")))
+        rows["**served / in-process ORT at that batch**"] = num(served, 0, " %")
         value = f"{num(m.get('int8_latency_b1'), 2)}; {num(m.get('int8_latency_b64'), 2)}"
-        add(("**INT8 / FP32 latency** (in-process p50), batch 1; batch 64", value))
+        rows["**INT8 / FP32 latency** (in-process p50), batch 1; batch 64"] = value
     if a := m.get("int8_accuracy"):
-        add(("INT8 accuracy goal (calibration report)", "met" if a["met"] else "missed: " + (a.get("reason") or "")))
+        rows["INT8 accuracy goal (calibration report)"] = "met" if a["met"] else "missed: " + (a.get("reason") or "")
     return rows
 
 
@@ -236,7 +209,7 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
         ]
     if fig:
         out += [f"![{name}: latency vs throughput]({fig})", ""]
-    out += table(["figure", "value"], _figures(m, budget)) + [""]
+    out += table(["figure", "value"], _figures(m, budget).items()) + [""]
     if m.get("ort"):
         timing = lambda t: [num(t["throughput"]), num(t["p50_ms"], 2), num(t["p99_ms"], 2)]  # noqa: E731
         rows = [["PyTorch eager", 1, *timing(m["eager"])]] if m.get("eager") else []
@@ -249,34 +222,25 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
     if cmp := m.get("compare"):
         c = cmp["config"]
         out += [f"Against `configs/{c}.pbtxt` on a second server, each point right after the committed one:", ""]
-        out += table(
-            ["concurrency", "infer/s", f"infer/s ({c})", "ratio", "p50 / p99 ms", f"p50 / p99 ms ({c})"],
-            (
-                [r["concurrency"], num(r["throughput"]), num(r["other_throughput"]), times(r["throughput_ratio"])]
-                + [lat(r), lat(r, "other_p50_ms", "other_p99_ms")]
-                for r in cmp["points"]
-            ),
+        head = ["concurrency", "infer/s", f"infer/s ({c})", "ratio", "p50 / p99 ms", f"p50 / p99 ms ({c})"]
+        rows = (
+            [r["concurrency"], num(r["throughput"]), num(r["other_throughput"]), times(r["throughput_ratio"])]
+            + [lat(r), lat(r, "other_p50_ms", "other_p99_ms")]
+            for r in cmp["points"]
         )
-        out.append("")
-    for run, title, x in (
-        ("http", "HTTP", "concurrency"),
-        ("batch", "client-side batches (-b)", "concurrency"),
-        ("rate", "request-rate sweep (Poisson arrivals, fractions of the sweep's peak)", "request rate"),
-        ("batching_off", "dynamic batching off (second server, same configs without dynamic_batching)", "concurrency"),
-        ("cached", "recommend_cached: response cache on, repeated test users", "concurrency"),
-    ):
+        out += table(head, rows) + [""]
+    for run, (title, x) in POINT_RUNS.items():
         if m.get(run):
             out += [f"{title}:", ""] + point_table(m[run], x) + [""]
-            if run == "cached":
-                hits = sum(f.get("cache_hits", 0) for f in m[run])
-                out += [f"Cache hits recorded by the server over these points: {hits:,}.", ""]
+    if m.get("cached"):
+        hits = sum(f.get("cache_hits", 0) for f in m["cached"])
+        out += [f"Cache hits recorded by the server over these points: {hits:,}.", ""]
     return out
 
 
 def _search_section(search: dict) -> list[str]:
-    out = [
-        "## Config search (Model Analyzer)",
-        "",
+    out = ["## Config search (Model Analyzer)", ""]
+    out += [
         f"Command: `{search['command']}` ({search['date']}, {search['tool']}). Every variant was served by a real "
         f"tritonserver that Model Analyzer started; perf_analyzer measured it at concurrency "
         f"{', '.join(map(str, search['concurrency']))}. The winner is the highest throughput whose p99 <= "
@@ -293,7 +257,7 @@ def _search_section(search: dict) -> list[str]:
             for p in s["points"]
             for g in (p["settings"],)
         ]
-        out += [f"### {name}", ""] + table([*head, "infer/s", "p99 ms", "within budget"], rows) + [""]
+        out += [f"### {name}", "", *table([*head, "infer/s", "p99 ms", "within budget"], rows), ""]
         if w := s.get("winner"):
             where = f"{w['variant']} at c{w['concurrency']}: {num(w['throughput'])}/s, p99 {num(w['p99_ms'], 2)} ms"
             applied = "applied to configs/cpu.pbtxt" if search.get("applied") else "not applied: APPLY=1 writes it"
@@ -305,39 +269,36 @@ def _search_section(search: dict) -> list[str]:
 
 def _extras(summary: dict) -> list[str]:
     """The shared-memory and 1,000-asset sections."""
-    ex, out = summary.get("extras", {}), ["## Shared memory", ""]
-    nh = summary["models"].get("nhits", {})
+    ex, nh, out = summary.get("extras", {}), summary["models"].get("nhits", {}), ["## Shared memory", ""]
     if nh.get("shm") and nh.get("noshm"):
         s, n = nh["shm"][0], nh["noshm"][0]
         out += [
-            f"perf_analyzer, nhits, client batch {s['batch_size']} at concurrency {s['concurrency']}: system shared memory "
-            f"{num(s['throughput'])}/s (p99 {num(s['p99_ms'], 2)} ms) vs plain gRPC {num(n['throughput'])}/s (p99 {num(n['p99_ms'], 2)} ms): "
-            f"{times(s['throughput'] / n['throughput'])}.",
+            f"perf_analyzer, nhits, client batch {s['batch_size']} at concurrency {s['concurrency']}: system shared "
+            f"memory {num(s['throughput'])}/s (p99 {num(s['p99_ms'], 2)} ms) vs plain gRPC {num(n['throughput'])}/s "
+            f"(p99 {num(n['p99_ms'], 2)} ms): {times(s['throughput'] / n['throughput'])}.",
             "",
         ]
     shm = ex.get("shm", {})
     if shm.get("models"):
         out += [
-            "`clients.shm.compare` (plain vs shared-memory round trip, alternating calls; its inputs are the helper's own):"
+            "`clients.shm.compare` (plain vs shared-memory round trip, alternating calls; its inputs are the helper's own):",
+            "",
         ]
-        out += [""]
-        out += table(
-            ["model", "rows", "input bytes", "plain p50 ms", "shm p50 ms", "speed-up (p50)"],
-            (
-                [name, r["rows"], f"{r['input_bytes']:,}", num(r["plain_ms"]["p50"], 2), num(r["shm_ms"]["p50"], 2)]
-                + [times(r["speedup_p50"])]
-                for name, r in shm["models"].items()
-            ),
-        ) + [""]
+        head = ["model", "rows", "input bytes", "plain p50 ms", "shm p50 ms", "speed-up (p50)"]
+        rows = (
+            [name, r["rows"], f"{r['input_bytes']:,}", num(r["plain_ms"]["p50"], 2), num(r["shm_ms"]["p50"], 2)]
+            + [times(r["speedup_p50"])]
+            for name, r in shm["models"].items()
+        )
+        out += [*table(head, rows), ""]
     elif shm:
         out += [f"clients.shm.compare: {shm.get('skipped') or shm.get('error')}", ""]
-    a = ex.get("assets_1000", {})
     out += ["## 1,000 assets", ""]
-    if "p50_ms" in a:
+    if "p50_ms" in (a := ex.get("assets_1000", {})):
         out += [
-            f"{a['windows']} test-split windows (the data has fewer series than that, so several windows per asset) through "
-            f"`{a['helper']}` ({a['options']}): p50 {num(a['p50_ms'], 1)} ms, max {num(a['max_ms'], 1)} ms over {a['runs']} runs; "
-            f"goal {a['goal']}: {'met' if a['met'] else 'missed'}.",
+            f"{a['windows']} test-split windows (the data has fewer series than that, so several windows per asset) "
+            f"through `{a['helper']}` ({a['options']}): p50 {num(a['p50_ms'], 1)} ms, max {num(a['max_ms'], 1)} ms "
+            f"over {a['runs']} runs; goal {a['goal']}: {'met' if a['met'] else 'missed'}.",
             "",
         ]
     else:
@@ -345,35 +306,56 @@ def _extras(summary: dict) -> list[str]:
     return out
 
 
+HEADER = """\
+# Performance report (cpu target)
+
+Run `{run[id]}`{quick}, {run[started]} – {run[finished]}; repository `{run[repo]}` at {size} size. \
+The result is the ratios: every baseline was measured in the same run on the same machine with the same input data.
+
+## Machine, versions, commands
+
+- machine: {mach[nproc]} cores ({mach[cpu_model]}), {mach[memory_gib]} GiB, kernel {mach[kernel]}; \
+load average {mach[loadavg]} at the start, {end[loadavg]} at the end (other work shares these cores)
+- versions: {versions}
+- measured with: `{run[command]}` (`make perf`), phases {run[phases_s]} s
+- this report and its figures: `make perf-report` (`python -m perf.report`); config search: `make perf-search`; \
+regression gate: `make perf-gate` (`python -m perf.gate`)
+- perf_analyzer: one invocation per point, time windows with a stability check (`stable: no` marks a point \
+whose last 3 windows never agreed within the stated percentage; it was measured again accepting any 3 windows); \
+perf_analyzer runs on the same cores as the server
+- served models: a copy of the repository's cpu configs with the response cache off (every request computed); \
+input data: real test-split windows, queries and user ids (perf/inputs.py)
+
+## Goals
+"""
+STREAM = """\
+## Stateful stream vs windowed reservoir (same question per tick)
+
+reservoir_stream answers each new hourly tick from the state it keeps per sequence; the windowed reservoir answers \
+the same question by re-running the last 168 ticks. Both async gRPC at the same number of concurrent clients (sequences).
+"""
+HOW_TO_READ = """\
+## How to read this
+
+- served / eager compares Triton's throughput at the chosen point with PyTorch called once per request in a Python \
+loop (the seeds' CPU baseline); served / in-process ORT compares it with ONNX Runtime running the same ONNX at the \
+batch the server formed (average batch = inference count / execution count from Triton's statistics during that point).
+- the knee is the first concurrency whose throughput reaches 90 % of the sweep's peak; past it, concurrency buys queueing.
+- absolute numbers move with the load on this shared machine; the ratios are what the gate compares.
+"""
+
+
 def render(summary: dict, figures: dict[str, str], search: dict | None) -> str:
-    run, mach, vers = summary["run"], summary["machine"], summary["versions"]
-    end = summary.get("machine_end") or {}
-    budget = summary["budget_ms"]
-    size = "full" if run.get("n_items") == spec.N_ITEMS else f"small ({run.get('n_items')} catalog items)"
-    out = [
-        "# Performance report (cpu target)",
-        "",
-        f"Run `{run.get('id')}`{' (quick profile: short windows, two points per sweep)' if run.get('quick') else ''}, "
-        f"{run.get('started')} – {run.get('finished')}; repository `{run.get('repo')}` at {size} size. "
-        "The result is the ratios: every baseline was measured in the same run on the same machine with the same input data.",
-        "",
-        "## Machine, versions, commands",
-        "",
-        f"- machine: {mach.get('nproc')} cores ({mach.get('cpu_model')}), {mach.get('memory_gib')} GiB, kernel {mach.get('kernel')}; "
-        f"load average {mach.get('loadavg')} at the start, {end.get('loadavg')} at the end (other work shares these cores)",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v),
-        f"- measured with: `{run.get('command')}` (`make perf`), phases {run.get('phases_s')} s",
-        "- this report and its figures: `make perf-report` (`python -m perf.report`); config search: `make perf-search`; "
-        "regression gate: `make perf-gate` (`python -m perf.gate`)",
-        "- perf_analyzer: one invocation per point, time windows with a stability check (`stable: no` marks a point "
-        "whose last 3 windows never agreed within the stated percentage; it was measured again accepting any 3 windows); "
-        "perf_analyzer runs on the same cores as the server",
-        "- served models: a copy of the repository's cpu configs with the response cache off (every request computed); "
-        "input data: real test-split windows, queries and user ids (perf/inputs.py)",
-        "",
-        "## Goals",
-        "",
-    ]
+    run = defaultdict(lambda: None, summary["run"])
+    size = "full" if run["n_items"] == spec.N_ITEMS else f"small ({run['n_items']} catalog items)"
+    out = HEADER.format(
+        run=run,
+        quick=" (quick profile: short windows, two points per sweep)" if run["quick"] else "",
+        size=size,
+        mach=defaultdict(lambda: None, summary["machine"]),
+        end=defaultdict(lambda: None, summary.get("machine_end") or {}),
+        versions=", ".join(f"{k} {v}" for k, v in summary["versions"].items() if v),
+    ).split("\n")
     if figures.get("goals"):
         out += [f"![goals]({figures['goals']})", ""]
     rows = []
@@ -382,66 +364,40 @@ def render(summary: dict, figures: dict[str, str], search: dict | None) -> str:
         value = "–" if v is None else (f"{100 * v:.0f} %" if "%" in g["target"] else f"{v:.2f}")
         rows.append([g["model"], g["goal"], g["target"], value, STATE[g["met"]], g["reason"]])
     out += table(["model", "goal", "target", "measured", "result", "reason (profile)"], rows)
-    if summary.get("errors"):
-        out += ["", f"{len(summary['errors'])} point(s) could not be measured:", ""]
-        out += [f"- `{k}`: {v.splitlines()[-1][:300]}" for k, v in summary["errors"].items()]
+    if errors := summary.get("errors"):
+        out += ["", f"{len(errors)} point(s) could not be measured:", ""]
+        out += [f"- `{k}`: {v.splitlines()[-1][:300]}" for k, v in errors.items()]
     out += ["", "## Ratios watched by the regression gate", ""]
     out += table(["ratio", "value"], ([k, f"{v:.3f}"] for k, v in summary["ratios"].items()))
     out += ["", "## Per model", ""]
+    budget, configs = summary["budget_ms"], summary.get("configs", {})
     for name, m in summary["models"].items():
         if m.get("sweep"):
-            out += _model_section(name, m, figures.get(name), budget, summary.get("configs", {}).get(name))
+            out += _model_section(name, m, figures.get(name), budget, configs.get(name))
     if stream := summary.get("stream"):
-        out += [
-            "## Stateful stream vs windowed reservoir (same question per tick)",
-            "",
-            "reservoir_stream answers each new hourly tick from the state it keeps per sequence; the windowed "
-            "reservoir answers the same question by re-running the last 168 ticks. Both async gRPC at the same number "
-            "of concurrent clients (sequences).",
-            "",
-        ]
+        out += STREAM.split("\n")
         if figures.get("stream"):
             out += [f"![stream vs windowed]({figures['stream']})", ""]
         head = ["clients", "stream ticks/s", "windowed /s", "throughput ratio", "stream p99 ms", "windowed p99 ms"]
-        out += table(
-            [*head, "stream avg batch", "windowed avg batch"],
-            (
-                [p["concurrency"], num(p["stream_ticks_per_s"]), num(p["window_per_s"]), times(p["throughput_ratio"])]
-                + [
-                    num(p["stream_p99_ms"], 2),
-                    num(p["window_p99_ms"], 2),
-                    num(p["stream_avg_batch"]),
-                    num(p["window_avg_batch"]),
-                ]
-                for p in stream["points"]
-            ),
-        ) + [""]
-    out += _extras(summary)
-    if search:
-        out += _search_section(search)
-    out += [
-        "## How to read this",
-        "",
-        "- served / eager compares Triton's throughput at the chosen point with PyTorch called once per request in a Python loop "
-        "(the seeds' CPU baseline); served / in-process ORT compares it with ONNX Runtime running the same ONNX at the batch the "
-        "server formed (average batch = inference count / execution count from Triton's statistics during that point).",
-        "- the knee is the first concurrency whose throughput reaches 90 % of the sweep's peak; past it, concurrency buys queueing.",
-        "- absolute numbers move with the load on this shared machine; the ratios are what the gate compares.",
-        "",
-    ]
-    return "\n".join(out)
+        rows = (
+            [p["concurrency"], num(p["stream_ticks_per_s"]), num(p["window_per_s"]), times(p["throughput_ratio"])]
+            + [num(p["stream_p99_ms"], 2), num(p["window_p99_ms"], 2)]
+            + [num(p["stream_avg_batch"]), num(p["window_avg_batch"])]
+            for p in stream["points"]
+        )
+        out += [*table([*head, "stream avg batch", "windowed avg batch"], rows), ""]
+    out += _extras(summary) + (_search_section(search) if search else [])
+    return "\n".join(out) + "\n" + HOW_TO_READ
 
 
 def latest_search(run_dir: Path) -> dict | None:
-    path = Path(run_dir).resolve().parent / "search" / "latest" / "search.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return analysis.read_json(Path(run_dir).resolve().parent / "search" / "latest" / "search.json")
 
 
 def write(run_dir: Path, out_dir: Path = DEFAULT_OUT, search: dict | None = None) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
-    budget = env.get("run", {}).get("budget_ms", analysis.BUDGET_MS)
+    budget = analysis.read_json(run_dir / "env.json", {}).get("run", {}).get("budget_ms", analysis.BUDGET_MS)
     summary = analysis.summarize(run_dir, budget)
     search = search if search is not None else latest_search(run_dir)
     figures = {
