@@ -162,8 +162,11 @@ class Runner(nn.Module):
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.cast is not None:
             xs = tuple(x.to(self.cast) if x.is_floating_point() else x for x in xs)
-        with torch.autocast(self.device_type, dtype=self.amp, enabled=self.amp is not None, cache_enabled=False):
+        if self.amp is None:  # no autocast context at all: its entry and exit would be timed too
             out = self.module(*xs)
+        else:
+            with torch.autocast(self.device_type, dtype=self.amp, cache_enabled=False):
+                out = self.module(*xs)
         out = out if isinstance(out, tuple) else (out,)
         return tuple(o.float() if o.is_floating_point() else o for o in out)
 
