@@ -177,10 +177,8 @@ def flops_per_row(module: nn.Module) -> float:
 def min_bytes(model: str, module: nn.Module, precision: str, xs: tuple[torch.Tensor, ...], out) -> float:
     """Each weight read once (not the user table: only its gathered rows), each input and output once."""
     store = 2 if precision in HALF else 4
-    n = 0
-    for name, t in [*module.named_parameters(), *module.named_buffers()]:
-        if not name.endswith("table") and t.is_floating_point():
-            n += t.numel()
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    n = sum(t.numel() for name, t in tensors if not name.endswith("table") and t.is_floating_point())
     gathered = xs[0].shape[0] * spec.EMBED_DIM * 2 if model in TABLE_MODELS else 0  # read + written
     io = sum(x.numel() * x.element_size() for x in xs)
     io += sum(o.numel() * (4 if o.is_floating_point() else o.element_size()) for o in out)  # served as fp32 / int64
