@@ -86,9 +86,10 @@ def perf_analyzer_path(explicit: Path | None, run_dir: Path) -> Path | None:
     for candidate in (shutil.which("perf_analyzer"), Path(sys.executable).parent / "perf_analyzer"):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
-    packed, target = CARRY / "perf_analyzer.xz", run_dir / "bin" / "perf_analyzer"
+    packed = CARRY / "perf_analyzer.xz"
     if not packed.is_file():
         return None
+    target = run_dir / "bin" / "perf_analyzer"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(lzma.decompress(packed.read_bytes()))
@@ -171,7 +172,8 @@ def n_users_of(mods: dict, default: int) -> int:
 def check(server: GpuTritonServer, mods: dict, precision: str) -> list[dict]:
     """Each served model's outputs against its FP32 CPU module (perf.gpu.weights.load_all) on 16 rows:
     relative error <= 1e-4 (1e-2 in half precision), top-k agreement >= 0.99 (0.95)."""
-    out, (tol, min_agreement) = [], (1e-4, 0.99) if precision == "fp32" else (1e-2, 0.95)
+    tol, min_agreement = (1e-4, 0.99) if precision == "fp32" else (1e-2, 0.95)
+    out = []
     for model, module in mods.items():
         m_spec = spec.MODELS[model]
         record = dict.fromkeys(schema.CHECK) | {"model": model, "status": "ok", "rows": 0}
