@@ -3,12 +3,9 @@
     python -m perf.gpu_probe --device cuda --out perf/results/gpu_probe.json      # on a GPU machine
     python -m perf.gpu_probe --device cpu --reduced --out /tmp/probe.json         # a few seconds, here
 
-Every model and both ensembles (composed in one process) at batch 1, 8, 64, 256 (nhits also 128 and
-1,000 assets) as PyTorch eager FP32, FP16 / BF16 autocast, FP16 / BF16 weights, CUDA-graph replay and
-torch.compile; each checked against a float64 CPU reference and set against its floor from the copy
-bandwidth and matmul rate measured first (docs/GPU.md, "What the numbers mean"). Output: JSON matching
-perf.gpu.schema.PROBE_SCHEMA (perf.gpu.report renders it); one log line per row. `--reduced` keeps the
-schema and shrinks everything (batches 1 and 8, small stand-ins, few iterations) so CI runs it on CPU.
+What is measured and how: docs/GPU.md. Output: JSON matching perf.gpu.schema.PROBE_SCHEMA (perf.gpu.report
+renders it), one log line per row. `--reduced` keeps the schema and shrinks everything (batches 1 and 8,
+small stand-ins, few iterations) so CI runs it on CPU.
 """
 
 from __future__ import annotations
@@ -26,9 +23,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-
-if __package__ in (None, ""):  # `python perf/gpu_probe.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
@@ -52,7 +46,6 @@ VARIANTS = tuple(
     "compile/fp32".split()
 )
 REDUCED_CPU_VARIANTS = ("eager/fp32", "eager/amp_bf16")  # fp16 matmuls have no fast CPU path
-TOPK_MODELS = ("similarity", "recommend")
 TABLE_MODELS = ("user_embedding", "recommend")  # read only the gathered rows of the user table
 HALF = {"fp16w": torch.float16, "bf16w": torch.bfloat16}
 AMP = {"amp_fp16": torch.float16, "amp_bf16": torch.bfloat16}
@@ -89,13 +82,8 @@ def sync(device: torch.device) -> None:
 
 def percentiles(lat_ms: list[float]) -> dict[str, float]:
     a = np.asarray(lat_ms, dtype=np.float64)
-    return {
-        "median": round(float(np.median(a)), 5),
-        "p95": round(float(np.percentile(a, 95)), 5),
-        "p99": round(float(np.percentile(a, 99)), 5),
-        "mean": round(float(a.mean()), 5),
-        "min": round(float(a.min()), 5),
-    }
+    stats = {"median": np.median(a), "p95": np.percentile(a, 95), "p99": np.percentile(a, 99)}
+    return {k: round(float(v), 5) for k, v in (stats | {"mean": a.mean(), "min": a.min()}).items()}
 
 
 def measure(fn, batch: int, device: torch.device, prof: Profile) -> tuple[dict[str, float], float, int]:
@@ -172,40 +160,6 @@ def measure_ceilings(device: torch.device, prof: Profile) -> dict:
 # ------------------------------------------------------------------------------ variants
 
 
-class Runner(nn.Module):
-    """Casts inputs for half-precision weights or enters autocast; returns a tuple of float32 / int64 tensors."""
-
-    def __init__(self, module: nn.Module, precision: str, device_type: str):
-        super().__init__()
-        self.module, self.precision, self.device_type = module, precision, device_type
-
-    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.precision in HALF:
-            xs = tuple(x.to(HALF[self.precision]) if x.is_floating_point() else x for x in xs)
-        if self.precision in AMP:
-            with torch.autocast(self.device_type, dtype=AMP[self.precision], cache_enabled=False):
-                out = self.module(*xs)
-        else:
-            out = self.module(*xs)
-        out = out if isinstance(out, tuple) else (out,)
-        return tuple(o.float() if o.is_floating_point() else o for o in out)
-
-
-def compare(out: tuple[torch.Tensor, ...], ref: tuple[torch.Tensor, ...], model: str) -> tuple[float, float | None]:
-    """(relative L2 error of the float outputs, top-k id agreement or None)."""
-    got = [o.detach().double().cpu() for o in out if o.is_floating_point()]
-    want = [r for r in ref if r.is_floating_point()]
-    diff = torch.cat([(g - w).reshape(-1) for g, w in zip(got, want, strict=True)])
-    norm = torch.cat([w.reshape(-1) for w in want]).norm()
-    rel = float(diff.norm() / max(float(norm), 1e-30))
-    agreement = None
-    if model in TOPK_MODELS:
-        ids, ref_ids = out[1].cpu().numpy(), ref[1].numpy()
-        hits = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, ref_ids, strict=True)]
-        agreement = float(np.sum(hits) / ref_ids.size)
-    return rel, agreement
-
-
 def flops_per_row(module: nn.Module) -> float:
     """Matmul FLOPs of one input row (the element-wise work is small beside it)."""
     total = 0
@@ -223,10 +177,8 @@ def flops_per_row(module: nn.Module) -> float:
 def min_bytes(model: str, module: nn.Module, precision: str, xs: tuple[torch.Tensor, ...], out) -> float:
     """Each weight read once (not the user table: only its gathered rows), each input and output once."""
     store = 2 if precision in HALF else 4
-    n = 0
-    for name, t in [*module.named_parameters(), *module.named_buffers()]:
-        if not name.endswith("table") and t.is_floating_point():
-            n += t.numel()
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    n = sum(t.numel() for name, t in tensors if not name.endswith("table") and t.is_floating_point())
     gathered = xs[0].shape[0] * spec.EMBED_DIM * 2 if model in TABLE_MODELS else 0  # read + written
     io = sum(x.numel() * x.element_size() for x in xs)
     io += sum(o.numel() * (4 if o.is_floating_point() else o.element_size()) for o in out)  # served as fp32 / int64
@@ -251,8 +203,7 @@ def floor(bytes_: float, flops: float, precision: str, ceilings: dict, median_ms
 def row(model: str, batch: int, variant: str, timer: str, status: str = "ok", reason: str | None = None) -> dict:
     mode, precision = variant.split("/")
     out = {"model": model, "batch": batch, "variant": variant, "mode": mode, "precision": precision}
-    out |= {"status": status, "reason": reason, "timer": timer, "iters": 0}
-    return out | dict.fromkeys(("latency_ms", "throughput_per_s", "rel_err", "topk_agreement", "floor", "compile_s"))
+    return dict.fromkeys(schema.RESULT) | out | {"status": status, "reason": reason, "timer": timer, "iters": 0}
 
 
 def first_line(exc: BaseException) -> str:
@@ -318,16 +269,13 @@ class Probe:
                 sets = weights.inputs(model, batch, prof.n_sets, prof.n_users)
                 with torch.inference_mode():
                     ref = reference(
-                        *(
-                            torch.from_numpy(x).double() if x.dtype == np.float32 else torch.from_numpy(x)
-                            for x in sets[0]
-                        )
+                        *(torch.from_numpy(x.astype(np.float64) if x.dtype.kind == "f" else x) for x in sets[0])
                     )
                 ref = ref if isinstance(ref, tuple) else (ref,)
                 dev_sets = [tuple(torch.from_numpy(x).to(dev) for x in s) for s in sets]
                 flops = batch * flops_per_row(self.modules[model])
                 for variant in self.variants():
-                    r = self.case(model, batch, variant, dev_sets, ref)
+                    r = self.case(model, batch, variant, dev_sets, [t.numpy() for t in ref])
                     if r["status"] == "ok":
                         nbytes = min_bytes(model, self.modules[model], r["precision"], dev_sets[0], ref)
                         r["floor"] = floor(nbytes, flops, r["precision"], self.ceilings, r["latency_ms"]["median"])
@@ -342,6 +290,11 @@ class Probe:
                 torch.cuda.empty_cache()
         return results
 
+    def runner(self, model: str, precision: str) -> weights.Runner:
+        return weights.Runner(
+            self.module_for(model, precision), HALF.get(precision), AMP.get(precision), self.device.type
+        )
+
     def kernels_per_call(self, model: str, dev_sets) -> int | None:
         """GPU activities (kernels, copies) of one eager FP32 call: how launch-bound a model is."""
         if self.device.type != "cuda":
@@ -350,7 +303,7 @@ class Probe:
             from torch.autograd import DeviceType
             from torch.profiler import ProfilerActivity, profile
 
-            runner = Runner(self.module_for(model, "fp32"), "fp32", "cuda")
+            runner = self.runner(model, "fp32")
             with torch.inference_mode():
                 runner(*dev_sets[0])
                 sync(self.device)
@@ -369,22 +322,25 @@ class Probe:
             base = self.prof.batches + (() if self.args.reduced else EXTRA_BATCHES.get(model, ()))
         return sorted(b for b in set(base) if b <= MAX_BATCH[model])
 
-    def case(self, model: str, batch: int, variant: str, dev_sets, ref) -> dict:
-        reason = self.skip_reason(model, batch, variant)
-        if reason is not None:
+    def case(self, model: str, batch: int, variant: str, dev_sets, ref: list[np.ndarray]) -> dict:
+        if (reason := self.skip_reason(model, batch, variant)) is not None:
             return row(model, batch, variant, self.timer, "skipped", reason)
         mode, precision = variant.split("/")
-        r = row(model, batch, variant, self.timer)
+        r, n = row(model, batch, variant, self.timer), len(dev_sets)
         try:
             with torch.inference_mode():
-                runner = Runner(self.module_for(model, precision), precision, self.device.type)
-                if mode == "eager":
-                    fn, out = self.eager(runner, dev_sets)
-                elif mode == "graph":
+                call = runner = self.runner(model, precision)
+                if mode == "compile":
+                    call, r["compile_s"] = self.compile(model, runner, dev_sets[0])
+                if mode == "graph":
                     fn, out = self.graph(runner, dev_sets)
                 else:
-                    fn, out, r["compile_s"] = self.compile(model, runner, dev_sets)
-                r["rel_err"], r["topk_agreement"] = compare(out, ref, model)
+
+                    def fn(i: int, call=call):
+                        return call(*dev_sets[i % n])
+
+                    out = fn(0)
+                r["rel_err"], r["topk_agreement"] = weights.compare([o.cpu().numpy() for o in out], ref)
                 if not np.isfinite(r["rel_err"]):
                     raise FloatingPointError("non-finite output")
                 r["rel_err"] = float(f"{r['rel_err']:.3e}")
@@ -394,61 +350,36 @@ class Probe:
             r = row(model, batch, variant, self.timer, "failed", first_line(exc))
         return r
 
-    @staticmethod
-    def eager(runner: Runner, dev_sets):
-        n = len(dev_sets)
-
-        def fn(i: int):
-            return runner(*dev_sets[i % n])
-
-        return fn, fn(0)
-
-    def graph(self, runner: Runner, dev_sets):
+    def graph(self, runner: weights.Runner, dev_sets):
         static_in = tuple(x.clone() for x in dev_sets[0])
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                runner(*static_in)
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            static_out = runner(*static_in)
+        graph, static_out = weights.capture(runner, static_in)
         for o in static_out:  # poison: every element must be written by the replay that is checked
             o.fill_(float("nan") if o.is_floating_point() else -1)
-        g.replay()
+        graph.replay()
         sync(self.device)
         if any((o < 0).any() for o in static_out if not o.is_floating_point()):
             raise RuntimeError("graph replay left integer outputs unwritten")
-        out = tuple(o.clone() for o in static_out)
-        n = len(dev_sets)
+        out, n = tuple(o.clone() for o in static_out), len(dev_sets)
 
-        def fn(i: int):
+        def fn(i: int):  # holds the graph as long as it is timed
             for s, x in zip(static_in, dev_sets[i % n], strict=True):
                 s.copy_(x, non_blocking=True)
-            g.replay()
+            graph.replay()
             return static_out
 
-        fn.graph = g  # keep the graph alive as long as fn
         return fn, out
 
-    def compile(self, model: str, runner: Runner, dev_sets):
+    def compile(self, model: str, runner: weights.Runner, xs) -> tuple[nn.Module, float]:
+        """The compiled runner (one per model) and the seconds its first call took."""
         if model not in self.compiled:
             self.compiled[model] = torch.compile(runner, dynamic=False, mode=self.args.compile_mode)
-        compiled = self.compiled[model]
         t = time.perf_counter()
         try:
-            out = compiled(*dev_sets[0])
+            self.compiled[model](*xs)
             sync(self.device)
         finally:
             self.compile_spent += time.perf_counter() - t
-        compile_s = round(time.perf_counter() - t, 2)
-        n = len(dev_sets)
-
-        def fn(i: int):
-            return compiled(*dev_sets[i % n])
-
-        return fn, out, compile_s
+        return self.compiled[model], round(time.perf_counter() - t, 2)
 
     def log_row(self, r: dict) -> None:
         where = f"{r['model']:<15} b={r['batch']:<4d} {r['variant']:<15}"
@@ -471,21 +402,11 @@ def machine(device: torch.device) -> dict:
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         l2 = getattr(p, "L2_cache_size", None)
-        driver = None
-        try:
-            driver = (
-                subprocess.run(
-                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                    capture_output=True,
-                    text=True,
-                    timeout=20,
-                    check=True,
-                )
-                .stdout.strip()
-                .splitlines()[0]
-            )
+        try:  # torch does not report the driver
+            query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+            driver = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout.split()[0]
         except (OSError, subprocess.SubprocessError, IndexError):
-            pass
+            driver = None
         gpu = {
             "name": p.name,
             "capability": f"{p.major}.{p.minor}",
@@ -544,7 +465,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        default=None,
         help="time torch.compile (default: on for cuda, off for --reduced)",
     )
     p.add_argument("--compile-mode", default="default", help="torch.compile mode (default, reduce-overhead, ...)")
@@ -556,12 +476,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("CUDA is not available to this torch: use --device cpu --reduced here, --device cuda on a GPU machine")
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        p.error(f"unknown model(s) {unknown}: expected some of {', '.join(MODELS)}")
-    bad = [v for v in args.variants or () if v not in VARIANTS]
-    if bad:
-        p.error(f"unknown variant(s) {bad}: expected some of {', '.join(VARIANTS)}")
+    for kind, given, known in (("model", args.models, MODELS), ("variant", args.variants or (), VARIANTS)):
+        if bad := [v for v in given if v not in known]:
+            p.error(f"unknown {kind}(s) {bad}: expected some of {', '.join(known)}")
     if args.batches and min(args.batches) < 1:
         p.error("batches must be >= 1")
     if args.artifacts is not None and not args.artifacts.is_dir():

@@ -3,13 +3,10 @@
     python -m perf.gpu.prepare_carry [--artifacts artifacts] [--dest build/gpu-carry]
     python3 -m perf.gpu.prepare_carry --unpack /tmp/site --stub-site /tmp/stubnp      # on the GPU machine
 
-A device call carries at most 64 MiB (working tree included) and the pinned wheels do not fit as they
-are. pip downloads them (CPython 3.12 / manylinux x86-64: the GPU image's Python) into
-build/gpu-downloads/, and this writes the slimmed pytriton tarball, perf_analyzer.xz, numpy < 2 for the
-stub, the small checkpoints and MANIFEST.json (docs/GPU.md lists them), failing when the folder plus
-the working tree exceed the limit. `--unpack` unzips the server into SITE (put it on PYTHONPATH) and
-numpy into --stub-site (give it to `perf.gpu.serve --stub-site`): for these two wheels that is what
-`pip install --no-deps --target` does.
+pip downloads the pinned wheels (CPython 3.12, manylinux x86-64: the GPU image's Python) into
+build/gpu-downloads/; this writes what docs/GPU.md lists and fails when it and the working tree exceed the
+device call's 64 MiB. `--unpack` does what `pip install --no-deps --target` would for the two wheels: the
+server into SITE (put it on PYTHONPATH), numpy into --stub-site (give it to `perf.gpu.serve --stub-site`).
 """
 
 from __future__ import annotations
@@ -49,8 +46,7 @@ def download(downloads: Path) -> dict[str, Path]:
     downloads.mkdir(parents=True, exist_ok=True)
     found = {}
     for key, (requirement, pattern) in WHEELS.items():
-        matches = sorted(downloads.glob(pattern))
-        if not matches:
+        if not (matches := sorted(downloads.glob(pattern))):
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
             cmd += ["--python-version", PYTHON, "--implementation", "cp", "-d", str(downloads)]
             cmd += [arg for plat in PLATFORMS for arg in ("--platform", plat)]

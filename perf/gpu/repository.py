@@ -3,15 +3,10 @@
     python -m perf.gpu.repository --out build/gpu/model_repository --artifacts artifacts
     python -m perf.gpu.repository --out build/gpu/model_repository --synthesize        # no checkpoints at hand
 
-Per exported model (nhits, reservoir, forecast_blend, similarity, user_embedding):
-- configs/torch_gpu.pbtxt: perf/gpu/model_repository_overlay/<model>/configs/torch_gpu.pbtxt, plus the
-  `project_root` parameter (where the backend imports `models` from) and the chosen precision;
-- configs/torch_cpu.pbtxt: the same on KIND_CPU without CUDA graphs, for machines without a GPU;
-- 1/checkpoints/<model>.pt: a link to `<artifacts>/checkpoints/<model>.pt`, or with --synthesize (for
-  those missing) a same-shape stand-in (perf.gpu.weights): real catalog, user table and reservoir
-  matrices, untrained N-HiTS and blend weights.
-The ensembles `forecast` and `recommend` come from model_repository/ unchanged except that their
-response cache is dropped (perf inputs repeat; cache hits would time the cache).
+Per exported model: configs/torch_gpu.pbtxt (the overlay's, with `project_root` and the chosen precision),
+configs/torch_cpu.pbtxt (the same on KIND_CPU without CUDA graphs) and 1/checkpoints/<model>.pt (a link to
+`<artifacts>/checkpoints/<model>.pt` or, with --synthesize, a same-shape stand-in from perf.gpu.weights).
+The ensembles come from model_repository/ without their response cache (perf inputs repeat).
 """
 
 from __future__ import annotations
@@ -25,8 +20,6 @@ import sys
 from pathlib import Path
 
 from models import registry, spec
-
-log = logging.getLogger(__name__)
 
 OVERLAY = Path(__file__).resolve().parent / "model_repository_overlay"
 CONFIG_GPU, CONFIG_CPU = "torch_gpu", "torch_cpu"
@@ -84,12 +77,10 @@ def assemble(
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
-    unknown = [m for m in models if m not in BASE and m not in ENSEMBLES]
-    if unknown:
+    if unknown := [m for m in models if m not in BASE and m not in ENSEMBLES]:
         raise ValueError(f"unknown model(s) {unknown}: expected some of {', '.join((*BASE, *ENSEMBLES))}")
     for ens in models:
-        missing = [m for m in ENSEMBLES.get(ens, ()) if m not in models]
-        if missing:
+        if missing := [m for m in ENSEMBLES.get(ens, ()) if m not in models]:
             raise ValueError(f"ensemble {ens} needs {missing} in the repository too")
     out.mkdir(parents=True, exist_ok=True)
     sources: dict[str, str] = {}
@@ -105,10 +96,9 @@ def assemble(
             _link(ckpt, registry.checkpoint_path(version, model))
             sources[model] = f"checkpoint {ckpt}"
         elif synthesize:
-            target = registry.checkpoint_path(version, model)
-            if target.is_symlink():
+            if (target := registry.checkpoint_path(version, model)).is_symlink():
                 target.unlink()
-            sources.update(weights.synthesize_checkpoints(version, (model,), n_items, n_users))
+            sources[model] = weights.synthesize_checkpoint(version, model, n_items, n_users)
         else:
             raise FileNotFoundError(
                 f"no checkpoint for {model} in {artifacts}/checkpoints: run `make export` (or models.train), "
@@ -117,39 +107,49 @@ def assemble(
     for ens in (m for m in models if m in ENSEMBLES):
         text = (source_repo / ens / "config.pbtxt").read_text()
         text = re.sub(r"^response_cache \{[^}]*\}\n?", "", text, flags=re.MULTILINE)
-        (out / ens).mkdir(parents=True, exist_ok=True)
-        (out / ens / "1").mkdir(exist_ok=True)
+        (out / ens / "1").mkdir(parents=True, exist_ok=True)
         (out / ens / "config.pbtxt").write_text(
             "# Copied by perf.gpu.repository without its response cache (perf inputs repeat).\n" + text
         )
     return sources
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("build/gpu/model_repository"))
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The repository's options, shared with perf.gpu.serve."""
     p.add_argument("--artifacts", type=Path, help="directory holding checkpoints/<model>.pt")
     p.add_argument("--synthesize", action="store_true", help="same-shape stand-ins for missing checkpoints")
-    p.add_argument("--models", default=",".join((*BASE, *ENSEMBLES)), help="comma list")
+    p.add_argument("--models", default=",".join((*BASE, *ENSEMBLES)), help="comma list of models and ensembles")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="GPU configs only; CPU stays fp32")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per CPU instance")
-    args = p.parse_args(argv)
-    if args.artifacts is None and not args.synthesize:
+    p.add_argument("--threads", type=int, default=1, help="torch threads per CPU instance (torch_cpu)")
+    p.add_argument("--n-items", type=int, default=spec.N_ITEMS, help="--synthesize: catalog rows")
+    p.add_argument("--n-users", type=int, default=spec.N_USERS, help="--synthesize: user table rows")
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace, need_weights: bool = True) -> None:
+    args.models = tuple(m for m in args.models.split(",") if m)
+    if bad := [m for m in args.models if m not in BASE and m not in ENSEMBLES]:
+        p.error(f"unknown model(s) {bad}: expected some of {', '.join((*BASE, *ENSEMBLES))}")
+    if need_weights and args.artifacts is None and not args.synthesize:
         p.error("give --artifacts DIR (checkpoints) or --synthesize")
     if args.artifacts is not None and not args.artifacts.is_dir():
         p.error(f"artifacts directory {args.artifacts} does not exist")
-    args.models = tuple(m for m in args.models.split(",") if m)
-    return args
+
+
+def assemble_from(args: argparse.Namespace, out: Path) -> dict[str, str]:
+    keys = ("artifacts", "models", "precision", "cuda_graphs", "synthesize", "threads", "n_items", "n_users")
+    return assemble(out, **{k: getattr(args, k) for k in keys})
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("build/gpu/model_repository"))
+    add_arguments(p)
+    args = p.parse_args(argv)
+    check_args(p, args)
     try:
-        sources = assemble(
-            args.out, args.artifacts, args.models, args.precision, args.cuda_graphs, args.synthesize, args.threads
-        )
+        sources = assemble_from(args, args.out)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,11 +1,10 @@
-"""JSON Schemas of the GPU probe and the GPU serving run, and a small validator for them.
+"""JSON Schemas of the GPU probe and serving output, written in a short notation, and a validator for them.
 
-The schemas are written in a short notation and expanded to JSON Schema by `expand`: a dict is an
-object whose keys are all required and whose other keys are refused (or, under "*", typed; `"?": True`
-allows null); a list of one item is an array; a tuple is an enum; a string names a type ("str",
-"int", "num", "bool", "obj"), "?" after it allows null and ">=N" sets a minimum. The validator covers the JSON Schema keywords
-that expansion produces, so neither the CI machines nor the GPU image need the `jsonschema` package;
-tests cross-check with `jsonschema` where it is installed.
+`expand` turns the notation into JSON Schema: a dict is an object whose keys are all required and whose
+other keys are refused (or, under "*", typed; `"?": True` allows null); a one-item list is an array; a
+tuple an enum; a string a type ("str", "int", "num", "bool", "obj"), with "?" allowing null and ">=N" a
+minimum. The writers start their rows from the same dicts (`dict.fromkeys(RESULT)`). The validator covers
+what expansion produces, so neither CI nor the GPU image needs `jsonschema` (tests cross-check with it).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ STATUS = ("ok", "skipped", "failed")
 
 
 def expand(spec: Any) -> dict:
-    """The short notation above -> JSON Schema."""
     if isinstance(spec, dict):
         props = {k: expand(v) for k, v in spec.items() if k not in ("*", "?")}
         extra = expand(spec["*"]) if "*" in spec else False
@@ -33,6 +31,10 @@ def expand(spec: Any) -> dict:
     return out | ({"minimum": int(minimum)} if minimum else {})
 
 
+def nums(keys: str, nullable: bool = True) -> dict:
+    return {"?": nullable, **dict.fromkeys(keys.split(), "num")}
+
+
 GPU = {"name": "str", "capability": "str", "sm_count": "int", "memory_gib": "num", "l2_mib": "num?", "driver": "str?"}
 MACHINE = {
     "device": ("cpu", "cuda"),
@@ -43,7 +45,14 @@ MACHINE = {
     "gpu": {**GPU, "?": True},
 }
 VERSIONS = {"python": "str", "torch": "str", "cuda": "str?", "numpy": "str", "*": "str?"}
-
+HEAD = {
+    "schema_version": (SCHEMA_VERSION,),
+    "created": "str",
+    "command": "str",
+    "machine": MACHINE,
+    "versions": VERSIONS,
+    "weights": {"*": "str"},
+}
 RESULT = {
     "model": "str",
     "batch": "int>=1",
@@ -54,34 +63,24 @@ RESULT = {
     "reason": "str?",
     "timer": ("cuda_events", "perf_counter"),
     "iters": "int>=0",
-    "latency_ms": {"?": True, **{k: "num" for k in ("median", "p95", "p99", "mean", "min")}},
+    "latency_ms": nums("median p95 p99 mean min"),
     "throughput_per_s": "num?",
     "rel_err": "num?",
     "topk_agreement": "num?",
-    "floor": {
-        "?": True,
-        **{k: "num" for k in ("bytes", "flops", "bytes_ms", "flops_ms", "floor_ms")},
-        "bound": ("memory", "compute"),
-        "fraction": "num?",
-    },
+    "floor": nums("bytes flops bytes_ms flops_ms floor_ms") | {"bound": ("memory", "compute"), "fraction": "num?"},
     "compile_s": "num?",
 }
 PROBE = {
-    "schema_version": (SCHEMA_VERSION,),
+    **HEAD,
     "kind": ("gpu_probe",),
-    "created": "str",
-    "command": "str",
     "mode": ("full", "reduced"),
-    "machine": MACHINE,
-    "versions": VERSIONS,
-    "weights": {"*": "str"},
     "sizes": {"*": "int"},
     "settings": "obj",
     "ceilings": {
         "copy_gbps": "num",
         "copy_bytes": "int",
         "matmul_size": "int",
-        "matmul_tflops": {"fp32": "num", "fp16": "num", "bf16": "num"},
+        "matmul_tflops": nums("fp32 fp16 bf16", False),
     },
     "kernels_per_call": {"*": "int?"},
     "results": [RESULT],
@@ -95,7 +94,7 @@ SCENARIO = {
     "status": STATUS,
     "reason": "str?",
     "throughput_per_s": "num?",
-    "latency_us": {"?": True, **{k: "num" for k in ("avg", "p50", "p90", "p95", "p99")}},
+    "latency_us": nums("avg p50 p90 p95 p99"),
     "server_us": {"?": True, "*": "num"},
 }
 CHECK = {
@@ -107,17 +106,12 @@ CHECK = {
     "topk_agreement": "num?",
 }
 SERVING = {
-    "schema_version": (SCHEMA_VERSION,),
+    **HEAD,
     "kind": ("gpu_serving",),
-    "created": "str",
-    "command": "str",
-    "machine": MACHINE,
-    "versions": VERSIONS,
     "config_name": "str",
     "instance_kind": ("KIND_CPU", "KIND_GPU"),
     "precision": "str",
     "cuda_graphs": "bool",
-    "weights": {"*": "str"},
     "status": STATUS,
     "reason": "str?",
     "checks": [CHECK],
@@ -128,11 +122,11 @@ PROBE_SCHEMA, SERVING_SCHEMA = expand(PROBE), expand(SERVING)
 
 
 def _is(value: Any, type_name: str) -> bool:
-    if type_name == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
+    if type_name in ("integer", "number") and isinstance(value, bool):
+        return False
     if type_name == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # NaN is no number
-    types = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+        return isinstance(value, int | float) and value == value  # NaN is no number
+    types = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None), "integer": int}
     return isinstance(value, types[type_name])
 
 
@@ -154,14 +148,12 @@ def errors(instance: Any, schema: dict, path: str = "$") -> list[str]:
                 out += errors(value, props.get(key, extra), f"{path}.{key}")
             elif extra is False:
                 out.append(f"{path}: unexpected key {key!r}")
-    if isinstance(instance, list) and "items" in schema:
-        for i, item in enumerate(instance):
-            out += errors(item, schema["items"], f"{path}[{i}]")
+    for i, item in enumerate(instance if isinstance(instance, list) and "items" in schema else []):
+        out += errors(item, schema["items"], f"{path}[{i}]")
     return out
 
 
 def validate(instance: Any, schema: dict) -> None:
     """Raise ValueError naming every violation."""
-    problems = errors(instance, schema)
-    if problems:
+    if problems := errors(instance, schema):
         raise ValueError("JSON does not match its schema:\n  " + "\n  ".join(problems[:20]))

@@ -4,17 +4,12 @@
     python -m perf.gpu.serve --artifacts artifacts --out perf/results/gpu_serving.json     # GPU machine
     python -m perf.gpu.serve --synthesize --config torch_cpu --quick --out /tmp/serving.json   # CPU, here
 
-Steps: assemble a repository (perf.gpu.repository) -> start tritonserver 2.51.0 from the
-nvidia-pytriton wheel with `--model-config-name=torch_gpu` (KIND_GPU, CUDA graphs) or `torch_cpu` ->
-check every model's served outputs against PyTorch FP32 on the CPU (HTTP, plain JSON) -> run
-perf_analyzer over gRPC per model and ensemble at each concurrency (perf.analyzer builds the command
-and parses the CSV) -> JSON matching perf.gpu.schema.SERVING_SCHEMA (perf.gpu.report renders it).
-
-Works without the client Python packages: pytriton is located without importing it (its
-`__init__` pulls pyzmq, sh and the tritonclient HTTP stack, which the GPU image lacks), readiness and
-checks use urllib, and perf_analyzer is a binary (from PATH, --perf-analyzer, or the carried
-build/gpu-carry/perf_analyzer.xz). perf_analyzer's libcudart.so.12 and libb64.so.0d are linked from
-the pytriton wheel's own libraries when the system has none.
+Assemble a repository (perf.gpu.repository), start tritonserver 2.51.0 from the nvidia-pytriton wheel with
+`--model-config-name=torch_gpu` or `torch_cpu`, check every model's served outputs against PyTorch FP32 on
+the CPU, run perf_analyzer (command and CSV through perf.analyzer) per model and concurrency, write JSON
+matching perf.gpu.schema.SERVING_SCHEMA. The GPU image lacks pyzmq and tritonclient: pytriton is found
+without importing it, HTTP goes through urllib, and perf_analyzer is a binary (PATH, --perf-analyzer or the
+carried build/gpu-carry/perf_analyzer.xz) given the wheel's libcudart and libb64 when the system has none.
 """
 
 from __future__ import annotations
@@ -33,15 +28,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
+import torch
 
 from models import spec
-from perf import analyzer, inputs
-from perf.gpu.repository import BASE, ENSEMBLES
+from perf import analyzer, gpu_probe, inputs
+from perf.gpu import repository, schema, weights
 from serving import server as serving_server
 from serving.server import ADMIN_HEADER, ServerError, TritonServer, free_port
 
@@ -51,12 +48,9 @@ BACKEND_NAME = "torch_py"
 BACKEND_SOURCE = Path(__file__).resolve().parent / "torch_backend.py"
 CARRY = spec.ROOT / "build" / "gpu-carry"
 RUN_DIR = spec.ROOT / "build" / "gpu" / "triton-run"
-MODELS = (*BASE, *ENSEMBLES)
-HALF_TOL, FP32_TOL = 1e-2, 1e-4
+MODELS = (*repository.BASE, *repository.ENSEMBLES)
 SERVER_US = ("queue", "compute_input", "compute_infer", "compute_output")
-
-
-# ------------------------------------------------------------------------------ locating things
+DATATYPES = {"FP32": np.float32, "INT64": np.int64}
 
 
 def locate_pytriton() -> Path:
@@ -73,15 +67,9 @@ def locate_pytriton() -> Path:
     return root
 
 
-@contextmanager
 def pytriton_lookup():
     """serving.server finds pytriton by importing it; here it is found without importing."""
-    saved = serving_server.pytriton_dir
-    serving_server.pytriton_dir = locate_pytriton
-    try:
-        yield
-    finally:
-        serving_server.pytriton_dir = saved
+    return mock.patch.object(serving_server, "pytriton_dir", locate_pytriton)
 
 
 def missing_libs(binary: Path, env: dict[str, str]) -> list[str]:
@@ -131,68 +119,49 @@ def server_pythonpath(stub_site: Path | None) -> str:
     return os.pathsep.join(dict.fromkeys(parts))
 
 
-# ------------------------------------------------------------------------------ server
-
-
 class GpuTritonServer(TritonServer):
-    """serving.server.TritonServer plus the torch_py backend, without importing pytriton or tritonclient."""
+    """serving.server.TritonServer with the torch_py backend instead of ONNX Runtime's (which the GPU machines
+    lack and these repositories do not use), without importing pytriton or tritonclient."""
 
     stub_site: Path | None = None
 
     def start(self, timeout: float = 300.0) -> GpuTritonServer:
-        saved = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = server_pythonpath(self.stub_site)
-        try:
-            with pytriton_lookup():
-                backends = serving_server.assemble_backends(self.run_dir)
-                (backends / BACKEND_NAME).mkdir(exist_ok=True)
-                shutil.copy2(BACKEND_SOURCE, backends / BACKEND_NAME / "model.py")
-                super().start(timeout)
-        finally:
-            if saved is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = saved
+        no_ort = self.run_dir / "no-onnxruntime"
+        no_ort.mkdir(parents=True, exist_ok=True)
+        with (
+            pytriton_lookup(),
+            mock.patch.object(serving_server, "native_backend", lambda: no_ort),
+            mock.patch.dict(os.environ, PYTHONPATH=server_pythonpath(self.stub_site)),
+        ):
+            backends = serving_server.assemble_backends(self.run_dir)
+            (backends / BACKEND_NAME).mkdir(exist_ok=True)
+            shutil.copy2(BACKEND_SOURCE, backends / BACKEND_NAME / "model.py")
+            super().start(timeout)
         return self
 
     def unavailable_models(self) -> dict[str, str]:
-        req = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/index",
-            data=b"{}",
-            method="POST",
-            headers={ADMIN_HEADER: self.key, "Content-Type": "application/json"},
-        )
+        headers = {ADMIN_HEADER: self.key, "Content-Type": "application/json"}
+        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", b"{}", headers, method="POST")
         with urllib.request.urlopen(req, timeout=10) as r:
             index = json.loads(r.read())
         return {m["name"]: m.get("reason", "") or m.get("state", "") for m in index if m.get("state") != "READY"}
 
 
-DATATYPES = {"FP32": np.float32, "INT64": np.int64}
-
-
 def http_infer(url: str, model: str, arrays: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
     """One inference over Triton's HTTP/REST v2 protocol with JSON tensors."""
     names = {np.dtype(v): k for k, v in DATATYPES.items()}
-    body = {
-        "inputs": [
-            {"name": n, "shape": list(a.shape), "datatype": names[a.dtype], "data": a.reshape(-1).tolist()}
-            for n, a in arrays.items()
-        ],
-        "outputs": [{"name": n} for n in outputs],
-    }
-    headers = {"Content-Type": "application/json"}
-    req = urllib.request.Request(f"http://{url}/v2/models/{model}/infer", json.dumps(body).encode(), headers)
+    feeds = [
+        {"name": n, "shape": list(a.shape), "datatype": names[a.dtype], "data": a.ravel().tolist()}
+        for n, a in arrays.items()
+    ]
+    body = json.dumps({"inputs": feeds, "outputs": [{"name": n} for n in outputs]}).encode()
+    req = urllib.request.Request(f"http://{url}/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             reply = json.loads(r.read())
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"{model}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:300]}") from exc
-    return {
-        o["name"]: np.asarray(o["data"], dtype=DATATYPES[o["datatype"]]).reshape(o["shape"]) for o in reply["outputs"]
-    }
-
-
-# ------------------------------------------------------------------------------ checks and measurements
+    return {o["name"]: np.asarray(o["data"], DATATYPES[o["datatype"]]).reshape(o["shape"]) for o in reply["outputs"]}
 
 
 def n_users_of(mods: dict, default: int) -> int:
@@ -201,36 +170,26 @@ def n_users_of(mods: dict, default: int) -> int:
 
 
 def check(server: GpuTritonServer, mods: dict, precision: str) -> list[dict]:
-    """Each served model's outputs against its FP32 CPU module (perf.gpu.weights.load_all) on 16 rows."""
-    import torch
-
-    from perf.gpu import weights
-
-    out, tol = [], FP32_TOL if precision == "fp32" else HALF_TOL
+    """Each served model's outputs against its FP32 CPU module (perf.gpu.weights.load_all) on 16 rows:
+    relative error <= 1e-4 (1e-2 in half precision), top-k agreement >= 0.99 (0.95)."""
+    tol, min_agreement = (1e-4, 0.99) if precision == "fp32" else (1e-2, 0.95)
+    out = []
     for model, module in mods.items():
         m_spec = spec.MODELS[model]
-        record = {"model": model, "status": "ok", "reason": None, "rows": 0, "rel_err": None, "topk_agreement": None}
+        record = dict.fromkeys(schema.CHECK) | {"model": model, "status": "ok", "rows": 0}
         try:
             xs = weights.inputs(model, 16, 1, n_users_of(mods, spec.N_USERS))[0]
             arrays = {t.name: x for t, x in zip(m_spec.inputs, xs, strict=True)}
             got = http_infer(server.http_url, model, arrays, [t.name for t in m_spec.outputs])
             with torch.inference_mode():
-                ref = module(*(torch.from_numpy(x) for x in xs))
-            ref = ref if isinstance(ref, tuple) else (ref,)
-            want = {t.name: r.numpy() for t, r in zip(m_spec.outputs, ref, strict=False)}
-            floats = [n for n, r in want.items() if r.dtype == np.float32]
-            diff = np.concatenate([(got[n] - want[n]).ravel() for n in floats]).astype(np.float64)
-            norm = np.concatenate([want[n].ravel() for n in floats]).astype(np.float64)
-            record["rows"] = int(xs[0].shape[0])
-            record["rel_err"] = float(f"{np.linalg.norm(diff) / max(np.linalg.norm(norm), 1e-30):.3e}")
-            if "ids" in want:
-                hits = [len(set(a) & set(b)) for a, b in zip(got["ids"].tolist(), want["ids"].tolist(), strict=True)]
-                record["topk_agreement"] = round(sum(hits) / want["ids"].size, 4)
+                ref = weights.Runner(module, None, None, "cpu")(*(torch.from_numpy(x) for x in xs))
+            names = [t.name for t in m_spec.outputs][: len(ref)]  # the in-process forecast gives the blend only
+            rel, agreement = weights.compare([got[n] for n in names], [r.numpy() for r in ref])
+            record |= {"rows": len(xs[0]), "rel_err": float(f"{rel:.3e}")}
+            record["topk_agreement"] = None if agreement is None else round(agreement, 4)
             if not np.isfinite(record["rel_err"]) or record["rel_err"] > tol:
                 record.update(status="failed", reason=f"relative error {record['rel_err']} above {tol:g}")
-            elif (record["topk_agreement"] is not None) and record["topk_agreement"] < (
-                0.99 if precision == "fp32" else 0.95
-            ):
+            elif agreement is not None and record["topk_agreement"] < min_agreement:
                 record.update(status="failed", reason=f"top-k agreement {record['topk_agreement']} too low")
         except Exception as exc:  # a failed check is a result, not a crash
             record.update(status="failed", reason=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
@@ -249,12 +208,12 @@ def parse_csv(path: Path) -> dict:
     return {"throughput_per_s": row["throughput"], "latency_us": us, "server_us": server}
 
 
-def run_scenario(args, server: GpuTritonServer, pa: Path, model: str, batch: int, concurrency: int, data: Path) -> dict:
-    rec = {"model": model, "protocol": "grpc", "batch": batch, "concurrency": concurrency, "status": "ok"}
-    rec |= {"reason": None, "throughput_per_s": None, "latency_us": None, "server_us": None}
-    stem = f"pa_{model}_b{batch}_c{concurrency}"
+def run_scenario(args, server: GpuTritonServer, pa: Path, model: str, concurrency: int, data: Path) -> dict:
+    rec = dict.fromkeys(schema.SCENARIO) | {"model": model, "protocol": "grpc", "batch": args.batch}
+    rec |= {"concurrency": concurrency, "status": "ok"}
+    stem = f"pa_{model}_b{args.batch}_c{concurrency}"
     measurement = analyzer.Measurement(args.interval_ms, args.stability, args.max_trials)
-    point = analyzer.Point(model, stem, "grpc", concurrency, None, batch, str(data), measurement=measurement)
+    point = analyzer.Point(model, stem, "grpc", concurrency, None, args.batch, str(data), measurement=measurement)
     csv_path = args.run_dir / f"{stem}.csv"
     for stability in (args.stability, 999):  # second try: accept whatever three windows give
         cmd = [str(pa), *analyzer.command(point, server.grpc_url, csv_path, stability=stability)]
@@ -284,21 +243,22 @@ def _shown(rec: dict) -> str:
     )
 
 
-# ------------------------------------------------------------------------------ preflight
+STUB_PROBE = (
+    "import numpy, torch; a = torch.from_numpy(numpy.arange(4.0)); assert float(a.sum()) == 6.0; "
+    "assert a.numpy().tolist() == [0.0, 1.0, 2.0, 3.0]; print(numpy.__version__)"
+)
 
 
 def preflight(args) -> tuple[dict, list[str]]:
-    facts: dict = {"python": sys.executable, "python_version": platform.python_version()}
+    facts = {
+        "python": sys.executable,
+        "python_version": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "numpy": np.__version__,
+    }
     problems: list[str] = []
-    try:
-        import torch
-
-        facts["torch"] = torch.__version__
-        facts["cuda_available"] = torch.cuda.is_available()
-        facts["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError as exc:
-        problems.append(f"torch: {exc}")
-    facts["numpy"] = np.__version__
     try:
         root = locate_pytriton()
         facts["tritonserver"] = str(root / "bin" / "tritonserver")
@@ -332,38 +292,21 @@ def preflight(args) -> tuple[dict, list[str]]:
         facts["perf_analyzer_missing_libs"] = missing = missing_libs(pa, perf_analyzer_env(args.run_dir))
         if missing:
             problems.append(f"perf_analyzer cannot load {missing}")
-    facts["stub_numpy"], problem = stub_numpy(args.stub_site)
-    return facts, problems + ([problem] if problem else [])
-
-
-STUB_PROBE = (
-    "import numpy, torch; a = torch.from_numpy(numpy.arange(4.0)); assert float(a.sum()) == 6.0; "
-    "assert a.numpy().tolist() == [0.0, 1.0, 2.0, 3.0]; print(numpy.__version__)"
-)
-
-
-def stub_numpy(stub_site: Path | None) -> tuple[str | None, str | None]:
-    """(numpy version the stub's Python path gives, problem): torch and numpy must work together there."""
-    env = dict(os.environ, PYTHONPATH=server_pythonpath(stub_site))
+    # torch and numpy must work together on the stub's Python path
+    env = dict(os.environ, PYTHONPATH=server_pythonpath(args.stub_site))
     proc = subprocess.run([sys.executable, "-c", STUB_PROBE], capture_output=True, text=True, env=env, timeout=120)
+    facts["stub_numpy"] = proc.stdout.strip() if proc.returncode == 0 else None
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return None, f"torch and numpy do not work together on the stub's path ({stub_site}): {tail}"
-    return proc.stdout.strip(), None
-
-
-# ------------------------------------------------------------------------------ main
+        problems.append(f"torch and numpy do not work together on the stub's path ({args.stub_site}): {tail}")
+    return facts, problems
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preflight", action="store_true", help="only report what is there and what is missing")
-    p.add_argument("--artifacts", type=Path, help="directory holding checkpoints/<model>.pt")
-    p.add_argument("--synthesize", action="store_true", help="same-shape stand-ins for missing checkpoints")
-    p.add_argument("--config", choices=("torch_gpu", "torch_cpu"), default="torch_gpu")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
-    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false")
-    p.add_argument("--models", default=",".join(MODELS), help="comma list of models and ensembles to serve")
+    repository.add_arguments(p)
+    p.add_argument("--config", choices=(repository.CONFIG_GPU, repository.CONFIG_CPU), default=repository.CONFIG_GPU)
     p.add_argument("--perf-models", help="comma list to measure (default: all served); 'none' to skip perf_analyzer")
     p.add_argument("--concurrency", default="1,8,32", help="comma list")
     p.add_argument("--batch", type=int, default=1, help="rows per request (the dynamic batcher forms larger batches)")
@@ -376,29 +319,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stub-site", type=Path, help="folder put first on the stub's PYTHONPATH (numpy<2 for the stub)")
     p.add_argument("--repo-out", type=Path, default=spec.ROOT / "build" / "gpu" / "model_repository")
     p.add_argument("--run-dir", type=Path, default=RUN_DIR)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per CPU instance (torch_cpu)")
-    p.add_argument("--n-items", type=int, default=spec.N_ITEMS, help="--synthesize: catalog rows")
-    p.add_argument("--n-users", type=int, default=spec.N_USERS, help="--synthesize: user table rows")
     p.add_argument("--out", type=Path, default=Path("perf/results/gpu_serving.json"))
     args = p.parse_args(argv)
-    args.models = tuple(m for m in args.models.split(",") if m)
-    if bad := [m for m in args.models if m not in MODELS]:
-        p.error(f"unknown model(s) {bad}: expected some of {', '.join(MODELS)}")
-    if args.perf_models == "none":
-        args.perf_models = ()
-    elif args.perf_models:
-        args.perf_models = tuple(m for m in args.perf_models.split(",") if m)
+    repository.check_args(p, args, need_weights=not args.preflight)
+    if args.perf_models is None:
+        args.perf_models = args.models
+    else:
+        args.perf_models = () if args.perf_models == "none" else tuple(m for m in args.perf_models.split(",") if m)
         if not set(args.perf_models) <= set(args.models):
             p.error("--perf-models must be served too (--models)")
-    else:
-        args.perf_models = args.models
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     if args.quick:
         args.concurrency, args.interval_ms, args.max_trials, args.stability = [1], 400, 3, 50
-    if not args.preflight and args.artifacts is None and not args.synthesize:
-        p.error("give --artifacts DIR (checkpoints) or --synthesize")
-    if args.artifacts is not None and not args.artifacts.is_dir():
-        p.error(f"artifacts directory {args.artifacts} does not exist")
     if args.stub_site is not None and not args.stub_site.is_dir():
         p.error(f"--stub-site {args.stub_site} does not exist")
     args.run_dir = args.run_dir.resolve()
@@ -406,27 +338,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def document(args, status: str, reason: str | None, sources, checks, scenarios, started: float) -> dict:
-    import torch
-
-    from perf import gpu_probe
-    from perf.gpu import schema
-
-    on_gpu = args.config == "torch_gpu"
-    vers = gpu_probe.versions()
+    on_gpu = args.config == repository.CONFIG_GPU
     try:
-        from importlib.metadata import version
-
-        vers["nvidia_pytriton"] = version("nvidia-pytriton")
-    except Exception:  # noqa: BLE001 - a missing dist-info only loses a version string
-        vers["nvidia_pytriton"] = None
-    vers["tritonserver"] = "2.51.0"
+        pytriton = metadata.version("nvidia-pytriton")
+    except metadata.PackageNotFoundError:  # a missing dist-info only loses a version string
+        pytriton = None
     doc = {
         "schema_version": schema.SCHEMA_VERSION,
         "kind": "gpu_serving",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m perf.gpu.serve", *sys.argv[1:]]),
         "machine": gpu_probe.machine(torch.device("cuda" if on_gpu and torch.cuda.is_available() else "cpu")),
-        "versions": vers,
+        "versions": gpu_probe.versions() | {"nvidia_pytriton": pytriton, "tritonserver": "2.51.0"},
         "config_name": args.config,
         "instance_kind": "KIND_GPU" if on_gpu else "KIND_CPU",
         "precision": args.precision if on_gpu else "fp32",
@@ -455,21 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         print("preflight: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
         return 1 if problems else 0
 
-    from perf.gpu import repository, weights
-
     started = time.perf_counter()
     status, reason, checks, scenarios = "ok", None, [], []
-    sources = repository.assemble(
-        args.repo_out,
-        args.artifacts,
-        args.models,
-        args.precision,
-        args.cuda_graphs,
-        args.synthesize,
-        args.threads,
-        args.n_items,
-        args.n_users,
-    )
+    sources = repository.assemble_from(args, args.repo_out)
     ports = {f"{k}_port": free_port() for k in ("http", "grpc", "metrics")}
     server = GpuTritonServer(args.repo_out, **ports, config_name=args.config, run_dir=args.run_dir)
     server.stub_site = args.stub_site
@@ -482,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             for m, r in down.items():
                 log.error("%s did not load: %s", m, r)
         mods = weights.load_all(None, served, where=lambda name: args.repo_out / name / "1")[0]
-        checks = check(server, mods, args.precision if args.config == "torch_gpu" else "fp32")
+        checks = check(server, mods, args.precision if args.config == repository.CONFIG_GPU else "fp32")
         pa = perf_analyzer_path(args.perf_analyzer, args.run_dir) if args.perf_models else None
         if args.perf_models and pa is None:
             status, reason = "failed", "no perf_analyzer (see --preflight)"
@@ -492,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             xs = weights.inputs(model, 64, 1, n_users, seed=7)[0]  # 64 single-row requests
             data = inputs.write_arrays(dict(zip(names, xs, strict=True)), args.run_dir / f"input_{model}.json")
             for c in args.concurrency:
-                rec = run_scenario(args, server, pa, model, args.batch, c, data)
+                rec = run_scenario(args, server, pa, model, c, data)
                 log.info("perf %-15s c=%-3d %s %s", model, c, rec["status"], _shown(rec))
                 scenarios.append(rec)
     except ServerError as exc:
@@ -505,8 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"Triton {args.config} on {doc['machine']['device']}: {status} {reason or ''}")
     print(f"wrote {args.out}; server log {server.log_path}")
-    bad_checks = [c for c in checks if c["status"] != "ok"]
-    return 0 if status == "ok" and not bad_checks else 1
+    return 0 if status == "ok" and not [c for c in checks if c["status"] != "ok"] else 1
 
 
 if __name__ == "__main__":

@@ -1,21 +1,16 @@
-"""Models and inputs for GPU measurements: trained checkpoints where they exist, else same-shape stand-ins.
+"""Models, inputs and PyTorch execution shared by the GPU probe, the torch_py backend and the serving checks.
 
-Timing depends on shapes, not on trained values, so a GPU machine that has no checkpoints (the
-full ones are hundreds of MB and cannot travel with a device call) builds the models here:
-
-- similarity / user_embedding: the real catalog and user table (`models.data.make_embeddings` with
-  the full sizes and seed 0 is exactly what `make export` trains on);
-- reservoir: the real W, W_in, b (drawn from the seed, never trained) with a random readout;
-- nhits / forecast_blend: the architecture with seeded random weights.
-
-Inputs always come from the project's own data generators (the test split), so no artifacts are
-needed to get realistic windows, queries and user ids. Every result says where its weights came from.
+Timing depends on shapes, not on trained values, so where no checkpoint is at hand (the full ones cannot
+travel with a device call) same-shape stand-ins are built: similarity and user_embedding from the real
+catalog and user table (`models.data.make_embeddings`, full sizes, seed 0: what `make export` trains on),
+the reservoir from its real W, W_in, b with a random readout, nhits and forecast_blend with seeded random
+weights. Inputs come from the project's test-split generators. Every result says where its weights came from.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,13 +51,7 @@ class Recommend(nn.Module):
         return self.similarity(self.users(user_id))
 
 
-def synthetic_model(
-    name: str,
-    n_items: int = spec.N_ITEMS,
-    n_users: int = spec.N_USERS,
-    units: int = spec.RESERVOIR_UNITS,
-    seed: int = 0,
-) -> nn.Module:
+def synthetic_model(name: str, n_items: int, n_users: int, units: int = spec.RESERVOIR_UNITS, seed: int = 0):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if name == "nhits":
@@ -81,20 +70,6 @@ def synthetic_model(
     raise ValueError(f"unknown model {name!r}: expected one of {', '.join(BASE)}")
 
 
-def load_base(
-    name: str,
-    artifacts: Path | None,
-    n_items: int = spec.N_ITEMS,
-    n_users: int = spec.N_USERS,
-    units: int = spec.RESERVOIR_UNITS,
-) -> tuple[nn.Module, str]:
-    """(eval float32 module, where its weights came from) for one of BASE."""
-    if artifacts is not None and registry.checkpoint_path(artifacts, name).is_file():
-        path = registry.checkpoint_path(artifacts, name)
-        return registry.load_model(name, artifacts), f"checkpoint {path}"
-    return synthetic_model(name, n_items, n_users, units), SYNTHETIC
-
-
 def load_all(
     artifacts: Path | None,
     models: tuple[str, ...],
@@ -103,13 +78,18 @@ def load_all(
     units: int = spec.RESERVOIR_UNITS,
     where: Callable[[str], Path] | None = None,
 ) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """Modules for `models` (BASE names plus the in-process ensembles `forecast` and `recommend`), from
-    `<artifacts>/checkpoints/` or, with `where`, from `<where(model)>/checkpoints/` (a model repository)."""
+    """Eval float32 modules for `models` (BASE names and the in-process ensembles `forecast` and `recommend`)
+    and where their weights came from: `<artifacts>/checkpoints/`, or with `where` `<where(model)>/checkpoints/`
+    (a model repository), else stand-ins."""
     need = set(models).union(*(ENSEMBLES.get(m, ()) for m in models))
-    mods: dict[str, nn.Module] = {}
-    sources: dict[str, str] = {}
+    mods, sources = {}, {}
     for name in (n for n in BASE if n in need):
-        mods[name], sources[name] = load_base(name, where(name) if where else artifacts, n_items, n_users, units)
+        folder = where(name) if where else artifacts
+        path = registry.checkpoint_path(folder, name) if folder is not None else None
+        if path is not None and path.is_file():
+            mods[name], sources[name] = registry.load_model(name, folder), f"checkpoint {path}"
+        else:
+            mods[name], sources[name] = synthetic_model(name, n_items, n_users, units), SYNTHETIC
         log.info("%s: %s", name, sources[name])
     if "forecast" in need:
         mods["forecast"] = Forecast(mods["nhits"], mods["reservoir"], mods["forecast_blend"]).eval()
@@ -118,28 +98,19 @@ def load_all(
     return {n: mods[n] for n in models}, sources
 
 
-def synthesize_checkpoints(
-    artifacts: Path, names: tuple[str, ...] = BASE, n_items: int = spec.N_ITEMS, n_users: int = spec.N_USERS
-) -> dict[str, str]:
-    """Write registry-format checkpoints for `names` that have none yet; returns where each came from."""
-    sources = {}
-    for name in names:
-        path = registry.checkpoint_path(artifacts, name)
-        if path.is_file():
-            sources[name] = f"checkpoint {path}"
-            continue
-        module = synthetic_model(name, n_items, n_users)
-        if name in ("nhits", "reservoir"):
-            config = module.config_dict()
-        elif name == "forecast_blend":
-            config = {"horizon": spec.HORIZON}
-        elif name == "similarity":
-            config = {"n_items": n_items, "dim": spec.EMBED_DIM, "k": spec.TOP_K}
-        else:
-            config = {"n_users": n_users, "dim": spec.EMBED_DIM}
-        registry.save_checkpoint(artifacts, name, config, module)
-        sources[name] = SYNTHETIC
-    return sources
+def synthesize_checkpoint(folder: Path, name: str, n_items: int, n_users: int) -> str:
+    """A registry-format stand-in checkpoint under `folder` unless one is there; where its weights came from."""
+    path = registry.checkpoint_path(folder, name)
+    if path.is_file():
+        return f"checkpoint {path}"
+    module = synthetic_model(name, n_items, n_users)
+    configs = {
+        "forecast_blend": {"horizon": spec.HORIZON},
+        "similarity": {"n_items": n_items, "dim": spec.EMBED_DIM, "k": spec.TOP_K},
+        "user_embedding": {"n_users": n_users, "dim": spec.EMBED_DIM},
+    }
+    registry.save_checkpoint(folder, name, configs[name] if name in configs else module.config_dict(), module)
+    return SYNTHETIC
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -155,31 +126,75 @@ def _windows() -> np.ndarray:
     return _CACHE["windows"]
 
 
-def _users(n: int) -> np.ndarray:
-    """User vectors sharing the catalog's cluster centres (the centres are drawn first from the seed)."""
-    if "users" not in _CACHE:
-        _CACHE["users"] = data.make_embeddings(2, n)[1]
-    return _CACHE["users"]
-
-
-def inputs(name: str, batch: int, n_sets: int, n_users: int, seed: int = 0) -> list[tuple[np.ndarray]]:
+def inputs(name: str, batch: int, n_sets: int, n_users: int, seed: int = 0) -> list[tuple[np.ndarray, ...]]:
     """`n_sets` different input tuples of `batch` rows for model `name` (numpy, CPU)."""
     rng = np.random.default_rng([seed, batch])
+    if name == "similarity" and "users" not in _CACHE:  # user vectors around the catalog's cluster centres
+        _CACHE["users"] = data.make_embeddings(2, 4096)[1]
     sets = []
     for _ in range(n_sets):
         if name in ("nhits", "reservoir", "forecast"):
-            w = _windows()
-            sets.append((np.ascontiguousarray(w[rng.integers(0, len(w), batch)]),))
+            sets.append((np.ascontiguousarray(_windows()[rng.integers(0, len(_windows()), batch)]),))
         elif name == "forecast_blend":
-            w = _windows()[rng.integers(0, len(_windows()), batch)]
-            last = w[:, -1:]
+            last = _windows()[rng.integers(0, len(_windows()), batch)][:, -1:]
             noise = rng.normal(0.0, 0.02, (2, batch, spec.HORIZON)).astype(np.float32)
             sets.append((last * (1 + noise[0]), last * (1 + noise[1])))
         elif name == "similarity":
-            q, _ = data.queries_from_users(_users(4096), "test", batch, seed=int(rng.integers(1 << 30)))
-            sets.append((q,))
+            sets.append((data.queries_from_users(_CACHE["users"], "test", batch, seed=int(rng.integers(1 << 30)))[0],))
         elif name in ("user_embedding", "recommend"):
             sets.append((rng.integers(0, n_users, (batch, 1)).astype(np.int64),))
         else:
             raise ValueError(f"no inputs for model {name!r}")
     return sets
+
+
+# ---------------------------------------------------------------------------------- execution
+
+
+class Runner(nn.Module):
+    """`module` with float inputs cast to `cast` (half weights) or run under autocast to `amp`; returns a tuple
+    with float outputs as float32 (what Triton serves)."""
+
+    def __init__(self, module: nn.Module, cast: torch.dtype | None, amp: torch.dtype | None, device_type: str):
+        super().__init__()
+        self.module, self.cast, self.amp, self.device_type = module, cast, amp, device_type
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.cast is not None:
+            xs = tuple(x.to(self.cast) if x.is_floating_point() else x for x in xs)
+        if self.amp is None:  # no autocast context at all: its entry and exit would be timed too
+            out = self.module(*xs)
+        else:
+            with torch.autocast(self.device_type, dtype=self.amp, cache_enabled=False):
+                out = self.module(*xs)
+        out = out if isinstance(out, tuple) else (out,)
+        return tuple(o.float() if o.is_floating_point() else o for o in out)
+
+
+def capture(fn: Callable, static_in: Sequence[torch.Tensor], pool=None) -> tuple[torch.cuda.CUDAGraph, tuple]:
+    """A CUDA graph of `fn(*static_in)` after three warm-up calls on a side stream, and its static outputs."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn(*static_in)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn(*static_in)
+    return graph, out
+
+
+def compare(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> tuple[float, float | None]:
+    """(relative L2 error of the float outputs, share of the reference's integer ids found in the same row, or
+    None when there are no ids) of outputs against a reference, output by output."""
+    pairs = list(zip(got, want, strict=True))
+    floats = [(np.asarray(g, np.float64), np.asarray(w, np.float64)) for g, w in pairs if w.dtype.kind == "f"]
+    diff = np.concatenate([(g - w).ravel() for g, w in floats])
+    norm = np.linalg.norm(np.concatenate([w.ravel() for _, w in floats]))
+    rel = float(np.linalg.norm(diff) / max(float(norm), 1e-30))
+    ids = [(g, w) for g, w in pairs if w.dtype.kind in "iu"]
+    if not ids:
+        return rel, None
+    g, w = ids[0]
+    return rel, float(sum(len(set(a) & set(b)) for a, b in zip(g.tolist(), w.tolist(), strict=True)) / w.size)
