@@ -189,11 +189,13 @@ def assets_1000(server, args) -> dict:
 
 
 def extras(server, args, key: str) -> dict:
-    from clients import shm
+    def shm_compare() -> dict:
+        from clients import shm
 
-    n_iter = 3 if args.quick else 20
+        return shm.compare(server.grpc_url, 3 if args.quick else 20, key=key)
+
     return {
-        "shm": _section("shared-memory comparison", lambda: shm.compare(server.grpc_url, n_iter, key=key)),
+        "shm": _section("shared-memory comparison", shm_compare),
         "assets_1000": _section("1,000-asset timing", lambda: assets_1000(server, args)),
     }
 
