@@ -85,7 +85,6 @@ def time_calls(what: str, fn: Callable[[dict], object], feeds: list[dict], secon
 
 
 def eager(name: str, artifacts: Path, rows: dict[str, np.ndarray], seconds: float) -> dict:
-    """PyTorch eager, batch 1, one call per request in a loop."""
     import torch
 
     from models.registry import load_model
@@ -121,7 +120,6 @@ def _run(sess, name: str) -> Callable[[dict], object]:
 
 
 def ort(name: str, repo: Path, precision: str, rows: dict, batch: int, seconds: float, threads: int) -> dict:
-    """ONNX Runtime in this process at a fixed batch, the serving backend's session options."""
     run = _run(ort_session(name, repo, precision, threads), name)
     return time_calls(f"{name} ort-{precision}", run, batches_of(rows, batch), seconds, threads)
 
@@ -167,7 +165,6 @@ def paired(name: str, repo: Path, rows: dict, batch: int, seconds: float, thread
 
 
 def sentence_transformers(artifacts: Path, texts: list[str], seconds: float) -> dict:
-    """SentenceTransformer.encode at batch 1 with PyTorch's default threads: the search's in-process baseline."""
     import torch
 
     from models import real_data

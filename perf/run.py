@@ -53,10 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short windows, two points per sweep (tests, smoke runs)")
     p.add_argument("--baseline-seconds", type=float, default=3.0, help="wall time per in-process baseline")
     p.add_argument(
-        "--compare",
-        metavar="CONFIG",
-        help="also serve every model with configs/CONFIG.pbtxt on a second server and measure each scenario's "
-        "sweep there right after the committed one (e.g. cpu_fp32 / cpu_int8: the other precision)",
+        "--compare", metavar="CONFIG", help="each sweep also on a server of configs/CONFIG.pbtxt, e.g. cpu_int8"
     )
     p.add_argument("--skip-batching-off", action="store_true")
     p.add_argument("--skip-baselines", action="store_true")
@@ -116,9 +113,7 @@ def _phase(phases: dict[str, float], name: str):
 
 
 def run_scenarios(scenarios, servers: dict, args, run_dir: Path, key: str, repo: Path, phases: dict) -> None:
-    """Each scenario in turn. For a model with goals the two sides of each ratio are measured back to back
-    (sweep, then the same concurrencies without dynamic batching, then the in-process baselines), so that
-    the load other work puts on the shared cores moves both sides alike."""
+    """Each scenario in turn; a model's sweep, batching-off points and baselines back to back (see the top)."""
     files: dict = {}
     baselines_out: dict = {}
     warm: set[str] = set()
@@ -340,26 +335,25 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     repos_dir = run_dir / "repos"
     with contextlib.ExitStack() as stack:
+
+        def start(name: str, config: str = "cpu", **copy):
+            """A server over repos/<name>, a copy of the repository edited by `copy`'s arguments."""
+            repo = repos.copy_repository(args.repo, repos_dir / name, config=config, **copy)
+            return stack.enter_context(repos.serve(repo, run_dir / f"server-{name}", config=config))
+
         with _phase(phases, "servers_start"):
             variants = {
                 name: (v["of"], repos.cache_on if v.get("response_cache") else repos.cache_off)
                 for s in scenarios
                 for name, v in s.variants.items()
             }
-            served_repo = repos.copy_repository(
-                args.repo, repos_dir / "served", edit=repos.cache_off, variants=variants
-            )
-            servers = {"served": stack.enter_context(repos.serve(served_repo, run_dir / "server-served"))}
+            servers = {"served": start("served", edit=repos.cache_off, variants=variants)}
             if (off := [s.model for s in scenarios if s.batching_off]) and not args.skip_batching_off:
-                off_repo = repos.copy_repository(
-                    args.repo, repos_dir / "batching-off", models=off, edit=repos.batching_off
-                )
-                servers["batching_off"] = stack.enter_context(repos.serve(off_repo, run_dir / "server-batching-off"))
-            if c := args.compare:
-                other_repo = repos.copy_repository(args.repo, repos_dir / c, edit=repos.cache_off, config=c)
-                servers["compare"] = stack.enter_context(repos.serve(other_repo, run_dir / f"server-{c}", config=c))
+                servers["batching_off"] = start("batching-off", models=off, edit=repos.batching_off)
+            if args.compare:
+                servers["compare"] = start(args.compare, config=args.compare, edit=repos.cache_off)
             env["versions"]["tritonserver"] = repos.server_version(servers["served"].http_url)
-        run_scenarios(scenarios, servers, args, run_dir, key, served_repo, phases)
+        run_scenarios(scenarios, servers, args, run_dir, key, repos_dir / "served", phases)
         with _phase(phases, "extras"):
             more = {} if args.skip_extras else extras(servers["served"], args, key)
     (run_dir / "extras.json").write_text(json.dumps(more, indent=2) + "\n")

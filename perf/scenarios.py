@@ -1,18 +1,11 @@
 """Scenario files (perf/scenarios/*.yaml): what `make perf` measures per model and ensemble.
 
 A scenario names a model, the kind of real input data its requests carry (perf/inputs.py) and runs; each
-run expands to perf_analyzer points, one per concurrency (closed loop) or request rate (Poisson arrivals):
-
-    runs:
-      - {name: sweep, protocol: grpc, concurrency: [1, 2, 4, 8, 16, 32]}   # the first run: knee, chosen point
-      - {name: rate, request_rate_of_peak: [0.25, 0.9]}                    # fractions of the sweep's peak
-      - {name: batch, batch_size: [8, 64], concurrency: [2]}               # client-side batch (-b)
-      - {name: shm, shared_memory: system, concurrency: [8]}               # system shared memory for tensors
-      - {name: windowed, model: reservoir, input_data: {kind: windows, n: 512}, concurrency: [16]}
-
-Optional: `batching_off: {concurrency: [...]}` (again on a server without dynamic_batching), `baselines:
-[eager, ort]`, `variants` (models served from a config copy, e.g. the cached recommend), `compare` (stream
-vs windowed runs), `measurement`.
+run expands to perf_analyzer points, one per concurrency (closed loop) or request rate (Poisson arrivals;
+`request_rate_of_peak`: fractions of the first run's peak), per client batch size (`batch_size`). A run may
+measure another model with its own `input_data`. Optional: `batching_off: {concurrency: [...]}` (again on a
+server without dynamic_batching), `baselines: [eager, ort]`, `variants` (models served from a config copy,
+e.g. the cached recommend), `compare` (stream vs windowed runs), `measurement`.
 """
 
 from __future__ import annotations
