@@ -66,18 +66,12 @@ def model_config_parameters(m: dict) -> dict:
 
 def input_repository(repo: Path, dst: Path, models: list[str]) -> Path:
     """Each model's committed cpu config as its config.pbtxt (what Model Analyzer varies), cache off, files linked."""
-    from google.protobuf import text_format
+    from perf.repo import copy_repository
 
-    if dst.exists():
-        shutil.rmtree(dst)
+    copy_repository(repo, dst, models, edit=lambda _name, cfg: cfg.ClearField("response_cache"))
     for name in models:
-        (dst / name / "1").mkdir(parents=True)
-        cfg = load_config(repo / name / "configs" / "cpu.pbtxt")
-        cfg.ClearField("response_cache")
-        (dst / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
-        for f in sorted(spec.version_dir(name, repo).iterdir()):
-            if f.is_file() and f.name != ".gitkeep":
-                (dst / name / "1" / f.name).symlink_to(f.resolve())
+        (dst / name / "configs" / "cpu.pbtxt").replace(dst / name / "config.pbtxt")
+        (dst / name / "configs").rmdir()
     return dst
 
 
