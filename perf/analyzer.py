@@ -1,11 +1,7 @@
-"""perf_analyzer 2.51.0 (from the tritonclient wheel): find it, run one measurement point, parse its CSV.
+"""perf_analyzer 2.51.0 (from the tritonclient wheel): run one measurement point, parse its CSV.
 
-One `Point` is one perf_analyzer invocation at one concurrency or one request rate. `run_point` writes
-the raw CSV (`-f ... --verbose-csv`) and a JSON record (the command with the admin key redacted, the
-parsed row, the server-side batch statistics, stdout) beside it.
-
-The binary needs Debian's libb64-0d and libcudart.so.12 from the nvidia-cuda-runtime-cu12 wheel; both
-are checked once, with the command that fixes a missing one.
+`run_point` writes the raw CSV (`-f ... --verbose-csv`) and a JSON record beside it: the command with the
+admin key redacted, the parsed row, the server-side batch statistics, stdout.
 """
 
 from __future__ import annotations
@@ -18,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +22,23 @@ log = logging.getLogger(__name__)
 
 UNSTABLE = ("Failed to obtain stable measurement", "No valid requests recorded")  # retried with laxer settings
 REDACTED = "<admin-key>"
+# perf_analyzer CSV columns (microseconds) -> our names
+BREAKDOWN = {
+    "Client Send": "client_send",
+    "Network+Server Send/Recv": "network",
+    "Server Queue": "queue",
+    "Server Compute Input": "compute_input",
+    "Server Compute Infer": "compute_infer",
+    "Server Compute Output": "compute_output",
+    "Client Recv": "client_recv",
+}
+# our name -> Triton's inference_stats entry and unit
+STATS = {
+    "cache_hits": ("cache_hit", "count"),
+    "queue_ns": ("queue", "ns"),
+    "compute_infer_ns": ("compute_infer", "ns"),
+    "success_count": ("success", "count"),
+}
 
 
 class AnalyzerError(RuntimeError):
@@ -37,12 +51,11 @@ class Measurement:
     stability: int = 50  # % spread allowed between the last 3 windows (the 2 shared cores are noisy)
     max_trials: int = 4  # windows before perf_analyzer gives up on stability; then one retry that accepts any 3
 
-    def scaled(self, factor: float) -> Measurement:
-        return Measurement(max(200, int(self.interval_ms * factor)), self.stability, max(3, self.max_trials // 2))
-
 
 @dataclass
 class Point:
+    """One perf_analyzer invocation at one concurrency or one request rate."""
+
     model: str
     label: str  # scenario/run name, used in file names
     protocol: str = "grpc"
@@ -57,45 +70,32 @@ class Point:
     measurement: Measurement = field(default_factory=Measurement)
 
     @property
-    def x(self) -> str:
-        if self.request_rate is not None:
-            return f"r{self.request_rate:g}"
-        return f"c{self.concurrency}"
-
-    @property
     def stem(self) -> str:
-        return f"{self.label}-{self.protocol}-b{self.batch_size}-{self.x}"
-
-
-# ----------------------------------------------------------------------------------- binary
+        x = f"r{self.request_rate:g}" if self.request_rate is not None else f"c{self.concurrency}"
+        return f"{self.label}-{self.protocol}-b{self.batch_size}-{x}"
 
 
 def binary() -> Path:
     found = Path(sys.executable).parent / "perf_analyzer"
     if found.is_file():
         return found
-    other = shutil.which("perf_analyzer")
-    if other:
+    if other := shutil.which("perf_analyzer"):
         return Path(other)
     raise AnalyzerError("perf_analyzer is not installed: `pip install tritonclient[all]==2.51.0` ships it")
 
 
 def cuda_runtime_dir() -> Path | None:
+    """The lib folder of the nvidia-cuda-runtime-cu12 wheel (perf_analyzer links libcudart.so.12)."""
     try:
-        import nvidia.cuda_runtime as cr  # the nvidia-cuda-runtime-cu12 wheel
+        import nvidia.cuda_runtime as cr
     except ImportError:
         return None
-    for root in cr.__path__:
-        lib = Path(root) / "lib"
-        if (lib / "libcudart.so.12").exists():
-            return lib
-    return None
+    return next((Path(r) / "lib" for r in cr.__path__ if (Path(r) / "lib" / "libcudart.so.12").exists()), None)
 
 
 def environment() -> dict[str, str]:
     env = dict(os.environ)
-    lib = cuda_runtime_dir()
-    if lib is not None:
+    if (lib := cuda_runtime_dir()) is not None:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib), env.get("LD_LIBRARY_PATH", "")) if p)
     return env
 
@@ -121,17 +121,6 @@ def version() -> str:
     raise AnalyzerError(f"perf_analyzer --version said: {text.strip()[:300]}")
 
 
-# ----------------------------------------------------------------------------------- command
-
-
-def admin_header(protocol: str, key: str) -> str:
-    from serving.server import ADMIN_HEADER
-
-    # Over gRPC, Triton reads a restricted protocol's key from the metadata `triton-grpc-protocol-<header>`.
-    name = ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"
-    return f"{name}:{key}"
-
-
 def _contents(point: Point) -> list[str]:
     """What the requests of a point carry: its measurement and its warm-up send the same."""
     out = ["--input-data", str(point.input_data)] if point.input_data else []
@@ -154,36 +143,21 @@ def command(point: Point, url: str, csv_path: Path, key: str | None = None, stab
     if point.sequence_id_range:
         cmd += ["--sequence-id-range", "{}:{}".format(*point.sequence_id_range)]
     if point.shared_memory != "none":
+        from serving.server import admin_headers
+
         if not key:
             raise AnalyzerError("shared memory needs the server's admin key (the shared-memory API is restricted)")
-        cmd += ["--shared-memory", point.shared_memory, "-H", admin_header(point.protocol, key)]
+        ((name, value),) = admin_headers(key, point.protocol).items()
+        cmd += ["--shared-memory", point.shared_memory, "-H", f"{name}:{value}"]
     return cmd
 
 
 def redact(cmd: list[str]) -> list[str]:
-    out = list(cmd)
-    for i, arg in enumerate(out[:-1]):
-        if arg == "-H":
-            out[i + 1] = out[i + 1].split(":", 1)[0] + ":" + REDACTED
-    return out
-
-
-# ----------------------------------------------------------------------------------- parsing
-
-# perf_analyzer CSV columns (microseconds) -> our names
-BREAKDOWN = {
-    "Client Send": "client_send",
-    "Network+Server Send/Recv": "network",
-    "Server Queue": "queue",
-    "Server Compute Input": "compute_input",
-    "Server Compute Infer": "compute_infer",
-    "Server Compute Output": "compute_output",
-    "Client Recv": "client_recv",
-}
+    return [f"{a.split(':', 1)[0]}:{REDACTED}" if i and cmd[i - 1] == "-H" else a for i, a in enumerate(cmd)]
 
 
 def _ms(row: dict, col: str) -> float | None:
-    return float(row[col]) / 1000.0 if row.get(col) not in (None, "") else None
+    return float(row[col]) / 1000.0 if row.get(col) else None
 
 
 def parse_csv(path: Path) -> list[dict]:
@@ -199,26 +173,13 @@ def parse_csv(path: Path) -> list[dict]:
             {"mode": x.lower().replace(" ", "_"), "x": float(row[x]), "throughput": float(row["Inferences/Second"])}
             | {f"{p}_ms": _ms(row, f"{p} latency") for p in ("p50", "p90", "p95", "p99")}
             | {"avg_ms": _ms(row, "Avg latency")}
-            | {
-                "breakdown_us": {
-                    ours: float(row[col]) for col, ours in BREAKDOWN.items() if row.get(col) not in (None, "")
-                }
-            }
+            | {"breakdown_us": {ours: float(row[col]) for col, ours in BREAKDOWN.items() if row.get(col)}}
         )
     return out
 
 
-# ----------------------------------------------------------------------------------- stats
-
-
-STATS = {"cache_hits": ("cache_hit", "count"), "queue_ns": ("queue", "ns"), "compute_infer_ns": ("compute_infer", "ns")}
-STATS["success_count"] = ("success", "count")
-
-
 def model_stats(http_url: str, model: str) -> dict[str, int]:
     """Cumulative counters of one model from Triton's statistics extension."""
-    import urllib.request
-
     with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as r:
         s = json.load(r)["model_stats"][0]
     inf = s.get("inference_stats", {})
@@ -228,12 +189,8 @@ def model_stats(http_url: str, model: str) -> dict[str, int]:
 
 def stats_delta(before: dict, after: dict) -> dict:
     d = {k: after[k] - before[k] for k in before}
-    execs = d["execution_count"]
-    d["avg_batch"] = d["inference_count"] / execs if execs else None
+    d["avg_batch"] = d["inference_count"] / d["execution_count"] if d["execution_count"] else None
     return d
-
-
-# ----------------------------------------------------------------------------------- running
 
 
 def warmup(point: Point, urls: dict[str, str], requests: int = 64) -> None:
@@ -251,32 +208,22 @@ def warmup(point: Point, urls: dict[str, str], requests: int = 64) -> None:
 
 
 def run_point(
-    point: Point,
-    urls: dict[str, str],
-    out_dir: Path,
-    *,
-    key: str | None = None,
-    stats_models: tuple[str, ...] = (),
+    point: Point, urls: dict[str, str], out_dir: Path, *, key: str | None = None, stats_models: tuple[str, ...] = ()
 ) -> dict:
     """Run perf_analyzer once; write <stem>.csv and <stem>.json under out_dir; return the JSON record."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / f"{point.stem}.csv"
-    url = urls[point.protocol]
     models = stats_models or (point.model,)
     before = {m: model_stats(urls["http"], m) for m in models}
     m = point.measurement
     limit = 120 + (m.max_trials + 4) * m.interval_ms / 1000.0 * 3 * 3
-    record: dict = {"point": asdict(point), "stable": True}
-    t0 = time.monotonic()
+    stable, t0 = True, time.monotonic()
     # 1: the stated stability check; 2: accept any 3 windows; 3: the same with 3x longer windows (a window
     # that holds one or no request, e.g. a slow model during a load spike, never passes perf_analyzer's check)
-    attempts = (
-        (point, None),
-        (point, 1000),
-        (replace(point, measurement=replace(m, interval_ms=3 * m.interval_ms)), 1000),
-    )
-    for attempt, (p, stability) in enumerate(attempts):
-        cmd = [str(binary()), *command(p, url, csv_path, key, stability)]
+    longer = replace(point, measurement=replace(m, interval_ms=3 * m.interval_ms))
+    attempts = ((point, None), (point, 1000), (longer, 1000))
+    for attempt, (p, stability) in enumerate(attempts, 1):
+        cmd = [str(binary()), *command(p, urls[point.protocol], csv_path, key, stability)]
         csv_path.unlink(missing_ok=True)
         try:
             proc = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=limit)
@@ -285,35 +232,31 @@ def run_point(
         text = proc.stdout + proc.stderr
         if proc.returncode == 0 and csv_path.is_file():
             break
-        if any(u in text for u in UNSTABLE) and attempt + 1 < len(attempts):
-            log.info(
-                "%s: no stable measurement (attempt %d); measuring again, accepting any 3 windows",
-                point.stem,
-                attempt + 1,
-            )
-            record["stable"] = False
-            continue
-        raise AnalyzerError(f"{point.stem}: perf_analyzer exited {proc.returncode}: {text.strip()[-1500:]}")
-    after = {mm: model_stats(urls["http"], mm) for mm in models}
-    rows = parse_csv(csv_path)
-    record.update(
-        {
-            "command": redact(cmd),
-            "seconds": round(time.monotonic() - t0, 2),
-            "row": rows[0],
-            "server": {mm: stats_delta(before[mm], after[mm]) for mm in models},
-            "loadavg_1min": round(os.getloadavg()[0], 2),  # other work on the shared cores, at the end
-            "stdout_tail": "\n".join(proc.stdout.strip().splitlines()[-25:]),
-        }
-    )
+        if not any(u in text for u in UNSTABLE) or attempt == len(attempts):
+            raise AnalyzerError(f"{point.stem}: perf_analyzer exited {proc.returncode}: {text.strip()[-1500:]}")
+        log.info(
+            "%s: no stable measurement (attempt %d); measuring again, accepting any 3 windows", point.stem, attempt
+        )
+        stable = False
+    row = parse_csv(csv_path)[0]
+    record = {
+        "point": asdict(point),
+        "stable": stable,
+        "command": redact(cmd),
+        "seconds": round(time.monotonic() - t0, 2),
+        "row": row,
+        "server": {mm: stats_delta(before[mm], model_stats(urls["http"], mm)) for mm in models},
+        "loadavg_1min": round(os.getloadavg()[0], 2),  # other work on the shared cores, at the end
+        "stdout_tail": "\n".join(proc.stdout.strip().splitlines()[-25:]),
+    }
     (out_dir / f"{point.stem}.json").write_text(json.dumps(record, indent=2) + "\n")
-    r = rows[0]
+    batch = record["server"][point.model]["avg_batch"]
     log.info(
         "%-40s %9.1f infer/s  p50 %7.2f ms  p99 %7.2f ms  avg batch %s",
         point.stem,
-        r["throughput"],
-        r["p50_ms"] or float("nan"),
-        r["p99_ms"] or float("nan"),
-        f"{record['server'][point.model]['avg_batch']:.1f}" if record["server"][point.model]["avg_batch"] else "-",
+        row["throughput"],
+        row["p50_ms"] or float("nan"),
+        row["p99_ms"] or float("nan"),
+        f"{batch:.1f}" if batch else "-",
     )
     return record

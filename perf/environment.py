@@ -11,52 +11,35 @@ from pathlib import Path
 PACKAGES = ("tritonclient", "nvidia-pytriton", "onnxruntime", "torch", "numpy", "nvidia-cuda-runtime-cu12")
 
 
-def cpu_model() -> str:
+def _proc(file: str, key: str) -> str | None:
+    """The value after `key` in /proc/<file> (cpuinfo, meminfo), or None."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _mem_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
-def loadavg() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
+        lines = Path("/proc", file).read_text().splitlines()
     except OSError:
         return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), None)
+
+
+def cpu_model() -> str:
+    return _proc("cpuinfo", "model name") or platform.processor() or platform.machine() or "unknown"
 
 
 def machine() -> dict:
+    mem_kib = _proc("meminfo", "MemTotal:")
     return {
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_model": cpu_model(),
-        "memory_gib": _mem_gib(),
+        "memory_gib": round(int(mem_kib.split()[0]) / 2**20, 1) if mem_kib else None,
         "kernel": platform.release(),
-        "loadavg": loadavg(),
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
     }
 
 
-def versions(perf_analyzer: str | None = None, server: str | None = None) -> dict:
+def versions(perf_analyzer: str | None = None) -> dict:
     out = {"python": sys.version.split()[0]}
     for p in PACKAGES:
         try:
             out[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
             out[p] = None
-    if perf_analyzer:
-        out["perf_analyzer"] = perf_analyzer
-    if server:
-        out["tritonserver"] = server
-    return out
+    return out | ({"perf_analyzer": perf_analyzer} if perf_analyzer else {})

@@ -23,7 +23,6 @@ from models import data, spec
 
 log = logging.getLogger(__name__)
 
-KINDS = ("windows", "queries", "user_ids", "blend", "tick_streams", "texts")
 # The tensors each kind fills: a scenario's model must take exactly these inputs.
 TENSORS = {
     "windows": ("window",),
@@ -33,6 +32,7 @@ TENSORS = {
     "tick_streams": ("tick",),
     "texts": ("text",),
 }
+KINDS = tuple(TENSORS)
 
 
 def _spread(total: int, n: int) -> np.ndarray:
@@ -40,21 +40,14 @@ def _spread(total: int, n: int) -> np.ndarray:
     return (np.arange(n) * total) // n if n <= total else np.arange(n) % total
 
 
-def _floats(a: np.ndarray) -> list:
-    return [float(np.format_float_positional(v, unique=True, trim="-")) for v in np.asarray(a, np.float32).ravel()]
-
-
-def _entry(arrays: dict[str, np.ndarray], row: int) -> dict:
-    out = {}
-    for name, a in arrays.items():
-        v = a[row]
-        content = [int(i) for i in v.ravel()] if np.issubdtype(v.dtype, np.integer) else _floats(v)
-        out[name] = {"content": content, "shape": list(v.shape)}
-    return out
+def _content(v: np.ndarray) -> list:
+    if np.issubdtype(v.dtype, np.integer):
+        return [int(i) for i in v.ravel()]
+    return [float(np.format_float_positional(f, unique=True, trim="-")) for f in np.asarray(v, np.float32).ravel()]
 
 
 def arrays_for(kind: str, artifacts: Path, repo: Path, n: int) -> dict[str, np.ndarray]:
-    """(n, ...) arrays per input tensor for a batch kind; tick_streams is handled by `streams_for`."""
+    """(n, ...) arrays per input tensor for a batch kind (not tick_streams, not texts)."""
     if kind == "windows":
         x, _ = data.load_windows(artifacts, "test")
         return {"window": x[_spread(len(x), n)]}
@@ -68,9 +61,8 @@ def arrays_for(kind: str, artifacts: Path, repo: Path, n: int) -> dict[str, np.n
         x = arrays_for("windows", artifacts, repo, n)["window"]
         out = {}
         for name in ("nhits", "reservoir"):
-            sess = ort.InferenceSession(
-                str(spec.served_version_dir(name, repo) / spec.ONNX_FP32), providers=["CPUExecutionProvider"]
-            )
+            path = spec.served_version_dir(name, repo) / spec.ONNX_FP32
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             out[f"{name}_forecast"] = sess.run(["forecast"], {"window": x})[0].astype(np.float32)
         return out
     raise ValueError(f"unknown input kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -84,40 +76,35 @@ def texts_for(artifacts: Path, n: int) -> list[str]:
     return [pool[i] for i in _spread(len(pool), n)]
 
 
-def streams_for(artifacts: Path, streams: int, length: int) -> np.ndarray:
-    """(streams, length) hourly ticks: the start of the test split of `streams` different assets."""
-    series = data.load_series(artifacts, "test")
-    if length > series.shape[1]:
-        raise ValueError(f"tick_streams length {length} is longer than the test split ({series.shape[1]} ticks)")
-    return series[_spread(len(series), streams), :length].astype(np.float32)
-
-
 def write(kind: str, artifacts: Path, repo: Path, out: Path, n: int = 512, length: int = spec.INPUT_SIZE) -> Path:
     """Write one --input-data file; `n` entries (or `n` streams of `length` ticks for tick_streams)."""
     log.info("input data %s: %s x %d -> %s", kind, "streams" if kind == "tick_streams" else "entries", n, out)
-    if kind == "tick_streams":
-        ticks = streams_for(artifacts, n, length)
-        return _dump({"data": [[{"tick": {"content": _floats(v), "shape": [1]}} for v in s] for s in ticks]}, out)
+    if kind == "tick_streams":  # the start of the test split of n different assets
+        series = data.load_series(artifacts, "test")
+        if length > series.shape[1]:
+            raise ValueError(f"tick_streams length {length} is longer than the test split ({series.shape[1]} ticks)")
+        ticks = series[_spread(len(series), n), :length].astype(np.float32)
+        return _dump([[{"tick": {"content": _content(v), "shape": [1]}} for v in s] for s in ticks], out)
     if kind == "texts":
-        return _dump({"data": [{"text": {"content": [t], "shape": [1]}} for t in texts_for(artifacts, n)]}, out)
+        return _dump([{"text": {"content": [t], "shape": [1]}} for t in texts_for(artifacts, n)], out)
     return write_arrays(arrays_for(kind, artifacts, repo, n), out)
 
 
 def write_arrays(arrays: dict[str, np.ndarray], out: Path) -> Path:
     """An --input-data file with one request per row of `arrays` ({tensor: (n, ...)})."""
     n = len(next(iter(arrays.values())))
-    return _dump({"data": [_entry(arrays, i) for i in range(n)]}, out)
+    return _dump(
+        [{k: {"content": _content(a[i]), "shape": list(a[i].shape)} for k, a in arrays.items()} for i in range(n)], out
+    )
 
 
-def _dump(body: dict, out: Path) -> Path:
+def _dump(entries: list, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(body, separators=(",", ":")))
+    out.write_text(json.dumps({"data": entries}, separators=(",", ":")))
     return out
 
 
 def tensors_in(path: Path) -> set[str]:
     """Input tensor names a written --input-data file fills."""
-    body = json.loads(path.read_text())
-    first = body["data"][0]
-    first = first[0] if isinstance(first, list) else first
-    return set(first)
+    first = json.loads(path.read_text())["data"][0]
+    return set(first[0] if isinstance(first, list) else first)

@@ -1,13 +1,10 @@
-"""Temporary copies of the model repository with edited configs, and real servers over them.
-
-The copies hold rewritten configs and symbolic links to the version folders' files, so a copy of the
-full-size repository costs nothing. Every measurement server is `serving.server.TritonServer` (the
-real tritonserver 2.51.0 of the pytriton wheel) on free loopback ports.
-"""
+"""Copies of the model repository with edited configs (version files linked, so a copy costs nothing), and
+real servers over them: `serving.server.TritonServer` (tritonserver 2.51.0 of the pytriton wheel)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -43,8 +40,7 @@ def copy_repository(
     model is served with (configs/<config>.pbtxt, or config.pbtxt for ensembles), link the version files.
     `variants` adds models served from another one's config: {new_name: (source_name, edit)}."""
     src, dst = Path(src).resolve(), Path(dst)
-    if dst.exists():
-        shutil.rmtree(dst)
+    shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
     wanted = list(models) if models is not None else models_in(src)
     jobs = [(name, name, edit) for name in wanted] + [(n, s, e) for n, (s, e) in (variants or {}).items()]
@@ -56,9 +52,7 @@ def copy_repository(
                 os.symlink(f.resolve(), ddir / "1" / f.name)
         mine = f"configs/{config}.pbtxt"
         served = mine if (sdir / mine).is_file() else "config.pbtxt"
-        for rel in ("config.pbtxt", mine):
-            if not (sdir / rel).is_file():
-                continue
+        for rel in [r for r in ("config.pbtxt", mine) if (sdir / r).is_file()]:
             (ddir / rel).parent.mkdir(parents=True, exist_ok=True)
             if rel == served and (fn is not None or name != source):
                 cfg = load_config(sdir / rel)
@@ -69,9 +63,6 @@ def copy_repository(
             else:
                 shutil.copy2(sdir / rel, ddir / rel)
     return dst
-
-
-# ----------------------------------------------------------------------------------- edits
 
 
 def cache_off(_name: str, cfg: mc.ModelConfig) -> None:
@@ -88,9 +79,6 @@ def batching_off(name: str, cfg: mc.ModelConfig) -> None:
     cfg.ClearField("dynamic_batching")
 
 
-# ----------------------------------------------------------------------------------- servers
-
-
 def _ready(server: TritonServer, model: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{model}/ready", timeout=2) as r:
@@ -99,32 +87,24 @@ def _ready(server: TritonServer, model: str) -> bool:
         return False
 
 
-def wait_models(server: TritonServer, models: Iterable[str], timeout: float = 120.0) -> None:
-    deadline, pending = time.monotonic() + timeout, list(models)
-    while (pending := [m for m in pending if not _ready(server, m)]) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if pending:
-        raise ServerError(f"models not ready after {timeout:.0f} s: {pending}\n{server.tail()}")
-
-
 @contextlib.contextmanager
 def serve(
     repo: Path, run_dir: Path, timeout: float = 300.0, tries: int = 3, config: str = "cpu"
 ) -> Iterator[TritonServer]:
-    """A real tritonserver over `repo` on free ports, every model ready; stopped on exit.
-
-    A free port can be taken between choosing and binding it (other servers run on this machine): the
-    server then exits, and it is started again on new ports."""
+    """A real tritonserver over `repo` on free ports, every model ready; stopped on exit. A free port can be
+    taken between choosing and binding it (other servers run here): the server is then started on new ports."""
     last: Exception | None = None
     for _ in range(tries):
         ports = {f"{k}_port": free_port() for k in ("http", "grpc", "metrics")}
         server = TritonServer(repo, **ports, run_dir=run_dir, config_name=config)
         try:
             server.start(timeout)
+            deadline, pending = time.monotonic() + timeout, models_in(repo)
             time.sleep(0.5)
-            if server.process.poll() is not None:
-                raise ServerError(f"tritonserver exited right after readiness:\n{server.tail()}")
-            wait_models(server, models_in(repo), timeout)
+            while server.process.poll() is None and (pending := [m for m in pending if not _ready(server, m)]):
+                if time.monotonic() > deadline:
+                    raise ServerError(f"models not ready after {timeout:.0f} s: {pending}\n{server.tail()}")
+                time.sleep(0.5)
             if server.process.poll() is not None:
                 raise ServerError(f"tritonserver exited while its models loaded:\n{server.tail()}")
         except ServerError as exc:
@@ -141,7 +121,5 @@ def serve(
 
 
 def server_version(http_url: str) -> str:
-    import json
-
     with urllib.request.urlopen(f"http://{http_url}/v2", timeout=5) as r:
         return json.load(r).get("version", "?")

@@ -1,32 +1,16 @@
 """Scenario files (perf/scenarios/*.yaml): what `make perf` measures per model and ensemble.
 
-A scenario names a model, the kind of real input data its requests carry (perf/inputs.py) and a list
-of runs. Each run expands to perf_analyzer points:
-
-    runs:
-      - name: sweep                         # the first run: knee, chosen point, plots
-        protocol: grpc                      # grpc | http
-        concurrency: [1, 2, 4, 8, 16, 32]   # one point per value (closed loop)
-      - name: rate
-        request_rate_of_peak: [0.25, 0.9]   # open loop (Poisson arrivals) at fractions of the sweep's peak
-      - name: batch
-        batch_size: [8, 64]                 # client-side batch (-b)
-        concurrency: [2]
-      - name: shm
-        shared_memory: system               # perf_analyzer's system shared memory for inputs and outputs
-        concurrency: [8]
-      - name: windowed
-        model: reservoir                    # a run may measure another model (with its own input_data)
-        input_data: {kind: windows, n: 512}
-
-Optional top-level keys: `batching_off: {concurrency: [...]}` (measured again on a server whose
-configs have no dynamic_batching), `baselines: [eager, ort]`, `variants` (extra models served from a
-config copy, e.g. the cached recommend), `compare` (stream vs windowed runs), `measurement`.
+A scenario names a model, the kind of real input data its requests carry (perf/inputs.py) and runs; each
+run expands to perf_analyzer points, one per concurrency (closed loop) or request rate (Poisson arrivals;
+`request_rate_of_peak`: fractions of the first run's peak), per client batch size (`batch_size`). A run may
+measure another model with its own `input_data`. Optional: `batching_off: {concurrency: [...]}` (again on a
+server without dynamic_batching), `baselines: [eager, ort]`, `variants` (models served from a config copy,
+e.g. the cached recommend), `compare` (stream vs windowed runs), `measurement`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -40,7 +24,8 @@ RUN_KEYS = set(
     "name model protocol concurrency request_rate request_rate_of_peak batch_size shared_memory async "
     "sequence_length sequence_id_range input_data".split()
 )
-TOP_KEYS = {"model", "about", "input_data", "runs", "batching_off", "baselines", "variants", "compare", "measurement"}
+BASELINES = ("eager", "ort", "sentence_transformers")
+QUICK_KEEP = 16  # the concurrency of the dynamic-batching comparison survives the quick profile
 
 
 @dataclass
@@ -68,6 +53,9 @@ class Scenario:
         return self.variants.get(model, {}).get("of", model)
 
 
+TOP_KEYS = {f.name for f in fields(Scenario)} - {"name", "path"}
+
+
 def load(path: Path) -> Scenario:
     body = yaml.safe_load(Path(path).read_text())
     if not isinstance(body, dict):
@@ -83,67 +71,51 @@ def load(path: Path) -> Scenario:
 
 def load_all(directory: Path = SCENARIO_DIR, models: set[str] | None = None) -> list[Scenario]:
     out = [load(p) for p in sorted(directory.glob("*.yaml"))]
-    if models:
-        out = [s for s in out if s.name in models or s.model in models]
-    return out
+    return [s for s in out if s.name in models or s.model in models] if models else out
 
 
 def _as_list(v) -> list:
     return list(v) if isinstance(v, list | tuple) else [v]
 
 
-def config_inputs(repo: Path, model: str) -> dict[str, list[str]]:
-    """{config file: input tensor names} of a model's configs in `repo` (committed configs suffice)."""
-    from serving.repository import load_config
-
-    out = {}
-    for rel in ("config.pbtxt", "configs/cpu.pbtxt"):
-        path = repo / model / rel
-        if path.is_file():
-            out[rel] = [t.name for t in load_config(path).input]
-    return out
-
-
 def validate(s: Scenario, repo: Path = spec.MODEL_REPOSITORY) -> list[str]:
     """Problems with one scenario: unknown models, tensors the input data would not fill, bad run keys."""
-    where = s.path.name if s.path else s.name
-    problems = [
-        f"{where}: variant {variant} is `of` an unknown model {v.get('of')!r}"
-        for variant, v in s.variants.items()
-        if v.get("of") not in spec.MODELS
-    ]
-    problems += [f"{where}: no runs"] if not s.runs else []
-    for i, run in enumerate(s.runs):
-        problems += [f"{where}: run {run.get('name', i)!r}: {p}" for p in _run_problems(s, i, run, repo)]
     names = {r.get("name") for r in s.runs}
-    problems += [
-        f"{where}: compare.{k} names no run"
-        for k in ("stream", "window")
-        if s.compare and s.compare.get(k) not in names
+    checks = [
+        (v.get("of") not in spec.MODELS, f"variant {k} is `of` an unknown model {v.get('of')!r}")
+        for k, v in s.variants.items()
     ]
-    return problems + [
-        f"{where}: baseline {b!r} is not one of {', '.join(BASELINES)}" for b in s.baselines if b not in BASELINES
+    checks += [(not s.runs, "no runs")]
+    checks += [
+        (True, f"run {r.get('name', i)!r}: {p}") for i, r in enumerate(s.runs) for p in _run_problems(s, i, r, repo)
     ]
+    checks += [(s.compare and s.compare.get(k) not in names, f"compare.{k} names no run") for k in ("stream", "window")]
+    checks += [(b not in BASELINES, f"baseline {b!r} is not one of {', '.join(BASELINES)}") for b in s.baselines]
+    where = s.path.name if s.path else s.name
+    return [f"{where}: {message}" for bad, message in checks if bad]
 
 
 def _run_problems(s: Scenario, i: int, run: dict, repo: Path) -> list[str]:
+    from serving.repository import load_config
+
     unknown = set(run) - RUN_KEYS
-    out = ([f"unknown keys {sorted(unknown)}"] if unknown else []) + (
-        ["`name` is required"] if "name" not in run else []
-    )
+    checks = [(unknown, f"unknown keys {sorted(unknown)}"), ("name" not in run, "`name` is required")]
     model = s.run_model(run)
     base, kind = s.base_model(model), s.run_input(run).get("kind")
-    if base not in spec.MODELS:
-        return out + [f"unknown model {model!r}"]
-    if kind not in KINDS:
-        return out + [f"input_data kind {kind!r} is not one of {KINDS}"]
+    if base not in spec.MODELS or kind not in KINDS:
+        why = (
+            f"unknown model {model!r}" if base not in spec.MODELS else f"input_data kind {kind!r} is not one of {KINDS}"
+        )
+        return [message for bad, message in checks if bad] + [why]
     ms, fills, sequence = spec.MODELS[base], set(TENSORS[kind]), base == spec.STREAM.name
     want = {t.name for t in ms.inputs}
-    checks = [(fills != want, f"input_data {kind} fills {sorted(fills)}, {base} takes {sorted(want)}")]
-    checks += [
-        (fills != set(names), f"{base}/{rel} inputs {names} are not what {kind} fills {list(TENSORS[kind])}")
-        for rel, names in config_inputs(repo, base).items()
-    ]
+    checks += [(fills != want, f"input_data {kind} fills {sorted(fills)}, {base} takes {sorted(want)}")]
+    for rel in ("config.pbtxt", "configs/cpu.pbtxt"):  # the committed configs take the same tensors
+        if (repo / base / rel).is_file():
+            names = [t.name for t in load_config(repo / base / rel).input]
+            checks += [
+                (fills != set(names), f"{base}/{rel} inputs {names} are not what {kind} fills {list(TENSORS[kind])}")
+            ]
     has_c, has_r = "concurrency" in run, ("request_rate" in run or "request_rate_of_peak" in run)
     checks += [
         (run.get("protocol", "grpc") not in ("grpc", "http"), "protocol must be grpc or http"),
@@ -152,21 +124,15 @@ def _run_problems(s: Scenario, i: int, run: dict, repo: Path) -> list[str]:
             "request_rate_of_peak" in run and i == 0,
             "the first run is the sweep the others refer to; it cannot be a fraction of it",
         ),
+        (sequence != (kind == "tick_streams"), f"tick_streams input is for the sequence model {spec.STREAM.name} only"),
+        ("sequence_length" in run and not sequence, f"sequence_length only applies to {spec.STREAM.name}"),
+        (run.get("shared_memory", "none") not in ("none", "system"), "shared_memory must be none or system"),
     ]
     checks += [
         (not 1 <= int(b) <= ms.max_batch_size, f"batch_size {b} outside [1, {ms.max_batch_size}]")
         for b in _as_list(run.get("batch_size", 1))
     ]
-    checks += [
-        (sequence != (kind == "tick_streams"), f"tick_streams input is for the sequence model {spec.STREAM.name} only"),
-        ("sequence_length" in run and not sequence, f"sequence_length only applies to {spec.STREAM.name}"),
-        (run.get("shared_memory", "none") not in ("none", "system"), "shared_memory must be none or system"),
-    ]
-    return out + [message for bad, message in checks if bad]
-
-
-BASELINES = ("eager", "ort", "sentence_transformers")
-QUICK_KEEP = 16  # the concurrency of the dynamic-batching comparison survives the quick profile
+    return [message for bad, message in checks if bad]
 
 
 def quick(values: list, keep: int = 2) -> list:
@@ -189,10 +155,9 @@ def points(
     is_quick: bool = False,
 ) -> list[Point]:
     """perf_analyzer points of one run; `peak` is the sweep's peak throughput for request_rate_of_peak runs."""
-    label = f"{s.name}.{run['name']}"
     common = {
         "model": s.run_model(run),
-        "label": label,
+        "label": f"{s.name}.{run['name']}",
         "protocol": run.get("protocol", "grpc"),
         "input_data": str(input_file),
         "shared_memory": run.get("shared_memory", "none"),
@@ -202,21 +167,18 @@ def points(
         "measurement": measurement,
     }
     batches = [int(b) for b in _as_list(run.get("batch_size", 1))]
-    out = []
+    sizes = quick(batches, 1) if is_quick else batches
     if "concurrency" in run:
         values = [int(c) for c in _as_list(run["concurrency"])]
-        values = quick(values) if is_quick else values
-        for b in quick(batches, 1) if is_quick else batches:
-            out += [Point(concurrency=c, batch_size=b, **common) for c in values]
+        return [
+            Point(concurrency=c, batch_size=b, **common) for b in sizes for c in (quick(values) if is_quick else values)
+        ]
+    if "request_rate" in run:
+        rates = [float(r) for r in _as_list(run["request_rate"])]
+    elif peak:
+        rates = [round(f * peak / max(batches), 1) for f in _as_list(run["request_rate_of_peak"])]
     else:
-        if "request_rate" in run:
-            rates = [float(r) for r in _as_list(run["request_rate"])]
-        else:
-            if not peak:
-                return []
-            rates = [round(f * peak / max(batches), 1) for f in _as_list(run["request_rate_of_peak"])]
-        rates = [r for r in rates if r > 0]
-        rates = rates[len(rates) // 2 : len(rates) // 2 + 1] if is_quick and rates else rates
-        for b in quick(batches, 1) if is_quick else batches:
-            out += [Point(request_rate=r, batch_size=b, **common) for r in rates]
-    return out
+        return []
+    rates = [r for r in rates if r > 0]
+    rates = rates[len(rates) // 2 : len(rates) // 2 + 1] if is_quick else rates
+    return [Point(request_rate=r, batch_size=b, **common) for b in sizes for r in rates]

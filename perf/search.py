@@ -3,16 +3,12 @@
     python -m perf.search --models nhits,similarity            # profile, change nothing
     python -m perf.search --models nhits --apply               # ... and write the winner into configs/cpu.pbtxt
 
-Model Analyzer (its own virtualenv `.venv-ma`, perf/model-analyzer.txt says why) runs `model-analyzer profile`
-in local launch mode: it starts the wheel's tritonserver, with this project's backend directory (Triton's ONNX
-Runtime backend from `make backend`), over a copy of the repository whose `config.pbtxt` is each model's
-committed `configs/cpu.pbtxt` (response cache off), every model `cpu_only`, and measures every combination
-of perf/search.yaml (instance count, ONNX Runtime intra-op threads, queue delay, preferred batch sizes, the
-model file: FP32 or INT8) with perf_analyzer on real input data at each concurrency. The objective is
-throughput, the constraint p99 <= the budget; the winner is the fastest variant-and-concurrency that meets
-it. Everything lands in perf/results/search/<id>/: Model Analyzer's config, results CSV, summary and
-detailed reports and plots (`ma/`), every variant's config (`ma/output_repository/`) and `search.json`
-(every measured point, the winners); `latest` points at the newest run.
+`model-analyzer profile` (its own virtualenv `.venv-ma`, perf/model-analyzer.txt says why) in local launch mode
+starts the wheel's tritonserver with this project's backends over a copy of the repository whose config.pbtxt is
+each model's committed configs/cpu.pbtxt (cache off), every model `cpu_only`, and measures every combination of
+perf/search.yaml with perf_analyzer on real input data at each concurrency: throughput under p99 <= the budget.
+perf/results/search/<id>/ holds Model Analyzer's config, results, reports and variant configs (`ma/`) and
+`search.json` (every measured point, the winners); `latest` points at the newest run.
 """
 
 from __future__ import annotations
@@ -45,7 +41,9 @@ COMMENT = "# perf-search: "
 
 
 def read_space(path: Path = SPACE) -> dict:
+    """The search space, each model's entry completed from `defaults`."""
     space = yaml.safe_load(path.read_text())
+    space["models"] = {name: {**space.get("defaults", {}), **m} for name, m in space["models"].items()}
     for name, m in space["models"].items():
         missing = {"input", "instances", "intra_op_threads", "max_queue_delay_us", "files"} - set(m)
         if missing:
@@ -68,18 +66,12 @@ def model_config_parameters(m: dict) -> dict:
 
 def input_repository(repo: Path, dst: Path, models: list[str]) -> Path:
     """Each model's committed cpu config as its config.pbtxt (what Model Analyzer varies), cache off, files linked."""
-    from google.protobuf import text_format
+    from perf.repo import copy_repository
 
-    if dst.exists():
-        shutil.rmtree(dst)
+    copy_repository(repo, dst, models, edit=lambda _name, cfg: cfg.ClearField("response_cache"))
     for name in models:
-        (dst / name / "1").mkdir(parents=True)
-        cfg = load_config(repo / name / "configs" / "cpu.pbtxt")
-        cfg.ClearField("response_cache")
-        (dst / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
-        for f in sorted(spec.version_dir(name, repo).iterdir()):
-            if f.is_file() and f.name != ".gitkeep":
-                (dst / name / "1" / f.name).symlink_to(f.resolve())
+        (dst / name / "configs" / "cpu.pbtxt").replace(dst / name / "config.pbtxt")
+        (dst / name / "configs").rmdir()
     return dst
 
 
@@ -187,9 +179,6 @@ def _lone_request_cost(r: dict) -> tuple:
     return s["delay_us"], s["instances"] * s["threads"], -r["throughput"]
 
 
-# ----------------------------------------------------------------------------------- --apply
-
-
 def render_config(text: str, s: dict, comment: str) -> str:
     """The committed cpu.pbtxt text with the winner's settings and a comment; everything else as written."""
     lines = [ln for ln in text.splitlines() if not ln.startswith(COMMENT)]
@@ -223,13 +212,11 @@ def apply(repo: Path, model: str, s: dict, comment: str) -> Path:
     tmp = path.with_suffix(".pbtxt.tmp")
     tmp.write_text(render_config(path.read_text(), s, comment))
     try:
-        back = settings(load_config(tmp))
+        if (back := settings(load_config(tmp))) != s:
+            raise ValueError(f"{path}: the rewritten config reads back as {back}, not {s}")
     except ValueError:
         tmp.unlink()
         raise
-    if back != s:
-        tmp.unlink()
-        raise ValueError(f"{path}: the rewritten config reads back as {back}, not {s}")
     os.replace(tmp, path)
     write_variants(repo, [model])
     return path
@@ -245,12 +232,17 @@ def winner_comment(run_id: str, result: dict, entry: dict) -> str:
     )
 
 
+def apply_winners(repo: Path, run_id: str, result: dict) -> None:
+    for model, entry in result["models"].items():
+        if entry["winner"]:
+            path = apply(repo, model, entry["winner"]["settings"], winner_comment(run_id, result, entry))
+            entry["applied_to"] = str(path)
+            print(f"{model}: {describe(entry['winner']['settings'])} -> {path}")
+
+
 def describe(s: dict) -> str:
     pref = ",".join(map(str, s["preferred"])) or "none"
     return f"{s['instances']} instance(s) x {s['threads']} thread(s), delay {s['delay_us']} us, preferred {pref}, {s['file']}"
-
-
-# ----------------------------------------------------------------------------------- CLI
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -295,13 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.apply_run is not None:
         result = json.loads((args.apply_run / "search.json").read_text())
-        for model, entry in result["models"].items():
+        for entry in result["models"].values():
             entry["winner"] = winner(entry["points"])  # the rule of this code, on that run's points
-            if entry.get("winner"):
-                path = apply(
-                    args.repo, model, entry["winner"]["settings"], winner_comment(args.apply_run.name, result, entry)
-                )
-                print(f"{model}: {describe(entry['winner']['settings'])} -> {path}")
+        apply_winners(args.repo, args.apply_run.name, result)
         return 0
     run_id = time.strftime("%Y%m%d-%H%M%S")
     work = (args.out / run_id).resolve()
@@ -350,9 +338,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{model}: {describe(best['settings'])}: {best['throughput']:.0f}/s at c{best['concurrency']}, "
                 f"p99 {best['p99_ms']:.2f} ms"
             )
-        if best is not None and args.apply:
-            entry["applied_to"] = str(apply(args.repo, model, best["settings"], winner_comment(run_id, result, entry)))
         result["models"][model] = entry
+    if args.apply:
+        apply_winners(args.repo, run_id, result)
     (work / "search.json").write_text(json.dumps(result, indent=2) + "\n")
     shutil.rmtree(work / "input_repository", ignore_errors=True)  # links only
     latest = args.out / "latest"
