@@ -36,6 +36,7 @@ from tritonclient.utils import np_to_triton_dtype
 from clients.client import Client, Endpoint
 from clients.errors import ClientError, InferenceServerError
 from clients.op import Op
+from clients.transport import server_timeout_us
 from models import spec
 from serving.server import ADMIN_HEADER
 
@@ -145,11 +146,13 @@ class SharedMemoryClient(Client):
             self._regions[op.name] = regions
             return regions
 
-    def _attempt(self, ep: Endpoint, op: Op, arrays: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+    def _attempt(
+        self, ep: Endpoint, op: Op, arrays: dict[str, np.ndarray], timeout: float, priority: int = 0
+    ) -> dict[str, np.ndarray]:
         batch = len(next(iter(arrays.values())))
         regions = self._regions_for(ep, op, timeout)
         if batch > regions.capacity or batch == 0:  # only with validate=False: let the server answer it
-            return super()._attempt(ep, op, arrays, timeout)
+            return super()._attempt(ep, op, arrays, timeout, priority)
         lib = ep.transport.lib
         with regions.lock:
             inputs = []
@@ -167,8 +170,11 @@ class SharedMemoryClient(Client):
                     regions.outputs.name, batch * _row_bytes(t), offset=regions.outputs.offsets[t.name]
                 )
                 outputs.append(out)
+            queue = {"priority": int(priority), "timeout": server_timeout_us(timeout)}
             result = ep.transport.run(
-                lambda c, kw: c.infer(op.name, inputs, outputs=outputs, **kw), timeout, ep.transport.where(op.name)
+                lambda c, kw: c.infer(op.name, inputs, outputs=outputs, **queue, **kw),
+                timeout,
+                ep.transport.where(op.name),
             )
             got = {}
             for t in op.spec.outputs:

@@ -49,9 +49,10 @@ def _build(name: str, ckpt: dict) -> nn.Module:
         tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
         return NHITS(NHITSConfig(**tuples))
     if name == "reservoir":
-        rcfg = ReservoirConfig(**cfg)
+        rcfg = ReservoirConfig.from_dict(cfg)
         n = rcfg.units
-        zeros = (np.zeros((n, n), np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32))
+        m = rcfg.block_size if rcfg.blocks > 1 else n
+        zeros = (np.zeros((m, m), np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32))
         return Reservoir(rcfg, weights=zeros)
     if name == "forecast_blend":
         return Blend(horizon=cfg["horizon"])
