@@ -560,7 +560,13 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if args.sequences == 1:
             forecasts, lat = replay(
-                args.url, series[0], args.sequence_id, args.protocol, args.model, args.timeout, False if args.unary else None
+                args.url,
+                series[0],
+                args.sequence_id,
+                args.protocol,
+                args.model,
+                args.timeout,
+                False if args.unary else None,
             )
             for t in range(series.shape[1]):
                 print(
