@@ -29,6 +29,7 @@ recurrence) or, where that misses its bound, the "stepwise" graph: the equations
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from dataclasses import asdict, dataclass
@@ -282,11 +283,13 @@ class Reservoir(nn.Module):
         u = self.encode(torch.as_tensor(windows, dtype=torch.float32))
         return self.readout(u[:, -1:], self.final_states(u))
 
-    def features(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Readout features [1; u_T; x_T] (B, N + 2) float64 and u (B, T) float64 of raw windows (B, T)."""
+    def features(self, windows: np.ndarray, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Readout features [1; u_T; x_T] (B, N + 2) float64 and u (B, T) float64 of raw windows (B, T); computed
+        in float32 as served, or in float64 throughout (`exact`, for the float32 error of a readout)."""
+        model = copy.deepcopy(self).double() if exact else self
         with torch.no_grad():
-            u = self.encode(torch.as_tensor(windows, dtype=torch.float32))
-            x = self.final_states(u)
+            u = model.encode(torch.as_tensor(windows, dtype=torch.float64 if exact else torch.float32))
+            x = model.final_states(u)
         feats = np.concatenate([np.ones((len(u), 1)), u[:, -1:].numpy(), x.numpy()], axis=1)
         return feats.astype(np.float64), u.numpy().astype(np.float64)
 
