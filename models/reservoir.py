@@ -10,21 +10,22 @@ states of zero-start windows. The transform is per tick and stateless, so a serv
 tick at a time and keep only x (`ReservoirStream`), and get the same forecast as the windowed model.
 
 The project's reservoir (topology "blocks", the default) is built for a 168-step window in about a
-millisecond at batch 1 (the measurements are in the README, "Performance"):
+millisecond at batch 1 (`python -m perf.reservoir_graphs` times the candidates; README "Performance"):
 
 - W is block-diagonal, `units / block_size` copies of one dense random block (block_size x block_size,
   at the configured spectral radius), so one step is a single small GEMM over the state laid out as
   (B * blocks, block_size): 40 kB of weights, not the 4 MB a dense 1000 x 1000 matrix reads per step;
-- the leak is folded into the recurrent matrix (`fold_leak`): x_t = tanh(W' x_{t-1} + a (W_in u_t + b))
-  with W' = (1 - a) I + a W, the leaky integrator's first-order form (equal to it where tanh is
-  linear), so a step is one Gemm + Tanh, which ONNX Runtime fuses into one kernel;
-- the input projection a (W_in u_t + b) is computed for INPUT_CHUNK steps at once, outside the
-  recurrence ("fused" graph).
+- the "fused" graph computes the input projection W_in u_t + b for INPUT_CHUNK steps at once, outside
+  the recurrence, and carries s = x / a: s_t = (1 - a) s_{t-1} + tanh((a W) s_{t-1} + W_in u_t + b), a
+  Gemm + Tanh (ONNX Runtime fuses them into one kernel), a Mul and an Add per step;
+- `fold_leak` (off by default) folds the leak into W, x_t = tanh(((1 - a) I + a W) x_{t-1} + a (W_in u_t + b)),
+  the leaky integrator's first-order form: one kernel per step, but its readouts amplify float32 rounding
+  about twice as much at the same ridge (measured on the validation split), which cost 3 % of test MAE
+  under the float32 bound of models.train.
 
 Topology "random" is the former reservoir (a Bernoulli(density) N x N W); an imported ESN
-(export/import_reservoirpy.py) brings its own dense W, keeps the leaky update as it is (`fold_leak`
-False) and gets either the "fused" graph (the same equations with the input projection outside the
-recurrence) or, where that misses its bound, the "stepwise" graph: the equations above node by node.
+(export/import_reservoirpy.py) brings its own dense W and gets either the "fused" graph or, where that
+misses its import bound, the "stepwise" graph: the equations above node by node.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class ReservoirConfig:
     transform: str = "log"
     topology: str = "blocks"  # see the module docstring
     block_size: int = 100  # topology "blocks": units per block (units must be a multiple)
-    fold_leak: bool = True  # x_t = tanh(((1 - a) I + a W) x_{t-1} + a (W_in u_t + b)): one Gemm + Tanh per step
+    fold_leak: bool = False  # x_t = tanh(((1 - a) I + a W) x_{t-1} + a (W_in u_t + b)): module docstring
     graph: str = "fused"  # the ONNX graph forward() traces to: "fused" or "stepwise" (module docstring)
 
     @property
@@ -178,33 +179,37 @@ class Reservoir(nn.Module):
         p = u[:, None, :, None] * self.w_in.reshape(g, 1, m) + self.bias.reshape(g, 1, m)  # (B, G, c, M)
         return list(torch.split(p.reshape(-1, c * m), m, dim=1))
 
-    def fused_step(self, p_t: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """p_t, z (B * blocks, M) -> new z: Gemm(z, W^T, p_t) + Tanh (and the leak, when not folded)."""
-        if z is None:
-            h = torch.tanh(p_t)
-            a = self.cfg.step_leak
-            return h if a == 1.0 else a * h
-        h = torch.tanh(torch.addmm(p_t, z, self.w.t()))
+    def fused_step(self, p_t: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+        """p_t, s (B * blocks, M) -> new s. The fused graph carries s = x / a, so a step is Gemm(s, (a W)^T, p_t) +
+        Tanh, and with a leak that is not folded, s' = (1 - a) s + that: a Mul and an Add (x = a s at the end)."""
+        if s is None:
+            return torch.tanh(p_t)
         a = self.cfg.step_leak
-        return h if a == 1.0 else (1.0 - a) * z + a * h
+        h = torch.tanh(torch.addmm(p_t, s, self.w.t() * a if a != 1.0 else self.w.t()))
+        return h if a == 1.0 else (1.0 - a) * s + h
 
-    def fused_states(self, u: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """u (B, T) encoded ticks from state z (B * blocks, M) (None: zero) -> the state after each tick, as
-        a (T, B, N) tensor: the recurrence the fused graph runs, in INPUT_CHUNK-step chunks."""
-        out = []
+    def fused_states(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, T) encoded ticks -> the state x after each tick from zero, as a (T, B, N) tensor: the recurrence
+        the fused graph runs, in INPUT_CHUNK-step chunks."""
+        out, s = [], None
         for t0 in range(0, u.shape[1], INPUT_CHUNK):
             for p_t in self.projections(u[:, t0 : t0 + INPUT_CHUNK]):
-                z = self.fused_step(p_t, z)
-                out.append(z)
-        return torch.stack(out).reshape(len(out), -1, self.cfg.units)
+                s = self.fused_step(p_t, s)
+                out.append(s)
+        return self.unscaled(torch.stack(out)).reshape(len(out), -1, self.cfg.units)
 
     def fused_final(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, T) -> x_T (B, N) through the fused recurrence (what forward() exports)."""
-        z = None
+        s = None
         for t0 in range(0, u.shape[1], INPUT_CHUNK):
             for p_t in self.projections(u[:, t0 : t0 + INPUT_CHUNK]):
-                z = self.fused_step(p_t, z)
-        return z.reshape(-1, self.cfg.units)
+                s = self.fused_step(p_t, s)
+        return self.unscaled(s).reshape(-1, self.cfg.units)
+
+    def unscaled(self, s: torch.Tensor) -> torch.Tensor:
+        """x = a s (the fused graph's state is s = x / a)."""
+        a = self.cfg.step_leak
+        return s if a == 1.0 else s * a
 
     def readout(self, u_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """u_t (B, 1), x (B, N) -> forecast (B, H) in raw units."""
@@ -329,7 +334,9 @@ class ReservoirStream(nn.Module):
         u = core.encode(tick)  # (B, 1)
         if core.cfg.graph == "fused":  # the window's arithmetic, one step: the stream equals the window
             (p,) = core.projections(u)
-            x = core.fused_step(p, state.reshape(-1, core.cfg.units // core.cfg.blocks)).reshape(-1, core.cfg.units)
+            a = core.cfg.step_leak
+            s = state.reshape(-1, core.cfg.units // core.cfg.blocks)
+            x = core.unscaled(core.fused_step(p, s if a == 1.0 else s / a)).reshape(-1, core.cfg.units)
         else:
             x = core.step(u, state)  # (B, N)
         return core.readout(u, x), x

@@ -9,8 +9,9 @@ Candidates (1000 units, 168 steps, the project's exporter and value guard unless
 - former_fused: the same W and update, the input projection computed outside the recurrence (fused graph);
 - former_int8: former_fused with each recurrent Gemm's state input quantized with the fixed scale 1/127 (the
   state is tanh-bounded, |x| < 1: no calibration) and W INT8 per output unit, everything else FP32;
-- blocks_stepwise: the served reservoir (block-diagonal W, leak folded), node by node;
-- blocks: the served graph (fused: one Gemm + Tanh per step);
+- blocks_stepwise: the served reservoir (block-diagonal W), its leaky update node by node;
+- blocks: the served graph (fused: input projection in chunks, Gemm + Tanh, Mul, Add per step);
+- blocks_folded: the same with the leak folded into W (one Gemm + Tanh per step);
 - blocks_loop: the served step inside one ONNX Loop over the 168 steps (hand-built; no value guard).
 
 Weights are random (timing does not depend on their values); every candidate is checked against its PyTorch
@@ -40,7 +41,7 @@ from models import spec
 log = logging.getLogger("perf.reservoir_graphs")
 
 DEFAULT_OUT = spec.ROOT / "perf" / "results" / "reservoir_graphs.json"
-CANDIDATES = ("former", "former_fused", "former_int8", "blocks_stepwise", "blocks", "blocks_loop")
+CANDIDATES = ("former", "former_fused", "former_int8", "blocks_stepwise", "blocks", "blocks_folded", "blocks_loop")
 STATE_SCALE = 1.0 / 127.0  # |x| < 1 after tanh: INT8 steps of 1/127 cover it
 
 
@@ -55,6 +56,7 @@ def module(name: str):
         "former_fused": replace(base, topology="random", fold_leak=False, graph="fused", input_scaling=0.1),
         "former_int8": replace(base, topology="random", fold_leak=False, graph="fused", input_scaling=0.1),
         "blocks_stepwise": replace(base, graph="stepwise"),
+        "blocks_folded": replace(base, fold_leak=True),
     }.get(name, base)
     m = Reservoir(cfg)
     m.in_loc.fill_(4.5)
@@ -110,7 +112,7 @@ def quantize_recurrent(proto: onnx.ModelProto) -> int:
             done[node.input[1]] = base + "_dq"
         s, z = f"state_q_scale_{n}", f"state_q_zero_{n}"
         g.initializer.extend(
-            [numpy_helper.from_array(np.float32(STATE_SCALE), s), numpy_helper.from_array(np.int8(0), z)]
+            [numpy_helper.from_array(np.float32(STATE_SCALE), s), numpy_helper.from_array(np.uint8(128), z)]
         )
         q_out, dq_out = f"{node.input[0]}_q{n}", f"{node.input[0]}_dq{n}"
         added += [
@@ -139,7 +141,7 @@ def topological(nodes: list, known: set[str]) -> list:
 
 
 def loop_graph(m) -> onnx.ModelProto:
-    """window -> forecast with the fused step (Gemm + Tanh over (B * blocks, M)) inside an ONNX Loop."""
+    """window -> forecast with the fused step (over s = x / a, (B * blocks, M)) inside an ONNX Loop."""
     from models.reservoir import EPS
 
     cfg = m.cfg
@@ -162,6 +164,7 @@ def loop_graph(m) -> onnx.ModelProto:
         "last": np.array([t_ - 1], np.int64),
         "end": np.array([t_], np.int64),
         "ax1": np.array([1], np.int64),
+        "leak": np.float32(cfg.step_leak),
     }
     inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in c.items()]
     nodes = [
@@ -182,7 +185,9 @@ def loop_graph(m) -> onnx.ModelProto:
             oh.make_node("Add", ["i", "one"], ["t"]),
             oh.make_node("Gather", ["P", "t"], ["p_t"], axis=0),
             oh.make_node("Gemm", ["z_in", "w_t", "p_t"], ["pre"]),
-            oh.make_node("Tanh", ["pre"], ["z_out"]),
+            oh.make_node("Tanh", ["pre"], ["h"]),
+            oh.make_node("Mul", ["z_in", "keep"], ["kept"]),
+            oh.make_node("Add", ["kept", "h"], ["z_out"]),
             oh.make_node("Identity", ["cond_in"], ["cond_out"]),
         ],
         "step",
@@ -197,12 +202,14 @@ def loop_graph(m) -> onnx.ModelProto:
         ],
         [
             numpy_helper.from_array(np.array(1, np.int64), "one"),
-            numpy_helper.from_array(np.ascontiguousarray(m.w.numpy().T), "w_t"),
+            numpy_helper.from_array(np.ascontiguousarray(cfg.step_leak * m.w.numpy().T), "w_t"),
+            numpy_helper.from_array(np.float32(1.0 - cfg.step_leak), "keep"),
         ],
     )
     nodes += [
         oh.make_node("Loop", ["trips", "cond", "z0"], ["zT"], body=body),
-        oh.make_node("Reshape", ["zT", "shape_x"], ["x"]),
+        oh.make_node("Mul", ["zT", "leak"], ["xT"]),
+        oh.make_node("Reshape", ["xT", "shape_x"], ["x"]),
         oh.make_node("Gemm", ["x", "r_x", "r_b"], ["r0"], transB=1),
         oh.make_node("Slice", ["u", "last", "end", "ax1"], ["u_last"]),
         oh.make_node("Mul", ["u_last", "r_u"], ["ru"]),

@@ -32,7 +32,10 @@ def fitted(cfg: ReservoirConfig) -> Reservoir:
     return m.eval()
 
 
-@pytest.fixture(scope="module", params=[CFG, FORMER], ids=["blocks", "former"])
+FOLDED = ReservoirConfig(**{**CFG.__dict__, "fold_leak": True})
+
+
+@pytest.fixture(scope="module", params=[CFG, FOLDED, FORMER], ids=["blocks", "blocks-folded", "former"])
 def model(request) -> Reservoir:
     return fitted(request.param)
 
@@ -64,15 +67,15 @@ def test_spectral_radius_is_the_configured_one():
     w, _, _ = make_weights(FORMER)
     assert radius(w) == pytest.approx(FORMER.spectral_radius, rel=1e-5)
     assert 0.05 < np.mean(w != 0) < 0.15  # sparse at the configured density
-    block, w_in, b = make_weights(ReservoirConfig(**{**CFG.__dict__, "fold_leak": False}))
+    block, w_in, b = make_weights(CFG)
     assert block.shape == (CFG.block_size, CFG.block_size)
     assert radius(dense_matrix(block, CFG)) == pytest.approx(CFG.spectral_radius, rel=1e-5)  # every block's
 
 
 def test_the_folded_leak_is_the_leaky_integrators_first_order_form():
     a = CFG.leak
-    block, w_in, b = make_weights(ReservoirConfig(**{**CFG.__dict__, "fold_leak": False}))
-    folded, f_in, f_b = make_weights(CFG)
+    block, w_in, b = make_weights(CFG)
+    folded, f_in, f_b = make_weights(FOLDED)
     np.testing.assert_allclose(folded, (1 - a) * np.eye(CFG.block_size) + a * block, atol=1e-6)
     np.testing.assert_allclose(f_in, a * w_in, rtol=1e-6)
     np.testing.assert_allclose(f_b, a * b, rtol=1e-6)
