@@ -391,7 +391,7 @@ def import_stream(
     calib = torch.from_numpy(data.calib_windows)
     with torch.no_grad():  # calibration states: the state after all ticks of a window but the last
         if calib.shape[1] > 1:
-            states = module.final_states(module.encode(calib[:, :-1]))
+            states = module.stream_state(module.encode(calib[:, :-1]))
         else:
             states = torch.zeros(len(calib), esn.units)
     ticks = calib[:, -1:].contiguous()

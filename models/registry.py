@@ -104,7 +104,7 @@ def example_inputs(name: str, artifacts: Path, split: str = "train", n: int = 64
         reservoir = load_model("reservoir", artifacts)
         if name == "reservoir_stream":
             # State after all ticks but the last, and the last tick: what the server holds mid-sequence.
-            state = reservoir.final_states(reservoir.encode(x[:, :-1]))
+            state = reservoir.stream_state(reservoir.encode(x[:, :-1]))
             return (x[:, -1:].contiguous(), state)
         nhits = load_model("nhits", artifacts)
         return (nhits(x), reservoir.predict(x))

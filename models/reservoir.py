@@ -198,13 +198,19 @@ class Reservoir(nn.Module):
                 out.append(s)
         return self.unscaled(torch.stack(out)).reshape(len(out), -1, self.cfg.units)
 
-    def fused_final(self, u: torch.Tensor) -> torch.Tensor:
-        """u (B, T) -> x_T (B, N) through the fused recurrence (what forward() exports)."""
+    def fused_final(self, u: torch.Tensor, scaled: bool = False) -> torch.Tensor:
+        """u (B, T) -> x_T (B, N) through the fused recurrence (what forward() exports); `scaled`: s_T = x_T / a."""
         s = None
         for t0 in range(0, u.shape[1], INPUT_CHUNK):
             for p_t in self.projections(u[:, t0 : t0 + INPUT_CHUNK]):
                 s = self.fused_step(p_t, s)
-        return self.unscaled(s).reshape(-1, self.cfg.units)
+        return (s if scaled else self.unscaled(s)).reshape(-1, self.cfg.units)
+
+    @torch.no_grad()
+    def stream_state(self, u: torch.Tensor) -> torch.Tensor:
+        """The state ReservoirStream carries after the ticks u (B, T) from zero: s = x / a with the fused graph
+        (its arithmetic is the window's, step for step), x with the stepwise one."""
+        return self.fused_final(u, scaled=True) if self.cfg.graph == "fused" else self.final_states(u)
 
     def unscaled(self, s: torch.Tensor) -> torch.Tensor:
         """x = a s (the fused graph's state is s = x / a)."""
@@ -323,7 +329,8 @@ def ridge(feats: np.ndarray, targets: np.ndarray, lam: float, gram: np.ndarray |
 
 
 class ReservoirStream(nn.Module):
-    """forward(tick (B, 1), state (B, N)) -> (forecast (B, H), new_state (B, N)); start from state = 0."""
+    """forward(tick (B, 1), state (B, N)) -> (forecast (B, H), new_state (B, N)); start from state = 0. The state
+    is what Reservoir.stream_state returns: s = x / a with the fused graph, so a tick is the window's step."""
 
     def __init__(self, reservoir: Reservoir):
         super().__init__()
@@ -334,11 +341,9 @@ class ReservoirStream(nn.Module):
         u = core.encode(tick)  # (B, 1)
         if core.cfg.graph == "fused":  # the window's arithmetic, one step: the stream equals the window
             (p,) = core.projections(u)
-            a = core.cfg.step_leak
-            s = state.reshape(-1, core.cfg.units // core.cfg.blocks)
-            x = core.unscaled(core.fused_step(p, s if a == 1.0 else s / a)).reshape(-1, core.cfg.units)
-        else:
-            x = core.step(u, state)  # (B, N)
+            s = core.fused_step(p, state.reshape(-1, core.cfg.units // core.cfg.blocks)).reshape(-1, core.cfg.units)
+            return core.readout(u, core.unscaled(s)), s
+        x = core.step(u, state)  # (B, N)
         return core.readout(u, x), x
 
 

@@ -45,8 +45,8 @@ from models.similarity import Similarity, UserEmbedding  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-# Half decades: the float32 bound below falls between decades.
-RIDGE_GRID = tuple(v * 10.0**e for e in range(-10, 2) for v in (1.0, 3.0))
+# 1-2-5 steps per decade: the float32 bound below falls between decades.
+RIDGE_GRID = tuple(v * 10.0**e for e in range(-10, 2) for v in (1.0, 2.0, 5.0))
 # The reservoir's input scaling is chosen on validation too (a block-diagonal reservoir has fewer distinct modes
 # than the former random one; smaller inputs keep it in tanh's linear range, where its memory is longest).
 INPUT_SCALINGS = (0.01, 0.02, 0.05, 0.1)
