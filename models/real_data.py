@@ -158,8 +158,9 @@ def load_tokenizer(path: Path, max_tokens: int | None = None):
     from tokenizers import Tokenizer
 
     if max_tokens is None:
-        st = Path(path).parent / "sentence_bert_config.json"
-        max_tokens = int(json.loads(st.read_text()).get("max_seq_length") or MAX_TOKENS) if st.is_file() else MAX_TOKENS
+        from models.text_encoder import EncoderConfig
+
+        max_tokens = EncoderConfig.read(Path(path).parent).max_tokens
     tok = Tokenizer.from_file(str(path))
     tok.enable_truncation(max_length=max_tokens)
     tok.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest text of each call

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-TRANSFORMER = "sentence_transformers.models.Transformer"
-POOLING = "sentence_transformers.models.Pooling"
-NORMALIZE = "sentence_transformers.models.Normalize"
+# module kinds of modules.json, by class name: sentence-transformers 2-5 write sentence_transformers.models.Pooling,
+# 6 writes sentence_transformers.sentence_transformer.modules.pooling.Pooling
+TRANSFORMER, POOLING, NORMALIZE = "Transformer", "Pooling", "Normalize"
 POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
 UNSUPPORTED_POOLING = (
     "pooling_mode_max_tokens",
@@ -70,7 +70,9 @@ class EncoderConfig:
         if not folder.is_dir():
             raise EncoderError(f"{folder} is not a directory (ENCODER names a sentence-transformers folder)")
         modules = load("modules.json")
-        kinds = [m.get("type") for m in modules] if isinstance(modules, list) else []
+        types = [str(m.get("type", "")) for m in modules] if isinstance(modules, list) else []
+        kinds = [t.rsplit(".", 1)[-1] if t.startswith("sentence_transformers.") else t for t in types]
+        modules = [m | {"type": k} for m, k in zip(modules if types else [], kinds, strict=True)]
         if not kinds or kinds[0] != TRANSFORMER or POOLING not in kinds:
             raise EncoderError(f"{folder}/modules.json: expected Transformer then Pooling modules, got {kinds}")
         if other := [k for k in kinds if k not in (TRANSFORMER, POOLING, NORMALIZE)]:
@@ -104,6 +106,13 @@ class EncoderConfig:
         pooling_dir = next(m for m in modules if m["type"] == POOLING).get("path", "1_Pooling")
         pool = load(f"{pooling_dir}/config.json")
         modes = [mode for key, mode in POOLING_MODES.items() if pool.get(key)]
+        if "pooling_mode" in pool:  # sentence-transformers 6: one string
+            named = {"mean": "mean", "cls": "cls"}.get(str(pool["pooling_mode"]))
+            if named is None:
+                raise EncoderError(
+                    f"{folder}/{pooling_dir}/config.json: pooling_mode {pool['pooling_mode']!r} is not supported (mean or cls)"
+                )
+            modes = [named]
         if bad := [k for k in UNSUPPORTED_POOLING if pool.get(k)]:
             raise EncoderError(f"{folder}/{pooling_dir}/config.json: {bad[0]} is not supported (mean or CLS pooling)")
         if len(modes) != 1:
@@ -111,13 +120,21 @@ class EncoderConfig:
                 f"{folder}/{pooling_dir}/config.json: exactly one of mean or CLS pooling must be on, got {modes or 'none'}"
             )
         dim = int(config["hidden_size"])
-        if int(pool.get("word_embedding_dimension", dim)) != dim:
+        if int(pool.get("word_embedding_dimension", pool.get("embedding_dimension", dim))) != dim:
             raise EncoderError(
                 f"{folder}/{pooling_dir}/config.json: word_embedding_dimension differs from hidden_size {dim}"
             )
-        max_tokens = int(st.get("max_seq_length") or config.get("max_position_embeddings", 512))
-        if max_tokens > int(config.get("max_position_embeddings", max_tokens)):
-            raise EncoderError(f"{folder}: max_seq_length {max_tokens} exceeds max_position_embeddings")
+        # SentenceTransformer's truncation: sentence_bert_config.json's max_seq_length (up to version 5), else the
+        # tokenizer's model_max_length (6), at most max_position_embeddings
+        positions = int(config.get("max_position_embeddings", 512))
+        tok_cfg = (
+            json.loads((folder / "tokenizer_config.json").read_text())
+            if (folder / "tokenizer_config.json").is_file()
+            else {}
+        )
+        max_tokens = int(st.get("max_seq_length") or min(int(tok_cfg.get("model_max_length") or positions), positions))
+        if max_tokens > positions:
+            raise EncoderError(f"{folder}: max_seq_length {max_tokens} exceeds max_position_embeddings {positions}")
         return cls(
             pooling=modes[0],
             normalize=NORMALIZE in kinds,
