@@ -694,15 +694,21 @@ def _dynamic(src: Path, dst: Path) -> None:
     """quantize_dynamic: INT8 weights per output channel, activations quantized per call (MatMulInteger)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=["MatMul"],
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        # after the transformer optimizer some tensors have no inferred type; they are all FP32 here
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # ORT logs a line per tensor on the root logger
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            # after the transformer optimizer some tensors have no inferred type; they are all FP32 here
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        root.setLevel(level)
 
 
 def _blockwise(src: Path, dst: Path, block: int) -> None:
