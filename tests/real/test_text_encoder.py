@@ -119,3 +119,27 @@ def test_bad_token_rows_answer_nan_and_leave_batch_mates_alone(triton_real, real
     assert np.isnan(emb[[1, 3, 4]]).all()
     keep = [0, 2, 5]
     assert common.relative_error(emb[keep], good[keep]) <= 1e-5
+
+
+def test_the_cpu_file_is_the_fastest_candidate_that_meets_the_gates(real_artifacts, real_repo):
+    """calibration.json's "cpu_file": every candidate held to the gates, the served file is the chosen one."""
+    from calibration.calibrate import CANDIDATES, TEXT_COSINE_MEAN_GOAL, TEXT_COSINE_MIN_GOAL, TEXT_RECALL_GOAL
+
+    entry = json.loads((real_artifacts / "reports" / "calibration.json").read_text())["models"]["text_encoder"]
+    cpu = entry["cpu_file"]
+    assert list(cpu["candidates"]) and set(cpu["candidates"]) == set(CANDIDATES)
+    for name, c in cpu["candidates"].items():
+        met = (
+            c["cosine_fp32_mean"] >= TEXT_COSINE_MEAN_GOAL
+            and c["cosine_fp32_min"] >= TEXT_COSINE_MIN_GOAL
+            and c["recall_at_k"] >= TEXT_RECALL_GOAL
+            and c["batch_effect_max_abs"] <= common.GUARD_BOUND
+        )
+        assert c["meets_gates"] == met, name
+    assert cpu["candidates"][cpu["chosen"]]["meets_gates"] and cpu["guard"]["passed"]
+    fastest = min(c["batch1_p50_ms"] + c["batch8_per_text_ms"] for c in cpu["candidates"].values() if c["meets_gates"])
+    chosen = cpu["candidates"][cpu["chosen"]]
+    assert chosen["batch1_p50_ms"] + chosen["batch8_per_text_ms"] <= 1.05 * fastest
+    path = spec.version_dir("text_encoder", real_repo) / spec.ONNX_CPU
+    record = json.loads(path.with_name(path.name + ".json").read_text())
+    assert record["candidate"] == cpu["chosen"] and record["onnx_sha256"] == common.sha256_file(path)

@@ -41,7 +41,8 @@ class TritonPythonModel:
         tok.no_padding()
         self.tokenizer = tok
         buckets = sorted({int(b) for b in params.get("length_buckets", "").split(",") if b.strip()})
-        self.buckets = [b for b in buckets if b < self.max_tokens] + [self.max_tokens]
+        # no buckets: padded to the request's longest text (requests of different lengths then never batch)
+        self.buckets = [b for b in buckets if b < self.max_tokens] + [self.max_tokens] if buckets else []
         self.invalid = getattr(pb_utils.TritonError, "INVALID_ARG", None)
 
     def texts(self, rows: np.ndarray) -> list[str]:
@@ -66,7 +67,7 @@ class TritonPythonModel:
                 texts = self.texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy())
                 enc = self.tokenizer.encode_batch(texts)
                 longest = max(len(e.ids) for e in enc)
-                width = next(b for b in self.buckets if b >= longest)
+                width = next((b for b in self.buckets if b >= longest), longest)
                 ids = np.zeros((len(enc), width), dtype=np.int64)  # (B, T): [PAD] is id 0
                 mask = np.zeros((len(enc), width), dtype=np.int64)
                 for row, e in enumerate(enc):
