@@ -756,7 +756,7 @@ def _bucket_feeds(tok: Any, texts: list[str], batch: int, buckets: list[int]) ->
     """Feeds of `batch` texts of one bucket each, padded to it as the served tokenizer pads."""
     from models import real_data
 
-    lengths = [len(e.ids) for e in tok.encode_batch(texts)]
+    lengths = [sum(e.attention_mask) for e in tok.encode_batch(texts)]  # tok pads to the longest: count tokens
     by_bucket: dict[int, list[str]] = {}
     for text, n in zip(texts, lengths, strict=True):
         by_bucket.setdefault(next((b for b in buckets if b >= n), n), []).append(text)
