@@ -92,7 +92,7 @@ def use_encoder(artifacts: Path, folder: Path | None) -> dict:
     Returns what describes the encoder (the train report's)."""
     import shutil
 
-    from models.text_encoder import POOLING, EncoderConfig
+    from models.text_encoder import EncoderConfig
 
     root = Path(artifacts) / PRETRAINED_DIR
     record = root / CUSTOM_ENCODER
@@ -112,9 +112,12 @@ def use_encoder(artifacts: Path, folder: Path | None) -> dict:
     for name in ENCODER_FILES:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, tmp / name)
-    modules = json.loads((folder / "modules.json").read_text())
-    pooling = next(m for m in modules if m["type"] == POOLING)["path"]
-    shutil.copytree(folder / pooling, tmp / pooling)
+    for module in json.loads((folder / "modules.json").read_text()):  # Pooling's and Normalize's folders: configs
+        sub = str(module.get("path") or "")
+        if sub and (folder / sub).is_dir() and not (folder / sub).is_symlink():
+            shutil.copytree(
+                folder / sub, tmp / sub, symlinks=False, ignore=shutil.ignore_patterns("*.py", "*.bin", "*.pt")
+            )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     info = {"encoder": folder.name, "source": str(folder), "dir": CUSTOM_DIR, **cfg.as_dict()}
