@@ -16,8 +16,8 @@ SIZE ?= full
 DATA ?= synthetic
 ARTIFACTS ?= artifacts
 REPO ?= model_repository
-# the configs make export serves (export-small: the committed ones, into the test repository)
-CONFIGS ?= $(REPO)
+# the configs make export serves: the repository's own, or the committed ones for a new repository
+CONFIGS ?= $(if $(wildcard $(REPO)/*/config.pbtxt),$(REPO),model_repository)
 # Versions move together (DESIGN.md): server 2.51.0 = NGC 24.10 = TensorRT 10.5.
 TRITONSERVER_IMAGE_VERSION ?= 24.10
 TRITONSERVER_IMAGE ?= nvcr.io/nvidia/tritonserver:$(TRITONSERVER_IMAGE_VERSION)-py3
@@ -28,8 +28,12 @@ TEST_REAL_ROOT ?= build/test-real
 SOURCES := $(shell find models export calibration -name '*.py' 2>/dev/null) serving/publish.py serving/repository.py pyproject.toml
 # Your data (README "Your data"): SERIES=prices.csv (unique_id, ds, y; .parquet too), CATALOG=items.npy (or
 # .parquet with an id column), USERS=users.parquet, INPUT_SIZE / HORIZON (168 / 24), RESERVOIR_TRANSFORM=identity
-# for series with values <= 0. Each changes what is trained, so each is part of the stamp's name.
+# for series with values <= 0, DOCS=docs.parquet (integer id + text; .csv / .jsonl too: the search catalog),
+# ENCODER=path/to/folder (a BERT-family sentence-transformers folder instead of all-MiniLM-L6-v2).
+# Each changes what is trained, so each is part of the stamp's name.
 SERIES ?=
+DOCS ?=
+ENCODER ?=
 CATALOG ?=
 USERS ?=
 INPUT_SIZE ?=
@@ -37,8 +41,9 @@ HORIZON ?=
 RESERVOIR_TRANSFORM ?=
 data_flags = $(if $(SERIES),--series $(SERIES)) $(if $(CATALOG),--catalog $(CATALOG)) $(if $(USERS),--users $(USERS)) \
 	$(if $(INPUT_SIZE),--input-size $(INPUT_SIZE)) $(if $(HORIZON),--horizon $(HORIZON)) \
-	$(if $(RESERVOIR_TRANSFORM),--reservoir-transform $(RESERVOIR_TRANSFORM))
-$(foreach f,$(SERIES) $(CATALOG) $(USERS),$(if $(wildcard $(f)),,$(error $(f) does not exist (SERIES / CATALOG / USERS name your files))))
+	$(if $(RESERVOIR_TRANSFORM),--reservoir-transform $(RESERVOIR_TRANSFORM)) \
+	$(if $(DOCS),--docs $(DOCS)) $(if $(ENCODER),--encoder $(ENCODER))
+$(foreach f,$(SERIES) $(CATALOG) $(USERS) $(DOCS) $(ENCODER),$(if $(wildcard $(f)),,$(error $(f) does not exist (SERIES / CATALOG / USERS / DOCS / ENCODER name your files))))
 data_tag = $(if $(strip $(data_flags)),-$(shell echo '$(strip $(data_flags))' | sha1sum | cut -c1-8))
 STAMP := $(ARTIFACTS)/.export-$(strip $(DATA))-$(strip $(SIZE))-$(strip $(TARGET))$(data_tag).stamp
 # make export builds here, beside $(REPO) on its file system, and moves the verified model folders in
@@ -72,7 +77,8 @@ export: $(VENV)/.installed backend ## train, export ONNX, calibrate INT8, build 
 # Atomic: every stage after training writes into $(STAGE), a copy of the repository's model folders beside it;
 # the last one verifies the stage (hashes, layout) and moves each model folder into $(REPO) (serving/publish.py).
 # A failed or interrupted run leaves $(REPO) byte-identical, and the stage for inspection.
-$(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(SERIES) $(CATALOG) $(USERS)
+$(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(wildcard $(CONFIGS)/*/1/model.py) $(SERIES) $(CATALOG) $(USERS) $(DOCS) \
+		$(if $(ENCODER),$(shell find $(ENCODER) -type f 2>/dev/null))
 	@test "$(DATA)" = synthetic -o "$(DATA)" = real || { echo "DATA must be synthetic or real, got '$(DATA)'" >&2; exit 2; }
 	@rm -f $(ARTIFACTS)/.export-*.stamp  # another profile's stamp no longer describes these artifacts
 	$(PY) -m serving.repository --repo $(CONFIGS) --check-layout --any-dims
@@ -106,8 +112,14 @@ rollout: $(VENV)/.installed ## MODEL=<name> FROM=<export repository>: roll a new
 	@test -n "$(MODEL)" -a -n "$(FROM)" || { echo "make rollout needs MODEL=<served model> FROM=<export repository>" >&2; exit 2; }
 	$(PY) -m serving.rollout --model $(MODEL) --from $(FROM) --repo $(REPO) $(if $(URL),--url $(URL))
 
-demo: backend export ## start Triton, call every model and ensemble over gRPC and HTTP, stop (DATA=real: MovieLens search)
-	$(PY) -m clients demo --repo $(REPO) --artifacts $(ARTIFACTS)
+# The demo answers with real titles: its export is the real profile (MovieLens, real series) in a folder of its own,
+# so that `make perf` keeps measuring the synthetic seeds' sizes in $(REPO) and neither export replaces the other.
+# DATA=... on the command line, or your files (DOCS, SERIES, CATALOG, USERS), choose the demo's data instead.
+DEMO_DATA = $(if $(filter command line,$(origin DATA)),$(DATA),$(if $(strip $(DOCS)$(SERIES)$(CATALOG)$(USERS)),synthetic,real))
+DEMO_ROOT ?= build/demo
+demo: $(VENV)/.installed backend ## export the real profile into build/demo, start Triton, call every model over gRPC and HTTP, stop
+	@$(MAKE) --no-print-directory export DATA=$(DEMO_DATA) ARTIFACTS=$(DEMO_ROOT)/artifacts REPO=$(DEMO_ROOT)/model_repository
+	$(PY) -m clients demo --repo $(DEMO_ROOT)/model_repository --artifacts $(DEMO_ROOT)/artifacts
 
 system-deps: ## install the Debian packages of .ci/apt-packages.txt that are missing
 	@scripts/install-system-deps.sh
