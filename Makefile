@@ -46,7 +46,7 @@ STAGE = $(dir $(patsubst %/,%,$(REPO))).$(notdir $(patsubst %/,%,$(REPO))).stage
 size_flag = $(if $(filter small,$(strip $(SIZE))),--small,)
 data_flag = --data $(strip $(DATA))
 
-.PHONY: help venv backend system-deps export export-small export-small-real serve rollout demo test lint clean
+.PHONY: help venv backend system-deps export export-stage export-small export-small-real serve rollout demo test lint clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -77,6 +77,12 @@ $(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(SERI
 	@rm -f $(ARTIFACTS)/.export-*.stamp  # another profile's stamp no longer describes these artifacts
 	$(PY) -m serving.repository --repo $(CONFIGS) --check-layout --any-dims
 	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag) $(data_flag) $(data_flags)
+	@# from the stage to the commit under the repository's writer lock: one writer at a time (serving/publish.py)
+	$(PY) -m serving.publish --repo $(REPO) --hold -- $(MAKE) --no-print-directory export-stage
+	@touch $@
+
+# The stage steps of make export; run by it under the writer lock, not by hand.
+export-stage:
 	$(PY) -m serving.publish --repo $(REPO) --prepare $(STAGE) --configs-from $(CONFIGS) --artifacts $(ARTIFACTS)
 	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(STAGE)
@@ -85,7 +91,6 @@ $(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(SERI
 	$(PY) -m export.summary --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m serving.integrity --repo $(STAGE) --write --scan
 	$(PY) -m serving.publish --repo $(REPO) --commit $(STAGE) --check-layout --artifacts $(ARTIFACTS)
-	@touch $@
 
 export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_ROOT)
 	@$(MAKE) --no-print-directory export SIZE=small DATA=synthetic ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository \
