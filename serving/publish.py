@@ -245,7 +245,7 @@ def _artifact_entries(repo: Path, models: Iterable[str]) -> dict[str, dict]:
     wanted = set(models)
     return {
         f.relative_to(repo).as_posix(): {"sha256": integrity.sha256_file(f), "bytes": f.stat().st_size}
-        for f in integrity.artifact_files(repo)
+        for f in integrity.model_files(repo)
         if f.relative_to(repo).parts[0] in wanted
     }
 

@@ -45,11 +45,10 @@ def test_a_verified_stage_replaces_each_folder_and_merges_the_manifest(repo):
         assert stage.commit() == ["a", "b"]
     assert (repo / "a/1/model.onnx").read_bytes() == b"new a" and (repo / "b/1/model.onnx").is_file()
     assert (repo / "keep/1/model.onnx").read_bytes() == b"untouched"
-    assert sorted(json.loads((repo / integrity.MANIFEST).read_text())["files"]) == [
-        "a/1/model.onnx",
-        "b/1/model.onnx",
-        "keep/1/model.onnx",
-    ]
+    files = ("config.pbtxt", "1/model.onnx", "1/model.onnx.json")  # every file the model loads, configs too
+    assert sorted(json.loads((repo / integrity.MANIFEST).read_text())["files"]) == sorted(
+        f"{m}/{f}" for m in ("a", "b", "keep") for f in files
+    )
     assert integrity.verify_repository(repo) == [] and not list(repo.parent.glob(".*stage*"))
 
 
