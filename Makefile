@@ -7,6 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Triton Model Analyzer's own virtualenv (perf/model-analyzer.txt says why)
 MA_VENV ?= .venv-ma
+# checkov's own virtualenv (deploy/checkov.txt says why)
+CHECKOV_VENV ?= .venv-checkov
 # TARGET: cpu = ONNX for Triton's ONNX Runtime backend; gpu = also TensorRT plans
 TARGET ?= cpu
 # SIZE: full = the sizes of DESIGN.md; small = tests and CI
@@ -18,8 +20,9 @@ ARTIFACTS ?= artifacts
 REPO ?= model_repository
 # the configs make export serves (export-small: the committed ones, into the test repository)
 CONFIGS ?= $(REPO)
-# Versions move together (DESIGN.md): server 2.51.0 = NGC 24.10 = TensorRT 10.5.
-TRITONSERVER_IMAGE_VERSION ?= 24.10
+# Production (images, compose, Kubernetes, TensorRT plans) runs NGC 26.10 (TensorRT 11.4); the local cpu target
+# runs the wheel's Triton 2.51.0, the newest a registry ships (README, Two targets, says why they differ).
+TRITONSERVER_IMAGE_VERSION ?= 26.10
 TRITONSERVER_IMAGE ?= nvcr.io/nvidia/tritonserver:$(TRITONSERVER_IMAGE_VERSION)-py3
 TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
 
@@ -117,7 +120,7 @@ demo: backend export ## start Triton, call every model and ensemble over gRPC an
 system-deps: ## install the Debian packages of .ci/apt-packages.txt that are missing
 	@scripts/install-system-deps.sh
 
-test: system-deps backend $(MA_VENV)/.installed export-small export-small-real ## run the test suite against a real Triton (installs what it needs)
+test: system-deps backend $(MA_VENV)/.installed $(CHECKOV_VENV)/.installed export-small export-small-real ## run the test suite against a real Triton (installs what it needs)
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed ## ruff lint and format check
