@@ -29,7 +29,7 @@ runs in the type the ONNX file gives it (NVIDIA's "Migrating from TensorRT 10.x 
 
 Compare TensorRT with ONNX Runtime on the same ONNX file (in the TensorRT container):
 
-    polygraphy run artifacts/tensorrt/nhits.fp16.onnx --onnxrt --trt \\
+    polygraphy run artifacts/tensorrt/nhits.model.fp16.onnx --onnxrt --trt \\
         --trt-min-shapes window:[1,168] --trt-opt-shapes window:[256,168] --trt-max-shapes window:[1024,168] \\
         --input-shapes window:[64,168] --atol 1e-2 --rtol 1e-2
     polygraphy run model_repository/nhits/1/model.int8.onnx --onnxrt --trt \\
