@@ -255,7 +255,7 @@ def rollout_killed(src_repo: Path, work: Path, workload: Workload, workers: int 
     try:
         time.sleep(1.0)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while not control.versions("nhits" + rollout.CANARY_SUFFIX) and proc.poll() is None:
+        while not rollout.canary_ready(control, "nhits") and proc.poll() is None:
             if time.monotonic() - t0 > 300:
                 raise RuntimeError("the canary never loaded")
             time.sleep(0.05)

@@ -138,6 +138,14 @@ class Control:
         self.client.close()
 
 
+def canary_ready(control: Control, model: str) -> bool:
+    """Is `<model>__canary` loaded and ready? (It is loaded from the request, so the repository index omits it.)"""
+    try:
+        return bool(control.client.is_model_ready(model + CANARY_SUFFIX))
+    except Exception:  # noqa: BLE001 - tritonclient raises for a model the server does not know
+        return False
+
+
 def _message(exc: BaseException) -> str:
     text = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
     return " ".join(str(text).split())

@@ -263,7 +263,7 @@ def test_a_rollout_killed_during_its_canary_leaves_version_n_for_the_next_start(
     control = rollout.Control(server.grpc_url, server.key)
     try:
         deadline = time.monotonic() + 120
-        while not control.versions("nhits" + rollout.CANARY_SUFFIX):
+        while not rollout.canary_ready(control, "nhits"):
             assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]
             assert time.monotonic() < deadline, "the canary never loaded"
             time.sleep(0.05)
