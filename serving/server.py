@@ -8,9 +8,11 @@ module assembles a backend directory (that `onnxruntime` backend; the python bac
 the running Python, for models that are Python by nature), sets PATH / LD_LIBRARY_PATH as DESIGN.md
 requires (without the virtualenv first on PATH a python model silently received all-zero inputs), starts
 the server on 127.0.0.1 with `--model-config-name=cpu` (`--config-name cpu_fp32` / `cpu_int8`: the other
-precision), and waits for readiness with a timeout.
+precision), and waits for readiness with a timeout. A `--host` other than loopback needs `--expose` as well:
+this wheel's Triton 2.51 can be stopped by one unauthenticated request (RELIABILITY.md); production runs NGC.
 
-Before starting, every artifact (`*.onnx`, `*.plan`) is checked against the SHA-256 recorded at export
+Before starting, what a killed writer left beside the repository is finished or removed (serving.publish.recover,
+under the repository's writer lock), then every file a model loads is checked against the SHA-256 recorded at export
 (serving.integrity: the provenance record beside each file and `<repo>/integrity.json`); a file that
 does not match, has no record, or is missing refuses the start with one line per file; with
 `--exclude-unverified` the server starts instead with every other model (explicit model-control mode,
@@ -23,8 +25,9 @@ at start and then accepts load / unload through the restricted model-repository 
 The model-repository (load/unload), shared-memory, logging and trace APIs are restricted behind a key: clients
 send the header `triton-admin-key: <key>` over HTTP and `triton-grpc-protocol-triton-admin-key`
 over gRPC (`admin_headers()` builds either). The key comes from `--admin-key-file` or the
-TRITON_ADMIN_KEY environment variable, else a random one is written (mode 0600) into the run
-directory; it is never logged.
+TRITON_ADMIN_KEY environment variable, else a random one is written into the run directory (created with mode
+0600 in one call); it is never logged, and tritonserver (with every backend it starts) gets an environment
+without TRITON_ADMIN_KEY / TRITON_ADMIN_KEY_FILE.
 """
 
 from __future__ import annotations
