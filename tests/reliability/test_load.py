@@ -7,7 +7,8 @@ from reliability.load import LAG_LIMIT_S, OK, Record, Run, lag_bounded
 
 def run_with(lags: list[float], seconds: float = 30.0, unsent: int = 0) -> Run:
     step = seconds / len(lags)
-    return Run([Record(i * step, 0.01, "nhits", "grpc", OK, lag=lag) for i, lag in enumerate(lags)], unsent)
+    records = [Record(i * step, 0.01, "nhits", "grpc", OK, lag=lag) for i, lag in enumerate(lags)]
+    return Run(records, unsent, seconds=seconds)
 
 
 def test_a_steady_small_lag_is_bounded():
