@@ -325,6 +325,7 @@ def concurrent_writers(work: Path, rounds: int = 20) -> dict:
 
     repo = work / "writers" / "model_repository"
     repo.mkdir(parents=True)
+    integrity.write_manifest(repo)  # a repository with a manifest, as make export leaves it
     ctx = multiprocessing.get_context("spawn")
     t = time.monotonic()
     procs = [
@@ -374,14 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     models = tuple({args.model, *ENSEMBLE_STEPS["forecast"], "forecast"})
     targets = tuple(t for t in (*models, "recommend") if t in USERS.get(args.model, ()) or t in models)
-    workload = build_workload(args.repo, args.artifacts, n=32, targets=targets)
+    loads = {"bad_artifacts", "kill", "restart", "rollout_killed"} & set(scenarios)
+    workload = build_workload(args.repo, args.artifacts, n=32, targets=targets) if loads else None
     results: dict = {
         "command": " ".join(["python -m reliability.faults", *(argv if argv is not None else sys.argv[1:])])
     }
     if "bad_artifacts" in scenarios:
         results["bad_artifacts"] = bad_artifacts(args.repo, work / "bad", workload=workload)
-    repo = copy_repo(args.repo, work / "repo", models)
     if "kill" in scenarios or "restart" in scenarios:
+        repo = copy_repo(args.repo, work / "repo", models)
         server = make_server(repo, work / "run")
         server.start(timeout=300)
         try:
