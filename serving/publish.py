@@ -363,7 +363,8 @@ def _roll_forward(stage: Path, journal: dict) -> None:
             os.rename(repo / name, old / name)
             log.info("retired %s from %s: the dims served leave it out (models.spec.OPTIONAL_MODELS)", name, repo)
     fsync_dir(repo)
-    merge_manifest(repo, journal["models"], journal.get("manifest", False))
+    # a retired model's files leave the manifest with it (its configs were listed: every file a model loads is)
+    merge_manifest(repo, [*journal["models"], *journal.get("retire", [])], journal.get("manifest", False))
     shutil.rmtree(stage, ignore_errors=True)
     log.info("published %s into %s", ", ".join(journal["models"]), repo)
 
