@@ -339,14 +339,15 @@ def measure_max(
     return best, best_workers, steps
 
 
-LAG_LIMIT_S = 1.0  # a paced rate is sustained when the schedule's lag stays under this to the end of a probe
+LAG_LIMIT_S = 1.0  # a paced rate is sustained when the 99th percentile of the schedule's lag stays under this
 LAG_GROWTH_S = 0.1  # ... and its mean over the last third is at most this much above the first third's
 
 
 def lag_bounded(run: Run, seconds: float) -> tuple[bool, dict]:
-    """Did the paced schedule keep up? The lag of the last third of the run under LAG_LIMIT_S and not growing (a
-    rate past capacity builds lag linearly: excess / rate x t), and no more requests left unsent at the end than
-    a lag within the limit leaves (the requests due in the last LAG_LIMIT_S)."""
+    """Did the paced schedule keep up? The lag of the last third of the run not growing (a rate past capacity
+    builds lag linearly: excess / rate x t), its 99th percentile under LAG_LIMIT_S (the maximum is a tail that
+    grows with the run's length, not with the load: a 600 s run at a sustained rate sees single 1 s stalls), and
+    no more requests left unsent at the end than a lag within the limit leaves (those due in its last second)."""
 
     def part(lo: float, hi: float) -> list[float]:
         return [r.lag for r in run.records if lo * seconds <= r.t < hi * seconds]
@@ -355,9 +356,11 @@ def lag_bounded(run: Run, seconds: float) -> tuple[bool, dict]:
     mean_first = float(np.mean(first)) if first else 0.0
     mean_last = float(np.mean(last)) if last else 0.0
     max_last = max(last, default=0.0)
+    p99_last = float(np.percentile(last, 99)) if last else 0.0
     backlog = max(1, int(LAG_LIMIT_S * run.throughput))
-    ok = run.unsent <= backlog and max_last <= LAG_LIMIT_S and mean_last <= mean_first + LAG_GROWTH_S
+    ok = run.unsent <= backlog and p99_last <= LAG_LIMIT_S and mean_last <= mean_first + LAG_GROWTH_S
     return ok, {
+        "p99_lag_last_third_ms": round(p99_last * 1e3, 1),
         "max_lag_last_third_ms": round(max_last * 1e3, 1),
         "mean_lag_first_third_ms": round(mean_first * 1e3, 1),
         "mean_lag_last_third_ms": round(mean_last * 1e3, 1),
