@@ -7,6 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Triton Model Analyzer's own virtualenv (perf/model-analyzer.txt says why)
 MA_VENV ?= .venv-ma
+# checkov's own virtualenv (deploy/checkov.txt says why)
+CHECKOV_VENV ?= .venv-checkov
 # TARGET: cpu = ONNX for Triton's ONNX Runtime backend; gpu = also TensorRT plans
 TARGET ?= cpu
 # SIZE: full = the sizes of DESIGN.md; small = tests and CI
@@ -18,8 +20,9 @@ ARTIFACTS ?= artifacts
 REPO ?= model_repository
 # the configs make export serves: the repository's own, or the committed ones for a new repository
 CONFIGS ?= $(if $(wildcard $(REPO)/*/config.pbtxt),$(REPO),model_repository)
-# Versions move together (DESIGN.md): server 2.51.0 = NGC 24.10 = TensorRT 10.5.
-TRITONSERVER_IMAGE_VERSION ?= 24.10
+# Production (images, compose, Kubernetes, TensorRT plans) runs NGC 26.10 (TensorRT 11.4); the local cpu target
+# runs the wheel's Triton 2.51.0, the newest a registry ships (README, Two targets, says why they differ).
+TRITONSERVER_IMAGE_VERSION ?= 26.10
 TRITONSERVER_IMAGE ?= nvcr.io/nvidia/tritonserver:$(TRITONSERVER_IMAGE_VERSION)-py3
 TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
 
@@ -51,7 +54,7 @@ STAGE = $(dir $(patsubst %/,%,$(REPO))).$(notdir $(patsubst %/,%,$(REPO))).stage
 size_flag = $(if $(filter small,$(strip $(SIZE))),--small,)
 data_flag = --data $(strip $(DATA))
 
-.PHONY: help venv backend system-deps export export-small export-small-real serve rollout demo test lint clean
+.PHONY: help venv backend system-deps export export-stage export-small export-small-real serve rollout demo test lint clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -83,6 +86,12 @@ $(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(wild
 	@rm -f $(ARTIFACTS)/.export-*.stamp  # another profile's stamp no longer describes these artifacts
 	$(PY) -m serving.repository --repo $(CONFIGS) --check-layout --any-dims
 	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag) $(data_flag) $(data_flags)
+	@# from the stage to the commit under the repository's writer lock: one writer at a time (serving/publish.py)
+	$(PY) -m serving.publish --repo $(REPO) --hold -- $(MAKE) --no-print-directory export-stage CONFIGS=$(CONFIGS)
+	@touch $@
+
+# The stage steps of make export; run by it under the writer lock, not by hand.
+export-stage:
 	$(PY) -m serving.publish --repo $(REPO) --prepare $(STAGE) --configs-from $(CONFIGS) --artifacts $(ARTIFACTS)
 	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(STAGE)
@@ -91,7 +100,6 @@ $(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(wild
 	$(PY) -m export.summary --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m serving.integrity --repo $(STAGE) --write --scan
 	$(PY) -m serving.publish --repo $(REPO) --commit $(STAGE) --check-layout --artifacts $(ARTIFACTS)
-	@touch $@
 
 export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_ROOT)
 	@$(MAKE) --no-print-directory export SIZE=small DATA=synthetic ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository \
@@ -124,7 +132,7 @@ demo: $(VENV)/.installed backend ## export the real profile into build/demo, sta
 system-deps: ## install the Debian packages of .ci/apt-packages.txt that are missing
 	@scripts/install-system-deps.sh
 
-test: system-deps backend $(MA_VENV)/.installed export-small export-small-real ## run the test suite against a real Triton (installs what it needs)
+test: system-deps backend $(MA_VENV)/.installed $(CHECKOV_VENV)/.installed export-small export-small-real ## run the test suite against a real Triton (installs what it needs)
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed ## ruff lint and format check

@@ -305,6 +305,7 @@ def batching(repo, tmp_path_factory):
     import re
 
     from reliability.faults import copy_repo, make_server
+    from serving import integrity
 
     models = ("nhits", "similarity", "user_embedding", "recommend")
     copy = copy_repo(repo, tmp_path_factory.mktemp("batching") / "repo", models)
@@ -315,6 +316,7 @@ def batching(repo, tmp_path_factory):
         )
         assert n == 1
         path.write_text(text.replace("preferred_batch_size: [ 16, 64 ]", "preferred_batch_size: [ 16 ]"))
+    integrity.write_manifest(copy)  # the configs are part of what the server verifies: record the edited ones
     server = make_server(copy, tmp_path_factory.mktemp("batching-run"))
     server.start(timeout=180)
     yield server
