@@ -156,15 +156,20 @@ def encoder_config(artifacts: Path):
 
 
 def load_tokenizer(path: Path, max_tokens: int | None = None):
-    """The encoder's tokenizer.json with `tokenizers`: truncation to max_tokens (default: the encoder folder's
-    max_seq_length), padding to the longest text."""
+    """The encoder's tokenizer.json with `tokenizers`: truncation to max_tokens (default: the file's own truncation
+    where export wrote it, as in a served tokenizer folder, else the encoder folder's max_seq_length), padding to
+    the longest text."""
     from tokenizers import Tokenizer
 
-    if max_tokens is None:
+    tok = Tokenizer.from_file(str(path))
+    if max_tokens is None and (Path(path).parent / "modules.json").is_file():
         from models.text_encoder import EncoderConfig
 
         max_tokens = EncoderConfig.read(Path(path).parent).max_tokens
-    tok = Tokenizer.from_file(str(path))
+    if max_tokens is None:
+        if not tok.truncation:
+            raise ValueError(f"{path}: no truncation in the file and no sentence-transformers folder beside it")
+        max_tokens = int(tok.truncation["max_length"])
     tok.enable_truncation(max_length=max_tokens)
     tok.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest text of each call
     return tok
