@@ -7,6 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Triton Model Analyzer's own virtualenv (perf/model-analyzer.txt says why)
 MA_VENV ?= .venv-ma
+# checkov's own virtualenv (deploy/checkov.txt says why)
+CHECKOV_VENV ?= .venv-checkov
 # TARGET: cpu = ONNX for Triton's ONNX Runtime backend; gpu = also TensorRT plans
 TARGET ?= cpu
 # SIZE: full = the sizes of DESIGN.md; small = tests and CI
@@ -16,10 +18,11 @@ SIZE ?= full
 DATA ?= synthetic
 ARTIFACTS ?= artifacts
 REPO ?= model_repository
-# the configs make export serves (export-small: the committed ones, into the test repository)
-CONFIGS ?= $(REPO)
-# Versions move together (DESIGN.md): server 2.51.0 = NGC 24.10 = TensorRT 10.5.
-TRITONSERVER_IMAGE_VERSION ?= 24.10
+# the configs make export serves: the repository's own, or the committed ones for a new repository
+CONFIGS ?= $(if $(wildcard $(REPO)/*/config.pbtxt),$(REPO),model_repository)
+# Production (images, compose, Kubernetes, TensorRT plans) runs NGC 26.10 (TensorRT 11.4); the local cpu target
+# runs the wheel's Triton 2.51.0, the newest a registry ships (README, Two targets, says why they differ).
+TRITONSERVER_IMAGE_VERSION ?= 26.10
 TRITONSERVER_IMAGE ?= nvcr.io/nvidia/tritonserver:$(TRITONSERVER_IMAGE_VERSION)-py3
 TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
 
@@ -28,8 +31,12 @@ TEST_REAL_ROOT ?= build/test-real
 SOURCES := $(shell find models export calibration -name '*.py' 2>/dev/null) serving/publish.py serving/repository.py pyproject.toml
 # Your data (README "Your data"): SERIES=prices.csv (unique_id, ds, y; .parquet too), CATALOG=items.npy (or
 # .parquet with an id column), USERS=users.parquet, INPUT_SIZE / HORIZON (168 / 24), RESERVOIR_TRANSFORM=identity
-# for series with values <= 0. Each changes what is trained, so each is part of the stamp's name.
+# for series with values <= 0, DOCS=docs.parquet (integer id + text; .csv / .jsonl too: the search catalog),
+# ENCODER=path/to/folder (a BERT-family sentence-transformers folder instead of all-MiniLM-L6-v2).
+# Each changes what is trained, so each is part of the stamp's name.
 SERIES ?=
+DOCS ?=
+ENCODER ?=
 CATALOG ?=
 USERS ?=
 INPUT_SIZE ?=
@@ -37,8 +44,9 @@ HORIZON ?=
 RESERVOIR_TRANSFORM ?=
 data_flags = $(if $(SERIES),--series $(SERIES)) $(if $(CATALOG),--catalog $(CATALOG)) $(if $(USERS),--users $(USERS)) \
 	$(if $(INPUT_SIZE),--input-size $(INPUT_SIZE)) $(if $(HORIZON),--horizon $(HORIZON)) \
-	$(if $(RESERVOIR_TRANSFORM),--reservoir-transform $(RESERVOIR_TRANSFORM))
-$(foreach f,$(SERIES) $(CATALOG) $(USERS),$(if $(wildcard $(f)),,$(error $(f) does not exist (SERIES / CATALOG / USERS name your files))))
+	$(if $(RESERVOIR_TRANSFORM),--reservoir-transform $(RESERVOIR_TRANSFORM)) \
+	$(if $(DOCS),--docs $(DOCS)) $(if $(ENCODER),--encoder $(ENCODER))
+$(foreach f,$(SERIES) $(CATALOG) $(USERS) $(DOCS) $(ENCODER),$(if $(wildcard $(f)),,$(error $(f) does not exist (SERIES / CATALOG / USERS / DOCS / ENCODER name your files))))
 data_tag = $(if $(strip $(data_flags)),-$(shell echo '$(strip $(data_flags))' | sha1sum | cut -c1-8))
 STAMP := $(ARTIFACTS)/.export-$(strip $(DATA))-$(strip $(SIZE))-$(strip $(TARGET))$(data_tag).stamp
 # make export builds here, beside $(REPO) on its file system, and moves the verified model folders in
@@ -46,7 +54,7 @@ STAGE = $(dir $(patsubst %/,%,$(REPO))).$(notdir $(patsubst %/,%,$(REPO))).stage
 size_flag = $(if $(filter small,$(strip $(SIZE))),--small,)
 data_flag = --data $(strip $(DATA))
 
-.PHONY: help venv backend system-deps export export-small export-small-real serve rollout demo test lint clean
+.PHONY: help venv backend system-deps export export-stage export-small export-small-real serve rollout demo test lint clean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -72,11 +80,18 @@ export: $(VENV)/.installed backend ## train, export ONNX, calibrate INT8, build 
 # Atomic: every stage after training writes into $(STAGE), a copy of the repository's model folders beside it;
 # the last one verifies the stage (hashes, layout) and moves each model folder into $(REPO) (serving/publish.py).
 # A failed or interrupted run leaves $(REPO) byte-identical, and the stage for inspection.
-$(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(SERIES) $(CATALOG) $(USERS)
+$(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(wildcard $(CONFIGS)/*/1/model.py) $(SERIES) $(CATALOG) $(USERS) $(DOCS) \
+		$(if $(ENCODER),$(shell find $(ENCODER) -type f 2>/dev/null))
 	@test "$(DATA)" = synthetic -o "$(DATA)" = real || { echo "DATA must be synthetic or real, got '$(DATA)'" >&2; exit 2; }
 	@rm -f $(ARTIFACTS)/.export-*.stamp  # another profile's stamp no longer describes these artifacts
 	$(PY) -m serving.repository --repo $(CONFIGS) --check-layout --any-dims
 	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag) $(data_flag) $(data_flags)
+	@# from the stage to the commit under the repository's writer lock: one writer at a time (serving/publish.py)
+	$(PY) -m serving.publish --repo $(REPO) --hold -- $(MAKE) --no-print-directory export-stage CONFIGS=$(CONFIGS)
+	@touch $@
+
+# The stage steps of make export; run by it under the writer lock, not by hand.
+export-stage:
 	$(PY) -m serving.publish --repo $(REPO) --prepare $(STAGE) --configs-from $(CONFIGS) --artifacts $(ARTIFACTS)
 	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(STAGE)
@@ -85,7 +100,6 @@ $(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(SERI
 	$(PY) -m export.summary --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m serving.integrity --repo $(STAGE) --write --scan
 	$(PY) -m serving.publish --repo $(REPO) --commit $(STAGE) --check-layout --artifacts $(ARTIFACTS)
-	@touch $@
 
 export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_ROOT)
 	@$(MAKE) --no-print-directory export SIZE=small DATA=synthetic ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository \
@@ -106,13 +120,19 @@ rollout: $(VENV)/.installed ## MODEL=<name> FROM=<export repository>: roll a new
 	@test -n "$(MODEL)" -a -n "$(FROM)" || { echo "make rollout needs MODEL=<served model> FROM=<export repository>" >&2; exit 2; }
 	$(PY) -m serving.rollout --model $(MODEL) --from $(FROM) --repo $(REPO) $(if $(URL),--url $(URL))
 
-demo: backend export ## start Triton, call every model and ensemble over gRPC and HTTP, stop (DATA=real: MovieLens search)
-	$(PY) -m clients demo --repo $(REPO) --artifacts $(ARTIFACTS)
+# The demo answers with real titles: its export is the real profile (MovieLens, real series) in a folder of its own,
+# so that `make perf` keeps measuring the synthetic seeds' sizes in $(REPO) and neither export replaces the other.
+# DATA=... on the command line, or your files (DOCS, SERIES, CATALOG, USERS), choose the demo's data instead.
+DEMO_DATA = $(if $(filter command line,$(origin DATA)),$(DATA),$(if $(strip $(DOCS)$(SERIES)$(CATALOG)$(USERS)),synthetic,real))
+DEMO_ROOT ?= build/demo
+demo: $(VENV)/.installed backend ## export the real profile into build/demo, start Triton, call every model over gRPC and HTTP, stop
+	@$(MAKE) --no-print-directory export DATA=$(DEMO_DATA) ARTIFACTS=$(DEMO_ROOT)/artifacts REPO=$(DEMO_ROOT)/model_repository
+	$(PY) -m clients demo --repo $(DEMO_ROOT)/model_repository --artifacts $(DEMO_ROOT)/artifacts
 
 system-deps: ## install the Debian packages of .ci/apt-packages.txt that are missing
 	@scripts/install-system-deps.sh
 
-test: system-deps backend $(MA_VENV)/.installed export-small export-small-real ## run the test suite against a real Triton (installs what it needs)
+test: system-deps backend $(MA_VENV)/.installed $(CHECKOV_VENV)/.installed export-small export-small-real ## run the test suite against a real Triton (installs what it needs)
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed ## ruff lint and format check

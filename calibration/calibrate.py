@@ -634,12 +634,228 @@ def _encode(sess: Any, tok: Any, texts: list[str], batch: int = 32) -> np.ndarra
     from models import real_data
 
     order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.zeros((len(texts), spec.TEXT_DIM), np.float32)
+    out = np.zeros((len(texts), spec.DIMS.text_dim), np.float32)
     for i in range(0, len(texts), batch):
         rows = order[i : i + batch]
         ids, mask = real_data.tokenize(tok, [texts[r] for r in rows])
         out[rows] = sess.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
     return out
+
+
+# ----------------------------------------------------------------------------- text encoder: the cpu file
+
+
+def finish_cpu_file(name: str, fp32_path: Path, choice: dict[str, Any], artifacts: Path) -> dict[str, Any]:
+    """The FP32 file's metadata (value-guard ranges) into model.cpu.onnx, its record beside it, its guard checked."""
+    path = fp32_path.with_name(spec.ONNX_CPU)
+    src = onnx.load(str(fp32_path), load_external_data=False)
+    model = onnx.load(str(path))
+    meta = {p.key: p.value for p in src.metadata_props} | {
+        "cpu.candidate": choice["chosen"],
+        "int8.source_onnx_sha256": common.sha256_file(fp32_path),
+    }
+    onnx.helper.set_model_props(model, meta)
+    onnx.save(model, str(path), save_as_external_data=False)
+    onnx.checker.check_model(str(path))
+    common.write_json(
+        path.with_name(path.name + ".json"),
+        {
+            "model": name,
+            "onnx": path.name,
+            "onnx_sha256": common.sha256_file(path),
+            "onnx_bytes": path.stat().st_size,
+            "source_onnx": fp32_path.name,
+            "candidate": choice["chosen"],
+            "metadata": meta,
+        },
+    )
+    return int8_guard(name, path, artifacts)
+
+
+TEXT_COSINE_MEAN_GOAL = 0.99  # held-out texts: mean cosine of a candidate's embedding to FP32's
+TEXT_COSINE_MIN_GOAL = 0.98  # and the lowest
+# blockwise INT8 (MatMulNBits): weight and activation scales per block of input channels; a row's scales are its own
+BLOCKS = {"blockwise_int8": 128, "blockwise_int8_b32": 32}
+CANDIDATES = ("fp32", "fused_fp32", "dynamic_int8", "fused_dynamic_int8", "static_qdq", *BLOCKS)
+TIE = 0.05  # candidates within 5 % of the fastest count as equally fast: the earlier of CANDIDATES wins
+
+
+def _fused(src: Path, dst: Path, cfg: Any) -> None:
+    """onnxruntime.transformers.optimizer (model_type bert): Attention, SkipLayerNormalization, BiasGelu fused."""
+    from onnxruntime.transformers import optimizer
+
+    model = optimizer.optimize_model(
+        str(src), model_type="bert", num_heads=cfg.heads, hidden_size=cfg.dim, opt_level=0, use_gpu=False
+    )
+    model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def _dynamic(src: Path, dst: Path) -> None:
+    """quantize_dynamic: INT8 weights per output channel, activations quantized per call (MatMulInteger)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # ORT logs a line per tensor on the root logger
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            # after the transformer optimizer some tensors have no inferred type; they are all FP32 here
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        root.setLevel(level)
+
+
+def _blockwise(src: Path, dst: Path, block: int) -> None:
+    """MatMulNBitsQuantizer (8 bits, accuracy level 4): INT8 weights in blocks of `block` input channels, and
+    each row's activations quantized to INT8 per block at run time (ONNX Runtime's MatMulNBits with int8 compute).
+    A row's scales are its own: unlike quantize_dynamic's one scale per tensor, its batch-mates and its padding
+    cannot move its answer, and an outlier channel costs one block, not the whole row."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=8)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def _timing(sessions: dict[str, Any], feeds: list[dict], seconds: float) -> dict[str, dict]:
+    """p50 / mean ms per call of each session on the same feeds, calls alternating between the sessions (so that
+    all see the same load from other work on the shared cores)."""
+    lat: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        s.run(None, feeds[0])
+    start, i = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds or i < 3:
+        for name in list(sessions) if i % 2 == 0 else reversed(sessions):
+            t0 = time.perf_counter()
+            sessions[name].run(None, feeds[i % len(feeds)])
+            lat[name].append(time.perf_counter() - t0)
+        i += 1
+    return {
+        k: {"p50_ms": float(np.median(v) * 1e3), "mean_ms": float(np.mean(v) * 1e3), "calls": len(v)}
+        for k, v in lat.items()
+    }
+
+
+def length_buckets(repo: Path) -> list[int]:
+    """The served tokenizer's length_buckets (tokenizer/config.pbtxt of `repo`)."""
+    from serving.repository import load_config
+
+    params = load_config(repo / "tokenizer" / "config.pbtxt").parameters
+    return sorted(int(b) for b in params["length_buckets"].string_value.split(",") if b.strip())
+
+
+def _bucket_feeds(tok: Any, texts: list[str], batch: int, buckets: list[int]) -> list[dict]:
+    """Feeds of `batch` texts of one bucket each, padded to it as the served tokenizer pads."""
+    from models import real_data
+
+    lengths = [sum(e.attention_mask) for e in tok.encode_batch(texts)]  # tok pads to the longest: count tokens
+    by_bucket: dict[int, list[str]] = {}
+    for text, n in zip(texts, lengths, strict=True):
+        by_bucket.setdefault(next((b for b in buckets if b >= n), n), []).append(text)
+    out = []
+    for width, group in sorted(by_bucket.items(), key=lambda kv: -len(kv[1])):
+        for i in range(0, len(group) - batch + 1, batch):
+            ids, mask = real_data.tokenize(tok, group[i : i + batch])
+            pad = ((0, 0), (0, width - ids.shape[1]))
+            out.append({"input_ids": np.pad(ids, pad), "attention_mask": np.pad(mask, pad)})
+    return out
+
+
+def encoder_candidates(artifacts: Path, repo: Path, work: Path, seconds: float = 2.0) -> dict[str, Any]:
+    """The five encoder files, each against FP32 and SentenceTransformer.encode on held-out texts (cosine mean /
+    min, recall@10 of the search over every movie text embedded by FP32), timed in-process at batch 1 and 8 with
+    one intra-op thread (as served); the fastest that meets the gates becomes `model.cpu.onnx`."""
+    from models import data, real_data
+
+    vdir = spec.version_dir("text_encoder", repo)
+    cfg = real_data.encoder_config(artifacts)
+    paths = {"fp32": vdir / spec.ONNX_FP32, "static_qdq": vdir / spec.ONNX_INT8}
+    paths["fused_fp32"] = work / "fused.onnx"
+    _fused(paths["fp32"], paths["fused_fp32"], cfg)
+    paths["dynamic_int8"] = work / "dynamic.onnx"
+    _dynamic(paths["fp32"], paths["dynamic_int8"])
+    paths["fused_dynamic_int8"] = work / "fused_dynamic.onnx"
+    _dynamic(paths["fused_fp32"], paths["fused_dynamic_int8"])
+    for name, block in BLOCKS.items():
+        paths[name] = work / f"{name}.onnx"
+        _blockwise(paths["fp32"], paths[name], block)
+    tok = real_data.load_tokenizer(real_data.tokenizer_json(artifacts))
+    held_out = data.load_texts(artifacts, "test") + list(real_data.QUERIES)
+    catalog_texts = [t for s in ("train", "validation", "test") for t in data.load_texts(artifacts, s)]
+    reference = real_data.sentence_transformer(artifacts).encode(
+        held_out, batch_size=64, convert_to_numpy=True, show_progress_bar=False
+    )
+    sessions = {name: common.ort_session(p) for name, p in paths.items()}
+    q32 = _encode(sessions["fp32"], tok, held_out)
+    catalog = _encode(sessions["fp32"], tok, catalog_texts)
+    k = spec.TOP_K
+    exact = np.argsort(-(q32 @ catalog.T), axis=1, kind="stable")[:, :k]
+    out: dict[str, Any] = {}
+    batch_texts = held_out[:8]
+    for name, sess in sessions.items():
+        q = q32 if name == "fp32" else _encode(sess, tok, held_out)
+        cos = np.sum(q * q32, axis=1) / (np.linalg.norm(q, axis=1) * np.linalg.norm(q32, axis=1))
+        cos_st = np.sum(q * reference, axis=1) / (np.linalg.norm(q, axis=1) * np.linalg.norm(reference, axis=1))
+        ids = np.argsort(-(q @ catalog.T), axis=1, kind="stable")[:, :k]
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(exact, ids, strict=True)]))
+        # a text's embedding alone and inside a batch of 8 (dynamic INT8 quantizes a whole batch with one scale)
+        alone = np.concatenate([_encode(sess, tok, [t]) for t in batch_texts])
+        together = _encode(sess, tok, batch_texts, batch=len(batch_texts))
+        batch_effect = float(np.abs(alone - together).max())
+        met = cos.mean() >= TEXT_COSINE_MEAN_GOAL and cos.min() >= TEXT_COSINE_MIN_GOAL and recall >= TEXT_RECALL_GOAL
+        met = met and batch_effect <= common.GUARD_BOUND
+        out[name] = {
+            "file": paths[name].name if paths[name].parent == vdir else None,
+            "cosine_fp32_mean": float(cos.mean()),
+            "cosine_fp32_min": float(cos.min()),
+            "cosine_sentence_transformers_mean": float(cos_st.mean()),
+            "cosine_sentence_transformers_min": float(cos_st.min()),
+            "rel_err_sentence_transformers": common.relative_error(q, reference),
+            "recall_at_k": recall,
+            "batch_effect_max_abs": batch_effect,
+            "meets_gates": bool(met),
+            "bytes": paths[name].stat().st_size,
+        }
+    texts1 = held_out[: max(8, min(64, len(held_out)))]
+    one = [dict(zip(("input_ids", "attention_mask"), real_data.tokenize(tok, [t]), strict=True)) for t in texts1]
+    eights = _bucket_feeds(tok, held_out, 8, length_buckets(repo))[:16]
+    timed = {1: _timing(sessions, one, seconds), 8: _timing(sessions, eights, seconds)}
+    for name in out:
+        out[name]["batch1_p50_ms"] = timed[1][name]["p50_ms"]
+        out[name]["batch8_per_text_ms"] = timed[8][name]["p50_ms"] / 8
+    passing = [n for n in CANDIDATES if out[n]["meets_gates"]]
+    if not passing:
+        raise CliError("text_encoder: no candidate meets the accuracy gates, not even FP32 (see calibration.json)")
+    fastest = min(out[n]["batch1_p50_ms"] + out[n]["batch8_per_text_ms"] for n in passing)
+    chosen = next(n for n in passing if out[n]["batch1_p50_ms"] + out[n]["batch8_per_text_ms"] <= fastest * (1 + TIE))
+    dst = vdir / spec.ONNX_CPU
+    shutil.copyfile(paths[chosen], dst)
+    return {
+        "gates": {
+            "cosine_fp32_mean": f">= {TEXT_COSINE_MEAN_GOAL:g}",
+            "cosine_fp32_min": f">= {TEXT_COSINE_MIN_GOAL:g}",
+            "recall_at_k": f">= {TEXT_RECALL_GOAL:g} (top-{k} against the exact FP32 search)",
+            "batch_effect_max_abs": f"<= {common.GUARD_BOUND:g}: a text's embedding alone and in a batch of 8 (the "
+            "project's contract for every model: a batch-mate never moves an answer by more than FP32 rounding)",
+        },
+        "held_out": f"{len(held_out)} texts (test-split movie texts and free-text queries; calibration saw none)",
+        "catalog": f"{len(catalog_texts)} movie texts embedded by model.onnx",
+        "timing": "in-process ONNX Runtime, 1 intra-op thread, calls alternating between the candidate files; batch "
+        "1: held-out texts at their own length; batch 8: texts of one length bucket, padded to it as served",
+        "candidates": out,
+        "chosen": chosen,
+        "why": f"the fastest candidate meeting the gates (batch-1 p50 + batch-8 per-text, within {100 * TIE:.0f} %: "
+        "the earlier in the list)",
+        "file": dst.name,
+    }
 
 
 def _text_entry(ev: Evaluator, artifacts: Path) -> dict[str, Any]:
@@ -737,6 +953,7 @@ def build_parser() -> common.OneLineParser:
     p.add_argument("--repo", type=Path, required=True, help="model repository holding <model>/1/model.onnx")
     p.add_argument("--models", help=f"comma-separated subset of {','.join(common.ALL_MODELS)} (default: all)")
     p.add_argument("--seed", type=int, default=SEED, help="calibration sampling seed (default %(default)s)")
+    p.add_argument("--quick", action="store_true", help="short timings of the encoder candidates (tests)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -821,6 +1038,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 entry["qdq"] = finish_int8(name, fp32, int8, meta)
             else:  # the value guard survives quantization: bad rows answer sentinels, their batch-mates unmoved
                 entry["guard"] = int8_guard(name, int8, args.artifacts)
+            if name == "text_encoder":
+                entry["cpu_file"] = encoder_candidates(args.artifacts, args.repo, Path(tmp), 0.5 if args.quick else 2.0)
+                entry["cpu_file"]["guard"] = finish_cpu_file(name, fp32, entry["cpu_file"], args.artifacts)
             entry["onnx_bytes"] = fp32.stat().st_size
             entry["int8_onnx_bytes"] = int8.stat().st_size
             entry["seconds"] = round(time.perf_counter() - t1, 3)

@@ -185,12 +185,19 @@ def render_search(result: TopK, texts: list[str], items: dict | None) -> str:
     lines = [header(result)]
     if items is None:
         lines.append(
-            "(no MovieLens catalog under --artifacts: ids are catalog rows; `make export DATA=real` for titles)"
+            "(no text catalog under --artifacts: ids are catalog rows; `make export DATA=real` for MovieLens titles, "
+            "`make export DOCS=docs.parquet` for your documents)"
         )
+    docs = dict(zip(items["doc_ids"], items["doc_texts"], strict=True)) if items and items.get("documents") else None
     for i, text in enumerate(texts):
         lines.append(f"\n{text!r}")
         for r, (row, score) in enumerate(zip(result.ids[i], result.scores[i], strict=True)):
-            if items is None or row < 0:
+            if docs is not None:  # make export DOCS=...: the served ids are the documents' own ids
+                doc = docs.get(int(row), "")
+                lines.append(
+                    f"{r + 1:>4}. {score:7.4f}  [id {int(row)}] {doc[:100] + ('...' if len(doc) > 100 else '')}"
+                )
+            elif items is None or row < 0:
                 lines.append(f"{r + 1:>4}. {score:7.4f}  row {int(row)}")
             else:
                 movie, title = items["movie_ids"][row], items["titles"][row]

@@ -171,7 +171,7 @@ def demo(repo: Path, artifacts: Path, rows: int = 3) -> int:
 
         _rule("text search (search ensemble: tokenizer -> text_encoder -> similarity)")
         print(render_search(g["search"], texts, items))
-        if items is not None:
+        if items is not None and not items.get("documents"):  # the real profile (DOCS=: the user's documents)
             _real_scores(artifacts)
 
         _stream(server, series[0], g["reservoir"].values[0])  # window #0 is the first 168 ticks of asset 0

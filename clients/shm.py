@@ -4,7 +4,10 @@
         f = c.nhits(windows)       # the same API and typed results as clients.Client
 
 Per model, one input and one output region sized for the model's max_batch_size are created and registered
-with the server on first use and reused by every later call; `close()` unregisters and destroys them.
+with the server on first use and reused by every later call; `close()` unregisters and destroys them. A server
+that restarted has forgotten every registration: a call that the server answers with "unable to find the shared
+memory region" registers this client's regions again, once, and is sent again; the endpoint answered, so that is
+not counted against its circuit breaker.
 Registration goes through Triton's restricted shared-memory API: the admin key travels in the header
 `serving.server.ADMIN_HEADER` (over gRPC Triton expects it as `triton-grpc-protocol-<header>`). Calls on one
 model are serialised (they share its regions); validation, deadlines and retries are those of `Client`.
@@ -100,6 +103,13 @@ def _layout(region: _Region, tensors, capacity: int) -> None:
     region.byte_size = offset
 
 
+def _forgotten(exc: ClientError) -> bool:
+    """The server answered that it does not know a region of the request (Triton: NOT_FOUND, "Unable to find
+    system shared memory region"): it restarted since this client registered."""
+    text = str(exc).lower()
+    return "shared memory region" in text and ("unable to find" in text or "not found" in text)
+
+
 class SharedMemoryClient(Client):
     """`Client` whose tensors travel through system shared memory. One endpoint, on this host."""
 
@@ -131,20 +141,24 @@ class SharedMemoryClient(Client):
             _layout(regions.outputs, op.spec.outputs, cap)
             for r in (regions.inputs, regions.outputs):
                 r.handle = shm.create_shared_memory_region(r.name, f"/{r.name}", r.byte_size)
-                try:
-                    ep.transport.run(
-                        lambda c, kw, r=r: c.register_system_shared_memory(
-                            r.name, f"/{r.name}", r.byte_size, headers=self.headers, **kw
-                        ),
-                        timeout,
-                        f"register {r.name} at {ep.url}",
-                    )
-                except ClientError:
-                    self._release(ep, regions, timeout)
-                    raise
+            try:
+                self._register(ep, regions, timeout)
+            except ClientError:
+                self._release(ep, regions, timeout)
+                raise
             log.info("%s: registered %s and %s (%d rows)", op.name, regions.inputs.name, regions.outputs.name, cap)
             self._regions[op.name] = regions
             return regions
+
+    def _register(self, ep: Endpoint, regions: _Regions, timeout: float) -> None:
+        for r in (regions.inputs, regions.outputs):
+            ep.transport.run(
+                lambda c, kw, r=r: c.register_system_shared_memory(
+                    r.name, f"/{r.name}", r.byte_size, headers=self.headers, **kw
+                ),
+                timeout,
+                f"register {r.name} at {ep.url}",
+            )
 
     def _attempt(
         self, ep: Endpoint, op: Op, arrays: dict[str, np.ndarray], timeout: float, priority: int = 0
@@ -171,11 +185,23 @@ class SharedMemoryClient(Client):
                 )
                 outputs.append(out)
             queue = {"priority": int(priority), "timeout": server_timeout_us(timeout)}
-            result = ep.transport.run(
-                lambda c, kw: c.infer(op.name, inputs, outputs=outputs, **queue, **kw),
-                timeout,
-                ep.transport.where(op.name),
-            )
+            deadline = time.monotonic() + timeout
+            try:
+                result = ep.transport.run(
+                    lambda c, kw: c.infer(op.name, inputs, outputs=outputs, **queue, **kw),
+                    timeout,
+                    ep.transport.where(op.name),
+                )
+            except ClientError as exc:
+                if not _forgotten(exc):
+                    raise
+                log.warning("%s: the server no longer knows our regions (restarted?): registering them again", ep.url)
+                self._register(ep, regions, max(deadline - time.monotonic(), 0.1))
+                result = ep.transport.run(
+                    lambda c, kw: c.infer(op.name, inputs, outputs=outputs, **queue, **kw),
+                    max(deadline - time.monotonic(), 0.1),
+                    ep.transport.where(op.name),
+                )
             got = {}
             for t in op.spec.outputs:
                 meta = result.get_output(t.name)

@@ -9,12 +9,21 @@ EXPORT_IMAGE ?= triton-latency-models/export:$(TRITONSERVER_IMAGE_VERSION)
 TRITONSERVER_SDK_IMAGE ?= $(TRITONSERVER_IMAGE)-sdk
 K8S_OVERLAY ?= gpu
 SMOKE_CONTAINER ?= triton-latency-models-smoke
-# perf_analyzer 2.51 from the SDK image of the same release; PERF_ANALYZER=.venv/bin/perf_analyzer works too
+# perf_analyzer from the SDK image of the same release; PERF_ANALYZER=.venv/bin/perf_analyzer (2.51) works too
 PERF_ANALYZER ?= $(DOCKER) run --rm --network host -v $(CURDIR):$(CURDIR) -w $(CURDIR) $(TRITONSERVER_SDK_IMAGE) perf_analyzer
 PERF_URL ?= localhost:8001
 PERF_MODELS ?= nhits reservoir similarity forecast recommend
 PERF_SMOKE_DIR ?= perf/results/smoke
 COMPOSE = TRITONSERVER_IMAGE=$(TRITONSERVER_IMAGE) SERVER_IMAGE=$(SERVER_IMAGE) $(DOCKER) compose -f docker/compose.yaml
+# The hardening compose and Kubernetes apply, for `docker run` (docker-run, gpu-smoke): not root, a read-only root
+# file system with /tmp as tmpfs, no capabilities, no privilege escalation, ports on loopback only.
+HARDENED = --user 1000:1000 --read-only --tmpfs /tmp:size=1g --cap-drop ALL --security-opt no-new-privileges:true
+
+
+$(CHECKOV_VENV)/.installed: deploy/checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q -r deploy/checkov.txt
+	@touch $@
 
 .PHONY: export-image docker-export docker-build docker-run compose-up compose-down k8s-render k8s-apply perf-smoke gpu-smoke check-deploy
 
@@ -32,18 +41,19 @@ docker-build: ## build the serving image (SERVER_IMAGE) with the exported REPO b
 	$(DOCKER) build -f docker/Dockerfile --build-arg TRITONSERVER_IMAGE=$(TRITONSERVER_IMAGE) -t $(SERVER_IMAGE) .
 
 docker-run: ## run the serving image on one GPU in the foreground, key from TRITON_ADMIN_KEY (ARGS=--model-config-name=cpu: cpu target)
-	$(DOCKER) run --rm $(if $(filter --model-config-name=cpu,$(ARGS)),,--gpus 1) --shm-size=1g \
-		-e TRITON_ADMIN_KEY -p 8000:8000 -p 8001:8001 -p 8002:8002 $(SERVER_IMAGE) \
+	$(DOCKER) run --rm $(if $(filter --model-config-name=cpu,$(ARGS)),,--gpus 1) --shm-size=1g $(HARDENED) \
+		-e TRITON_ADMIN_KEY -p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 -p 127.0.0.1:8002:8002 $(SERVER_IMAGE) \
 		triton-serve --model-repository=/models --metrics-config=summary_latencies=true \
 		--cache-config=local,size=268435456 --allow-metrics=true $(ARGS)
 
-compose-up: ## start Triton (gpu) + Prometheus (:9090) + Grafana (:3000) with docker/compose.yaml
+compose-up: ## start Triton (gpu) + Prometheus (:9090) + Grafana (:3000) on 127.0.0.1 with docker/compose.yaml
 	$(COMPOSE) up -d --build
-	@echo "Grafana http://localhost:3000  Prometheus http://localhost:9090  Triton http://localhost:8000"
+	@echo "Grafana http://127.0.0.1:3000  Prometheus http://127.0.0.1:9090  Triton http://127.0.0.1:8000"
 
 compose-down: ## stop the compose stack (volumes kept)
-	@# compose interpolates the whole file, so its required TRITON_ADMIN_KEY must be set even to stop
-	TRITON_ADMIN_KEY="$${TRITON_ADMIN_KEY:-not-needed-to-stop}" $(COMPOSE) down
+	@# compose interpolates the whole file, so its required TRITON_ADMIN_KEY / GRAFANA_ADMIN_PASSWORD must be set even to stop
+	TRITON_ADMIN_KEY="$${TRITON_ADMIN_KEY:-not-needed-to-stop}" \
+		GRAFANA_ADMIN_PASSWORD="$${GRAFANA_ADMIN_PASSWORD:-not-needed-to-stop}" $(COMPOSE) down
 
 k8s-render: ## print the Kubernetes manifests of overlay K8S_OVERLAY (gpu | cpu)
 	$(KUBECTL) kustomize deploy/kubernetes/overlays/$(K8S_OVERLAY)
@@ -65,7 +75,8 @@ gpu-smoke: ## docker-build, start the server on the GPU, wait until ready, perf-
 	$(MAKE) --no-print-directory docker-build
 	$(DOCKER) rm -f $(SMOKE_CONTAINER) >/dev/null 2>&1 || true
 	@# a throwaway admin key: perf_analyzer uses none of the restricted APIs
-	$(DOCKER) run -d --name $(SMOKE_CONTAINER) --gpus 1 --shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 \
+	$(DOCKER) run -d --name $(SMOKE_CONTAINER) --gpus 1 --shm-size=1g $(HARDENED) \
+		-p 127.0.0.1:8000:8000 -p 127.0.0.1:8001:8001 -p 127.0.0.1:8002:8002 \
 		-e TRITON_ADMIN_KEY="$$(head -c 24 /dev/urandom | base64)" $(SERVER_IMAGE)
 	@set -e; trap '$(DOCKER) logs --tail 200 $(SMOKE_CONTAINER); $(DOCKER) rm -f $(SMOKE_CONTAINER) >/dev/null' EXIT; \
 		for i in $$(seq 1 120); do \
@@ -75,5 +86,5 @@ gpu-smoke: ## docker-build, start the server on the GPU, wait until ready, perf-
 		$(MAKE) --no-print-directory perf-smoke; \
 		curl -fsS http://localhost:8002/metrics | grep -E '^nv_(inference_count|gpu_utilization)' 
 
-check-deploy: system-deps export-small ## the deployment checks: hadolint, promtool, kustomize + schemas, live Prometheus scrape
+check-deploy: system-deps export-small $(CHECKOV_VENV)/.installed ## the deployment checks: checkov, hadolint, promtool, kustomize + schemas, live Prometheus scrape
 	$(PY) -m pytest -q tests/deploy

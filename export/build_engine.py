@@ -2,20 +2,25 @@
 
     python -m export.build_engine --artifacts artifacts --repo model_repository --target gpu [--models nhits]
 
-Runs where TensorRT 10 imports and a GPU is visible (the TensorRT container of
-`make export TARGET=gpu`). Elsewhere `--target cpu` prints one line saying the
+Runs where TensorRT 11 imports and a GPU is visible (the TensorRT container of
+`make export TARGET=gpu`, NGC 26.10: TensorRT 11.4). Elsewhere `--target cpu` prints one line saying the
 plans were skipped and exits 0; `--target gpu` prints the same line and exits 1.
 
-- FP16 plan from `model.onnx` with BuilderFlag.FP16.
-- INT8 plan from `model.int8.onnx` (explicit quantization: its Q/DQ nodes carry the
-  scales, so there is no calibrator) with BuilderFlag.INT8 + FP16. Where that file
-  is an FP32 copy (no Q/DQ: forecast_blend, user_embedding) the INT8 plan is built
-  like the FP16 one, and the provenance says so.
+TensorRT 11 builds strongly typed networks only: the precision-enabling builder flags (BuilderFlag.FP16, INT8,
+PREFER_PRECISION_CONSTRAINTS), implicit calibrators and per-layer precision requests are gone, and every tensor
+runs in the type the ONNX file gives it (NVIDIA's "Migrating from TensorRT 10.x to 11.x"). So:
+
+- FP16 plan from `model.onnx` converted to mixed FP16 / FP32 by ModelOpt AutoCast (`nvidia-modelopt[onnx]`,
+  `convert_to_mixed_precision(..., low_precision_type="fp16", keep_io_types=True)`: the served tensors stay
+  FP32, the nodes AutoCast finds sensitive stay FP32), written to `<artifacts>/tensorrt/<model>.fp16.onnx`.
+- INT8 plan from `model.int8.onnx` as it is (explicit quantization: its Q/DQ nodes carry the scales and make
+  those layers INT8; the rest runs in FP32, as typed). Where that file is an FP32 copy (no Q/DQ:
+  forecast_blend, user_embedding) the INT8 plan is built like the FP16 one, and the provenance says so.
 - One optimisation profile per plan: min batch 1, opt = the largest
   `preferred_batch_size` of `<repo>/<model>/config.pbtxt`, max = its `max_batch_size`; a dynamic per-sample
   dim (text_encoder's tokens) gets the (min, opt, max) of `models.spec` (`extra["sequence"]`: 1 / 32 / 256).
-- Similarity: the GEMM, top-k and rerank layers keep FP32 outputs (precision constraints):
-  FP16 scores would reorder near-tied items of the top-k.
+- Similarity: the GEMM, top-k and rerank nodes are excluded from AutoCast (they stay FP32): FP16 scores
+  would reorder near-tied items of the top-k.
 - A timing cache at `<artifacts>/tensorrt/tensorrt.timing.cache` is loaded before
   and saved after every build.
 - Beside each plan, `<plan>.provenance.json`: TensorRT version, GPU name, compute
@@ -24,10 +29,10 @@ plans were skipped and exits 0; `--target gpu` prints the same line and exits 1.
 
 Compare TensorRT with ONNX Runtime on the same ONNX file (in the TensorRT container):
 
-    polygraphy run model_repository/nhits/1/model.onnx --onnxrt --trt --fp16 \\
+    polygraphy run artifacts/tensorrt/nhits.model.fp16.onnx --onnxrt --trt \\
         --trt-min-shapes window:[1,168] --trt-opt-shapes window:[256,168] --trt-max-shapes window:[1024,168] \\
         --input-shapes window:[64,168] --atol 1e-2 --rtol 1e-2
-    polygraphy run model_repository/nhits/1/model.int8.onnx --onnxrt --trt --int8 --fp16 \\
+    polygraphy run model_repository/nhits/1/model.int8.onnx --onnxrt --trt \\
         --trt-min-shapes window:[1,168] --trt-opt-shapes window:[256,168] --trt-max-shapes window:[1024,168] \\
         --input-shapes window:[64,168] --atol 5e-2 --rtol 5e-2
 """
@@ -54,7 +59,8 @@ PROG = "export.build_engine"
 WORKSPACE_BYTES = 4 << 30
 PROVENANCE_SUFFIX = ".provenance.json"
 TIMING_CACHE = "tensorrt.timing.cache"
-FP32_LAYER_PREFIXES = ("rerank/",)  # calibration's exact FP32 rerank of the INT8 shortlist (similarity)
+FP32_NODE_PATTERNS = ("rerank/.*",)  # calibration's exact FP32 rerank of the INT8 shortlist (similarity)
+FP32_OP_TYPES = ("MatMul", "Gemm", "TopK")  # scores up to the top-k, in a graph that ranks (similarity)
 HINT = "build them in the TensorRT container with `make export TARGET=gpu`"
 
 
@@ -64,6 +70,11 @@ HINT = "build them in the TensorRT container with `make export TARGET=gpu`"
 def import_tensorrt() -> Any:
     """The tensorrt module, imported only when needed (this module must import without it)."""
     return importlib.import_module("tensorrt")
+
+
+def import_autocast() -> Any:
+    """ModelOpt AutoCast (pyproject's `gpu` extra), which makes the FP16 ONNX a strongly typed build needs."""
+    return importlib.import_module("modelopt.onnx.autocast")
 
 
 def gpu_info() -> dict[str, str] | None:
@@ -92,6 +103,10 @@ def unavailable_reason() -> str | None:
         import_tensorrt()
     except Exception as e:  # noqa: BLE001 - ImportError, or a broken install raising OSError
         return f"TensorRT is not importable ({type(e).__name__}: {e})"
+    try:
+        import_autocast()
+    except Exception as e:  # noqa: BLE001
+        return f"ModelOpt AutoCast is not importable ({type(e).__name__}: {e}; pip install -e '.[gpu]')"
     if gpu_info() is None:
         return "no GPU is visible (nvidia-smi found none)"
     return None
@@ -191,7 +206,7 @@ class EngineBuilder:
 
     def parse(self, onnx_path: Path) -> tuple[Any, Any]:
         """(network, parser); logs every parser error and raises CliError when parsing fails."""
-        network = self.builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+        network = self.builder.create_network(0)  # TensorRT 11: explicit batch and strong typing, always
         parser = self.trt.OnnxParser(network, self.logger)
         if not parser.parse_from_file(str(onnx_path)):
             for i in range(parser.num_errors):
@@ -213,6 +228,7 @@ class EngineBuilder:
         int8: bool,
         sequence: tuple[int, int, int] | None = None,
     ) -> dict[str, Any]:
+        """Build `plan_path` from `onnx_path` as typed: the caller gives the FP16 (AutoCast) or Q/DQ file."""
         trt = self.trt
         network, _parser = self.parse(onnx_path)  # the parser must outlive the build
         config = self.builder.create_builder_config()
@@ -235,13 +251,6 @@ class EngineBuilder:
             profile.set_shape(t.name, *shapes)
         config.add_optimization_profile(profile)
 
-        config.set_flag(trt.BuilderFlag.FP16)
-        if int8:
-            config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ: no calibrator
-        fp32_layers = self.constrain_scores_to_fp32(network)
-        if fp32_layers:
-            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-
         t0 = time.perf_counter()
         serialized = self.builder.build_serialized_network(network, config)
         seconds = time.perf_counter() - t0
@@ -254,31 +263,46 @@ class EngineBuilder:
         prof: dict[str, Any] = {"min": lo, "opt": opt, "max": hi}
         if sequence is not None:
             prof["sequence"] = dict(zip(("min", "opt", "max"), sequence, strict=True))
-        return {"build_s": round(seconds, 3), "profile": prof, "fp32_layers": fp32_layers}
+        return {"build_s": round(seconds, 3), "profile": prof}
 
-    def constrain_scores_to_fp32(self, network: Any) -> list[str]:
-        """Similarity scores stay FP32 from the GEMM to the top-k: the gap between the 10th and 11th best score
-        (~7e-4 at full size) is about one FP16 step at 0.66, so FP16 scores would reorder the top-k."""
-        trt = self.trt
-        kinds = (trt.LayerType.MATRIX_MULTIPLY, trt.LayerType.TOPK)
-        names = []
-        layers = [network.get_layer(i) for i in range(network.num_layers)]
-        if not any(layer.type == trt.LayerType.TOPK for layer in layers):
-            return names
-        for layer in layers:
-            if layer.type in kinds or layer.name.startswith(FP32_LAYER_PREFIXES):
-                for j in range(layer.num_outputs):
-                    if layer.get_output(j).dtype in (trt.float32, trt.float16):
-                        layer.set_output_type(j, trt.float32)
-                names.append(layer.name)
-        log.info("FP32 outputs kept for %d layers (scores before top-k)", len(names))
-        return names
+
+def fp32_exclusions(onnx_path: Path) -> dict[str, list[str]]:
+    """What AutoCast must leave in FP32: in a graph that ranks (a TopK), the scores from the GEMM to the top-k
+    and the rerank. The gap between the 10th and 11th best similarity score (~7e-4 at full size) is about one
+    FP16 step at 0.66, so FP16 scores would reorder the top-k."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    if not any(n.op_type == "TopK" for n in graph.node):
+        return {"nodes_to_exclude": [], "op_types_to_exclude": []}
+    return {"nodes_to_exclude": list(FP32_NODE_PATTERNS), "op_types_to_exclude": list(FP32_OP_TYPES)}
+
+
+def fp16_onnx(onnx_path: Path, out: Path) -> tuple[Path, dict[str, list[str]]]:
+    """`onnx_path` as mixed FP16 / FP32 with FP32 inputs and outputs (ModelOpt AutoCast), saved to `out`."""
+    import onnx
+
+    autocast = import_autocast()
+    keep = fp32_exclusions(onnx_path)
+    model = autocast.convert_to_mixed_precision(
+        onnx_path=str(onnx_path), low_precision_type="fp16", keep_io_types=True, **keep
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    return out, keep
 
 
 def build_model(
-    builder: EngineBuilder, model: str, repo: Path, manifest_sha: str | None, gpu: dict[str, str]
+    builder: EngineBuilder,
+    model: str,
+    repo: Path,
+    manifest_sha: str | None,
+    gpu: dict[str, str],
+    work: Path | None = None,
 ) -> dict[str, Any]:
+    """Both plans of `model`; `work` holds the FP16 ONNX files AutoCast writes (default: beside the timing cache)."""
     vdir = spec.version_dir(model, repo)
+    work = work or builder.timing_cache.parent
     batches = batch_sizes(model, repo)
     results = {}
     for onnx_name, plan_name in ((spec.ONNX_FP32, spec.PLAN_FP16), (spec.ONNX_INT8, spec.PLAN_INT8)):
@@ -288,14 +312,19 @@ def build_model(
         int8 = plan_name == spec.PLAN_INT8 and has_qdq(onnx_path)
         if plan_name == spec.PLAN_INT8 and not int8:
             log.info("%s: %s has no Q/DQ nodes (an FP32 copy): INT8 plan built with FP16 only", model, onnx_name)
-        info = builder.build(onnx_path, plan_path, batches, int8, spec.MODELS[model].extra.get("sequence"))
+        built_from, fp32_kept = onnx_path, None
+        if not int8:  # FP16 for a strongly typed network: the types must be in the file
+            built_from, fp32_kept = fp16_onnx(onnx_path, work / f"{model}.{plan_name.removesuffix('.plan')}.fp16.onnx")
+        info = builder.build(built_from, plan_path, batches, int8, spec.MODELS[model].extra.get("sequence"))
         prov = {
             "plan": plan_name,
             "plan_sha256": common.sha256_file(plan_path),
             "onnx": onnx_name,
             "onnx_sha256": common.sha256_file(onnx_path),
+            "built_from": "the Q/DQ file as typed" if int8 else "ModelOpt AutoCast FP16 of the file",
+            "fp32_kept": fp32_kept,
             "calibration_manifest_sha256": manifest_sha if int8 else None,
-            "precision": "int8+fp16" if int8 else "fp16",
+            "precision": "int8 (Q/DQ) + fp32" if int8 else "fp16 + fp32 (AutoCast)",
             "tensorrt_version": builder.trt.__version__,
             "gpu": gpu["name"],
             "compute_capability": gpu["compute_capability"],

@@ -4,7 +4,8 @@
         [--alias NHITS] [--df series.csv]
 
 The model is a directory written by `NeuralForecast.save(path)` (neuralforecast 3.x: safetensors + JSON;
-loaded with `NeuralForecast.load`, which runs no code from the directory). One NHITS model of it is
+loaded with `NeuralForecast.load(path, allow_pickle=False)`: its sidecars go through neuralforecast's restricted
+unpickler and a legacy pickle is refused, so no code from the directory runs). One NHITS model of it is
 imported (`--alias` picks one when there are several); its weights go into the project's
 `models.nhits.NHITS` (`NHITSConfig` from input_size, h, n_blocks, n_pool_kernel_size, n_freq_downsample,
 mlp_units, pooling_mode, interpolation_mode), and neuralforecast's window scaler (`scaler_type`:
@@ -77,7 +78,8 @@ def load(path: Path) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return NeuralForecast.load(str(path))
+            # explicit, whatever a later release defaults to: no unrestricted unpickling of the directory's files
+            return NeuralForecast.load(str(path), allow_pickle=False)
         except Exception as e:  # noqa: BLE001 - neuralforecast raises bare Exceptions; say which directory
             raise CliError(f"{path}: not readable by NeuralForecast.load ({type(e).__name__}: {e})") from None
 

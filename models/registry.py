@@ -24,8 +24,8 @@ NAMES = ("nhits", "reservoir", "reservoir_stream", "forecast_blend", "similarity
 
 
 def checkpoint_path(artifacts: Path, name: str) -> Path:
-    if name == "text_encoder":
-        return Path(artifacts) / real_data.PRETRAINED_DIR / real_data.ENCODER / "model.safetensors"
+    if name == "text_encoder":  # the packaged all-MiniLM-L6-v2, or the user's (make export ENCODER=...)
+        return real_data.encoder_dir(artifacts) / "model.safetensors"
     return Path(artifacts) / CHECKPOINT_DIR / f"{name}.pt"
 
 

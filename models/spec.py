@@ -28,6 +28,10 @@ MODEL_REPOSITORY = Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_reposit
 
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
+# text_encoder, cpu target: the fastest of five candidate files (FP32, fused FP32, dynamic INT8, fused + dynamic
+# INT8, static Q/DQ) that meets the accuracy gates, chosen at export (calibration/calibrate.py); TensorRT parses
+# neither MatMulInteger nor fused contrib ops, so the gpu target builds its plans from model.onnx and model.int8.onnx.
+ONNX_CPU = "model.cpu.onnx"
 PLAN_FP16 = "model.plan"
 PLAN_INT8 = "model.int8.plan"
 
@@ -59,6 +63,8 @@ class Dims:
     input_size: int = INPUT_SIZE
     horizon: int = HORIZON
     embed_dim: int = EMBED_DIM
+    text_dim: int = 384  # the text encoder's embedding (all-MiniLM-L6-v2's; `make export ENCODER=...`: its own)
+    vocab_size: int = 30_522  # the text encoder's vocabulary: the value guard's token-id range
 
 
 DEFAULT_DIMS = Dims()
@@ -68,7 +74,7 @@ TEXT = Tensor("text", "object", (1,))  # one UTF-8 text per row
 INPUT_IDS = Tensor("input_ids", "int64", (SEQUENCE,))
 ATTENTION_MASK = Tensor("attention_mask", "int64", (SEQUENCE,))
 TEXT_BATCH = 64
-TEXT_DIM = 384  # all-MiniLM-L6-v2's embedding, whatever catalog a user serves
+TEXT_DIM = 384  # all-MiniLM-L6-v2's embedding (DIMS.text_dim: the exported encoder's)
 
 
 def _models(d: Dims) -> dict[str, ModelSpec]:
@@ -90,11 +96,11 @@ def _models(d: Dims) -> dict[str, ModelSpec]:
             ModelSpec(
                 "text_encoder",
                 (INPUT_IDS, ATTENTION_MASK),
-                (Tensor("embedding", "float32", (TEXT_DIM,)),),
+                (Tensor("embedding", "float32", (d.text_dim,)),),
                 max_batch_size=TEXT_BATCH,
                 # value guard ranges (models/guard.py); TensorRT profiles over the token axis: (min, opt, max)
                 extra={
-                    "ranges": {"input_ids": (0, VOCAB_SIZE), "attention_mask": (0, 2)},
+                    "ranges": {"input_ids": (0, d.vocab_size), "attention_mask": (0, 2)},
                     "sequence": (1, 32, MAX_TOKENS),
                 },
             ),
@@ -113,7 +119,7 @@ def _models(d: Dims) -> dict[str, ModelSpec]:
     } | (
         # text -> tokenizer -> text_encoder -> similarity: only where the catalog lives in the encoder's space
         {"search": ModelSpec("search", (TEXT,), top, max_batch_size=TEXT_BATCH, ensemble=True)}
-        if d.embed_dim == TEXT_DIM
+        if d.embed_dim == d.text_dim
         else {}
     )
 
@@ -131,10 +137,11 @@ STREAM = MODELS["reservoir_stream"]
 def use_dims(dims: Dims) -> Dims:
     """Serve `dims` from now on in this process: MODELS (in place), WINDOW, FORECAST, STREAM and the size
     constants follow. Every stage calls use_dims_of(artifacts) first, so all of them agree with training."""
-    global DIMS, INPUT_SIZE, HORIZON, EMBED_DIM, WINDOW, FORECAST, STREAM
-    if min(dims.input_size, dims.horizon, dims.embed_dim) < 1:
+    global DIMS, INPUT_SIZE, HORIZON, EMBED_DIM, TEXT_DIM, VOCAB_SIZE, WINDOW, FORECAST, STREAM
+    if min(dims.input_size, dims.horizon, dims.embed_dim, dims.text_dim, dims.vocab_size) < 1:
         raise ValueError(f"dims must be positive: {dims}")
     DIMS, INPUT_SIZE, HORIZON, EMBED_DIM = dims, dims.input_size, dims.horizon, dims.embed_dim
+    TEXT_DIM, VOCAB_SIZE = dims.text_dim, dims.vocab_size
     MODELS.clear()
     MODELS.update(_models(dims))
     WINDOW, FORECAST, STREAM = MODELS["nhits"].inputs[0], MODELS["nhits"].outputs[0], MODELS["reservoir_stream"]

@@ -3,6 +3,7 @@
     python -m models.train --out artifacts [--small] [--seed 0] [--n-items N] [--n-users N] [--data real]
     python -m models.train --out artifacts --series prices.csv [--input-size 168] [--horizon 24]
         [--catalog items.parquet] [--users users.parquet] [--reservoir-transform log|identity]
+    python -m models.train --out artifacts --docs docs.parquet [--encoder path/to/sentence-transformers-folder]
 
 Without --series / --catalog the project makes its own data (models.data); with them, models.userdata reads
 and checks the user's files (one line naming each problem) and the models learn those instead. --data real:
@@ -241,20 +242,37 @@ class YourData:
     catalog: tuple[np.ndarray, np.ndarray | None] | None = None  # (vectors, ids)
     users: tuple[np.ndarray, np.ndarray | None] | None = None
     transform: str = "log"  # the reservoir's input transform
+    docs: tuple[np.ndarray, list[str], str] | None = None  # (ids, texts, source): embedded into the catalog
+    encoder: dict | None = None  # real_data.use_encoder: which encoder the text models export
 
     @property
     def given(self) -> bool:
-        return self.series is not None or self.catalog is not None
+        return self.series is not None or self.catalog is not None or self.docs is not None
 
     def describe(self) -> dict:
+        catalog = f"{len(self.catalog[0])} x {self.catalog[0].shape[1]}" if self.catalog else "synthetic"
+        if self.docs is not None:
+            catalog = f"{len(self.docs[0])} documents of {self.docs[2]} embedded by {self.encoder['encoder']}"
         return {
             "series": self.series.source if self.series else "synthetic (models.data.make_series)",
-            "catalog": f"{len(self.catalog[0])} x {self.catalog[0].shape[1]}" if self.catalog else "synthetic",
+            "catalog": catalog,
             "users": f"{len(self.users[0])} x {self.users[0].shape[1]}"
             if self.users
             else ("mixes of two catalog items (no USERS)" if self.catalog else "synthetic"),
             "reservoir_transform": self.transform,
+            "encoder": (self.encoder or {}).get("source", real_data.ENCODER),
         }
+
+
+def embed_documents(out: Path, texts: list[str]) -> np.ndarray:
+    """(n, D) float32 L2-normalised embeddings of `texts` by the exported encoder's SentenceTransformer (FP32,
+    batches of 64, a progress bar on stderr)."""
+    t0 = time.perf_counter()
+    model = real_data.sentence_transformer(out)
+    vectors = model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=True).astype(np.float64)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    log.info("documents: %d texts embedded in %.1fs", len(texts), time.perf_counter() - t0)
+    return vectors.astype(np.float32)
 
 
 REAL_SOURCES = {
@@ -326,14 +344,19 @@ def prepare_data(out: Path, profile: Profile, seed: int, yours: YourData, real: 
         else:
             cfg = data.SeriesConfig(n_series=profile.n_series, seed=seed)
             splits = data.split_series(data.make_series(cfg), cfg)
-        if yours.catalog is not None:
+        if yours.docs is not None:
+            doc_ids, doc_texts, source = yours.docs
+            catalog, ids["item_ids"] = embed_documents(out, doc_texts), doc_ids
+            users, ids["user_ids"] = userdata.user_table(catalog, profile.n_users, seed), None
+            texts |= {"catalog": True, "documents": source, "doc_ids": doc_ids.tolist(), "doc_texts": doc_texts}
+        elif yours.catalog is not None:
             catalog, ids["item_ids"] = yours.catalog
             users, ids["user_ids"] = yours.users or (userdata.user_table(catalog, profile.n_users, seed), None)
         else:
             catalog, users = data.make_embeddings(profile.n_items, profile.n_users, seed=seed)
     data.save_all(out, cfg, splits, mg, catalog, users, ids, stride, extra)
     data.save_texts(out, texts)
-    return splits, stride, real_info
+    return splits, stride, real_info, cfg if isinstance(cfg, dict) else {}
 
 
 def run(out: Path, profile: Profile, seed: int, yours: YourData | None = None, real: bool = False) -> dict:
@@ -343,7 +366,7 @@ def run(out: Path, profile: Profile, seed: int, yours: YourData | None = None, r
     t_all = t = time.perf_counter()
     cpu0 = time.process_time()
 
-    splits, stride, real_info = prepare_data(out, profile, seed, yours, real)
+    splits, stride, real_info, series_info = prepare_data(out, profile, seed, yours, real)
     catalog, users = data.load_embeddings(out)
     item_ids, user_ids = data.load_ids(out, "item"), data.load_ids(out, "user")
     mg = data.load_mackey_glass(out)
@@ -435,9 +458,10 @@ def run(out: Path, profile: Profile, seed: int, yours: YourData | None = None, r
         "data": "real" if real else ("yours" if yours.given else "synthetic"),
         **({"real": real_info} if real else {}),
         "profile": asdict(profile),
-        "sources": REAL_SOURCES if real else yours.describe(),
+        "sources": REAL_SOURCES | {"encoder": real_data.ENCODER} if real else yours.describe(),
         "dims": asdict(spec.DIMS),
         "seed": seed,
+        "series_info": {k: v for k, v in series_info.items() if k != "unique_ids"},
         "test_windows": int(len(test_x)),
         "split_windows": {s: int(len(x)) for s, (x, _) in windows.items()},
         "test_metrics": metrics,
@@ -456,6 +480,18 @@ def run(out: Path, profile: Profile, seed: int, yours: YourData | None = None, r
     }
 
 
+def _series_words(report: dict) -> str:
+    """What the series are, in the report's words: the project's synthetic hourly series, or the user's file."""
+    series = report.get("series_info") or {}
+    if not series.get("source"):
+        return "synthetic hourly series (models.data.make_series)"
+    lengths = series.get("lengths") or [0]
+    return (
+        f"your series from {series['source']}: {series['n_series']} series of {min(lengths)} to {max(lengths)} "
+        f"values, the last {series['validation_and_test_steps']} of each held out for validation and as many for test"
+    )
+
+
 def write_reports(out: Path, report: dict) -> None:
     d = out / "reports"
     d.mkdir(parents=True, exist_ok=True)
@@ -466,7 +502,7 @@ def write_reports(out: Path, report: dict) -> None:
         "closes of DAX, SMI, CAC, FTSE 1991-1998 (EuStockMarkets), split by time (last "
         f"{real_data.TEST_TICKS} values test, {real_data.VALIDATION_TICKS} before them validation)"
         if real
-        else "synthetic hourly series"
+        else _series_words(report)
     )
     lines = [
         "# Train report",
@@ -474,8 +510,8 @@ def write_reports(out: Path, report: dict) -> None:
         f"Data: {report.get('data', 'synthetic')} ({source}); series {report['sources']['series']}; "
         f"catalog {report['sources']['catalog']}; users {report['sources']['users']}.",
         "",
-        f"Test split: {report['test_windows']} windows of {spec.INPUT_SIZE} -> {spec.HORIZON} ticks, "
-        "never used for fitting or selection. Baseline: seasonal naive (repeat the last 24 values).",
+        f"Test split: {report['test_windows']} windows of {spec.INPUT_SIZE} -> {spec.HORIZON} values, "
+        f"never used for fitting or selection. Baseline: seasonal naive (repeat the last {spec.HORIZON} values).",
         "",
         "| model | MAE | vs naive | sMAPE % | vs naive |",
         "|---|---:|---:|---:|---:|",
@@ -547,6 +583,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--series", type=Path, help="your series: long format unique_id, ds, y (.csv / .parquet)")
     p.add_argument("--catalog", type=Path, help="your catalog vectors: .npy, or .parquet / .csv with an id column")
     p.add_argument("--users", type=Path, help="your user vectors (needs --catalog): .npy or .parquet / .csv")
+    p.add_argument(
+        "--docs", type=Path, help="your documents: integer `id` and `text` columns (.parquet / .csv / .jsonl)"
+    )
+    p.add_argument("--encoder", type=Path, help="a BERT-family sentence-transformers folder to export instead")
     p.add_argument("--input-size", type=int, default=spec.INPUT_SIZE, help="window length (%(default)s)")
     p.add_argument("--horizon", type=int, default=spec.HORIZON, help="forecast horizon (%(default)s)")
     p.add_argument(
@@ -558,8 +598,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--input-size and --horizon must be positive")
     if args.users is not None and args.catalog is None:
         p.error("--users needs --catalog (the users' vectors are searched in a catalog)")
-    if args.data == "real" and (args.series or args.catalog or args.users):
-        p.error("--data real trains on the packaged real data: give --series / --catalog / --users without it")
+    if args.data == "real" and (args.series or args.catalog or args.users or args.docs):
+        p.error("--data real trains on the packaged real data: give --series / --catalog / --users / --docs without it")
+    if args.docs is not None and (args.catalog is not None or args.users is not None):
+        p.error("--docs makes the catalog (and its users): give it without --catalog / --users")
     if args.n_items is not None and args.n_items < spec.TOP_K:
         p.error(f"--n-items must be at least TOP_K={spec.TOP_K}")
     if args.n_users is not None and args.n_users < 1:
@@ -571,7 +613,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def read_your_data(args: argparse.Namespace) -> YourData:
     """The user's files, checked (userdata.DataError names the problem); the dims to serve set from them."""
+    from models.text_encoder import EncoderError
+
     yours = YourData(transform=args.reservoir_transform)
+    try:  # the encoder first: a bad folder is one line before anything is read or trained
+        yours.encoder = real_data.use_encoder(args.out, args.encoder)
+    except EncoderError as e:
+        raise userdata.DataError(str(e)) from None
+    text_dim, vocab = yours.encoder["dim"], yours.encoder["vocab_size"]
+    if args.docs is not None:
+        ids, texts = userdata.read_documents(args.docs)
+        if len(ids) < spec.TOP_K:
+            raise userdata.DataError(f"{args.docs}: {len(ids)} documents, fewer than top-{spec.TOP_K}")
+        yours.docs = (ids, texts, str(args.docs))
     if args.series is not None:
         yours.series = userdata.read_series(
             args.series, args.input_size, args.horizon, log_transform=args.reservoir_transform == "log"
@@ -585,7 +639,9 @@ def read_your_data(args: argparse.Namespace) -> YourData:
     if args.users is not None:
         yours.users = userdata.read_vectors(args.users, "users")
         userdata.check_users(yours.catalog[0], *yours.users, args.users)
-    spec.use_dims(spec.Dims(args.input_size, args.horizon, dim))
+    if yours.docs is not None:
+        dim = text_dim
+    spec.use_dims(spec.Dims(args.input_size, args.horizon, dim, text_dim, vocab))
     return yours
 
 

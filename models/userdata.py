@@ -223,3 +223,63 @@ def check_users(catalog: np.ndarray, users: np.ndarray, user_ids: np.ndarray | N
             f"{path}: user ids reach {int(user_ids.max())}: the served id lookup holds max id + 1 entries "
             f"(at most {MAX_LOOKUP:,}); renumber the users"
         )
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+def _read_docs_table(path: Path):
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    if path.suffix == ".jsonl":
+        try:
+            return pd.read_json(path, lines=True, dtype=False)
+        except ValueError as e:
+            raise DataError(f"{path}: not one JSON object per line ({e})") from None
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype={"text": object}, keep_default_na=False)
+    if path.suffix == ".parquet":
+        return _read_table(path)
+    raise DataError(f"{path}: expected .parquet, .csv or .jsonl")
+
+
+def read_documents(path: Path) -> tuple[np.ndarray, list[str]]:
+    """(ids (n,) int64, texts) of a documents file: an integer `id` column and a `text` column, one document
+    per row (.parquet, .csv or .jsonl). Each problem is one line naming the row (0-based data rows)."""
+    path = Path(path)
+    df = _read_docs_table(path)
+    missing = [c for c in ("id", "text") if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: no column {', '.join(map(repr, missing))}; expected an integer `id` and a `text` per document "
+            f"(columns: {', '.join(map(str, df.columns)) or 'none'})"
+        )
+    if len(df) == 0:
+        raise DataError(f"{path}: no documents")
+    ids = []
+    for row, value in enumerate(df["id"].tolist()):
+        if isinstance(value, bool) or not (
+            isinstance(value, int | np.integer)
+            or (isinstance(value, float | np.floating) and float(value).is_integer())
+        ):
+            raise DataError(f"{path}: row {row}: id {value!r} is not an integer (map ids to integers and keep the map)")
+        if int(value) < 0:
+            raise DataError(
+                f"{path}: row {row}: id {int(value)} is negative: ids must be >= 0 (-1 means a refused row)"
+            )
+        ids.append(int(value))
+    seen: dict[int, int] = {}
+    for row, i in enumerate(ids):
+        if i in seen:
+            raise DataError(f"{path}: row {row}: id {i} repeats row {seen[i]}; ids must be unique")
+        seen[i] = row
+    texts = []
+    for row, value in enumerate(df["text"].tolist()):
+        if value is None or (isinstance(value, float) and np.isnan(value)) or not str(value).strip():
+            raise DataError(f"{path}: row {row} (id {ids[row]}): the text is empty")
+        if not isinstance(value, str):
+            raise DataError(f"{path}: row {row} (id {ids[row]}): the text is a {type(value).__name__}, not a string")
+        texts.append(value)
+    return np.asarray(ids, np.int64), texts

@@ -36,7 +36,9 @@ BREAKDOWN = {
 STATS = {
     "cache_hits": ("cache_hit", "count"),
     "queue_ns": ("queue", "ns"),
+    "compute_input_ns": ("compute_input", "ns"),
     "compute_infer_ns": ("compute_infer", "ns"),
+    "compute_output_ns": ("compute_output", "ns"),
     "success_count": ("success", "count"),
 }
 

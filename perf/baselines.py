@@ -4,7 +4,10 @@
   torch.inference_mode() with PyTorch's default threads: the seeds' "CPU baseline" way of serving.
 - ort: the exported ONNX (FP32 model.onnx or INT8 model.int8.onnx) in an ONNX Runtime session with the
   serving backend's options (intra-op threads of the model's cpu config, sequential) at a fixed batch.
-- sentence_transformers: `SentenceTransformer.encode` of the packaged all-MiniLM-L6-v2, one text per call.
+- sentence_transformers: `SentenceTransformer.encode` of the exported encoder, one text per call.
+- search loops (text search, one text per call, each ending in the exact top-k over the served catalog in
+  PyTorch): `SentenceTransformer.encode` + top-k (the seeds' "CPU engine"), and the in-process FP32 encoder
+  loop: `tokenizers` + model.onnx in ONNX Runtime + the same top-k.
 
 Each timing runs `seconds` of wall time after a short warm-up: items/s and per-call p50/p99 (a Timing's dict).
 """
@@ -176,3 +179,44 @@ def sentence_transformers(artifacts: Path, texts: list[str], seconds: float) -> 
         return model.encode(feed["text"], convert_to_numpy=True, show_progress_bar=False)
 
     return time_calls("SentenceTransformer.encode", encode, feeds, seconds, torch.get_num_threads())
+
+
+def search_loops(artifacts: Path, repo: Path, texts: list[str], seconds: float) -> dict:
+    """Two in-process text searches, one text per call, called alternately on the same texts (so both see the
+    same load): SentenceTransformer.encode + exact top-k in PyTorch, and tokenizers + the FP32 ONNX encoder
+    (ONNX Runtime, one session with the machine's cores as intra-op threads) + the same top-k."""
+    import torch
+
+    from models import data, real_data
+
+    catalog = torch.from_numpy(np.ascontiguousarray(data.load_embeddings(artifacts)[0]))  # (N, D)
+    model = real_data.sentence_transformer(artifacts)
+    tok = real_data.load_tokenizer(real_data.tokenizer_json(artifacts))
+    threads = os.cpu_count() or 1
+    sess = ort_session("text_encoder", repo, "fp32", threads)
+    k = spec.TOP_K
+
+    def topk(query) -> tuple:
+        with torch.inference_mode():
+            return torch.topk(catalog @ torch.as_tensor(query).reshape(-1), k)
+
+    def st(feed: dict) -> object:
+        return topk(model.encode(feed["text"], convert_to_numpy=True, show_progress_bar=False))
+
+    def onnx_loop(feed: dict) -> object:
+        ids, mask = real_data.tokenize(tok, feed["text"])
+        return topk(sess.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0])
+
+    feeds = [{"text": [t]} for t in texts[:256]]
+    fns = {"SentenceTransformer.encode + top-k": st, "FP32 ONNX encoder loop + top-k": onnx_loop}
+    lat, total = _loop(fns, feeds, seconds)
+    out = {}
+    for key, what in (
+        ("st_topk", "SentenceTransformer.encode + top-k"),
+        ("encoder_loop", "FP32 ONNX encoder loop + top-k"),
+    ):
+        t = _timing(what, 1, lat[what], float(sum(lat[what])), torch.get_num_threads() if key == "st_topk" else threads)
+        log.info("%-36s %9.1f texts/s  p50 %7.2f ms  p99 %7.2f ms", what, t["throughput"], t["p50_ms"], t["p99_ms"])
+        out[key] = t
+    out["catalog_rows"] = int(catalog.shape[0])
+    return out

@@ -6,7 +6,7 @@
     user_ids        one user id (user_embedding, recommend)                    test-split user ids
     blend           the nhits + reservoir forecasts of one window              FP32 ONNX outputs on test windows
     tick_streams    one hourly tick; one stream = one asset's sequence         test-split series, one per stream
-    texts           one UTF-8 text (search, tokenizer)                         test-split movie texts + free queries
+    texts           one UTF-8 text (search, tokenizer)                         held-out texts, each once (below)
 
 Values are written as the shortest decimal that reads back to the same float32.
 """
@@ -69,11 +69,18 @@ def arrays_for(kind: str, artifacts: Path, repo: Path, n: int) -> dict[str, np.n
 
 
 def texts_for(artifacts: Path, n: int) -> list[str]:
-    """n held-out texts: the free-text queries of models.real_data and test-split movie texts, in turn."""
+    """Up to n different held-out texts, in a fixed shuffled order: the free-text queries of models.real_data and
+    the validation- and test-split movie texts (calibration draws from the train split only), each once, so that
+    no request repeats another (a response cache would answer a repeat); fewer than n when there are fewer."""
     from models import real_data
 
-    pool = list(real_data.QUERIES) + data.load_texts(artifacts, "test")
-    return [pool[i] for i in _spread(len(pool), n)]
+    pool = list(
+        dict.fromkeys(
+            [*real_data.QUERIES, *data.load_texts(artifacts, "validation"), *data.load_texts(artifacts, "test")]
+        )
+    )
+    order = np.random.default_rng(7).permutation(len(pool))
+    return [pool[i] for i in order[:n]]
 
 
 def write(kind: str, artifacts: Path, repo: Path, out: Path, n: int = 512, length: int = spec.INPUT_SIZE) -> Path:

@@ -103,6 +103,9 @@ def plot_model(name: str, m: dict, budget_ms: float, path: Path) -> Path:
         marks = [(m.get("eager"), "PyTorch eager b1", "C1", "-"), (fp32.get("1"), "ORT FP32 b1 in-process", "C5", "--")]
         marks += [(b != "1" and fp32.get(b), f"ORT FP32 b{b} in-process", "C6", "--")]
         marks += [(int8.get(b), f"ORT INT8 b{b} in-process", "C7", "-.")]
+        marks += [(m.get("st_topk"), "SentenceTransformer.encode + top-k, 1 text per call", "C1", "-")]
+        marks += [(m.get("encoder_loop"), "FP32 ONNX encoder + top-k, 1 text per call", "C5", "--")]
+        marks += [(m.get("sentence_transformers"), "SentenceTransformer.encode, 1 text per call", "C8", ":")]
         for t, label, color, ls in (mark for mark in marks if mark[0]):
             ax.axvline(t["throughput"], color=color, ls=ls, lw=1.2, label=f"{label}: {t['throughput']:,.0f}/s")
         ax.set(xscale="log", yscale="log", xlabel="throughput (inferences/s)", ylabel="latency (ms)")
@@ -157,6 +160,18 @@ def point_table(pts: list[dict], x: str = "concurrency") -> list[str]:
     return table([*head, "network+send/recv ms", "stable", "load (1 min)"], rows)
 
 
+def parts_table(pts: list[dict]) -> list[str]:
+    """Each composing model's avg batch, queue per request and compute per execution / per request (ms)."""
+    head = ["concurrency", "model", "avg batch", "queue ms / request", "compute ms / execution", "compute ms / request"]
+    rows = (
+        [f["concurrency"], name, num(p["avg_batch"]), num(p["queue_ms"], 2)]
+        + [num(p["compute_ms_per_execution"], 2), num(p["compute_ms_per_request"], 2)]
+        for f in pts
+        for name, p in (f.get("parts") or {}).items()
+    )
+    return table(head, rows)
+
+
 def _figures(m: dict, budget: float) -> dict[str, str]:
     """The figure -> value rows of a model's section."""
     c1, knee, peak, ch = m["c1"], m["knee"], m["peak"], m.get("chosen")
@@ -172,6 +187,12 @@ def _figures(m: dict, budget: float) -> dict[str, str]:
         rows["**served / eager** (chosen point; peak)"] = (
             f"{times(m.get('served_over_eager'))}; {times(m.get('peak_over_eager'))}"
         )
+    for key, what in (("st_topk", "SentenceTransformer.encode + top-k"), ("encoder_loop", "FP32 ONNX encoder + top-k")):
+        if t := m.get(key):
+            value = f"{num(t['throughput'])}/s, p50 / p99 {lat(t)} ms ({t['threads']} threads)"
+            rows[f"in-process {what}, one text per call"] = value
+            value = f"{times(m.get(f'served_over_{key}'))}; {times(m.get(f'peak_over_{key}'))}"
+            rows[f"**served / {what}** (chosen point; peak)"] = value
     if st := m.get("sentence_transformers"):
         value = f"{num(st['throughput'])}/s, p50 / p99 {lat(st)} ms ({st['threads']} threads)"
         rows["in-process SentenceTransformer.encode, batch 1"] = value
@@ -219,6 +240,9 @@ def _model_section(name: str, m: dict, fig: str | None, budget: float, config: d
         out += ["In-process baselines (same input data):", ""]
         out += table(["what", "batch", "items/s", "p50 ms", "p99 ms"], rows) + [""]
     out += ["gRPC concurrency sweep:", ""] + point_table(m["sweep"]) + [""]
+    if any(f.get("parts") for f in m["sweep"]):
+        out += ["Per model of the ensemble, from Triton's statistics over each point of the sweep:", ""]
+        out += parts_table(m["sweep"]) + [""]
     if cmp := m.get("compare"):
         c = cmp["config"]
         out += [f"Against `configs/{c}.pbtxt` on a second server, each point right after the committed one:", ""]

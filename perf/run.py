@@ -254,13 +254,14 @@ def baseline_for(s: sc.Scenario, args, run_dir: Path) -> dict:
 
     secs, n = 0.5 if args.quick else args.baseline_seconds, int(s.input_data.get("n", 512))
     name, repo = s.model, args.repo
-    if s.input_data["kind"] == "texts":  # the text search: its in-process baseline embeds one text per call
-        return {
-            "int8_accuracy": int8_accuracy(args.artifacts, "text_encoder"),
-            "sentence_transformers": baselines.sentence_transformers(
-                args.artifacts, inputs.texts_for(args.artifacts, n), secs
-            ),
-        }
+    if s.input_data["kind"] == "texts":  # the text search: in-process searches of one text per call
+        texts = inputs.texts_for(args.artifacts, n)
+        entry = {"int8_accuracy": int8_accuracy(args.artifacts, "text_encoder")}
+        if "search_loops" in s.baselines:
+            entry |= baselines.search_loops(args.artifacts, repo, texts, secs)
+        if "sentence_transformers" in s.baselines:
+            entry["sentence_transformers"] = baselines.sentence_transformers(args.artifacts, texts, secs)
+        return entry
     rows = inputs.arrays_for(s.input_data["kind"], args.artifacts, repo, n)
     entry: dict = {"int8_accuracy": int8_accuracy(args.artifacts, name)}
     if "eager" in s.baselines:

@@ -26,7 +26,7 @@ RUN_KEYS = set(
     "name model protocol concurrency request_rate request_rate_of_peak batch_size shared_memory async "
     "sequence_length sequence_id_range input_data streaming".split()
 )
-BASELINES = ("eager", "ort", "sentence_transformers")
+BASELINES = ("eager", "ort", "sentence_transformers", "search_loops")
 QUICK_KEEP = 16  # the concurrency of the dynamic-batching comparison survives the quick profile
 
 

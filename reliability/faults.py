@@ -16,8 +16,15 @@
   ensemble that needs them) through `unavailable_models()` with Triton's reason naming the file, and
   `serving.integrity.verify_repository` names both files.
 
-The tests in tests/reliability/test_faults.py run these with short durations; the CLI writes
-`<out>/faults.json` for RELIABILITY.md.
+- `rollout_killed`: `python -m serving.rollout` of a new nhits version, SIGKILLed while its canary answers,
+  under load on the served models; the load must see only correct answers, version N+1 must not be in the
+  repository, and the next server start must clear the dead writer's stage and serve version N.
+- `concurrent_writers`: two processes commit into one repository at once, round after round (an importer's
+  `serving.publish.Staging` and make export's prepare / commit): every commit must be whole and the
+  manifest must name every file with its hash (no lost hash, no replayed commit).
+
+The tests in tests/reliability/test_faults.py and tests/serving/ run these with short durations; the CLI
+writes `<out>/faults.json` for RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -220,6 +227,131 @@ def bad_artifacts(
     }
 
 
+def rollout_killed(src_repo: Path, work: Path, workload: Workload, workers: int = 4) -> dict:
+    """Kill a rollout of nhits during its canary while clients load nhits and forecast; start the server again."""
+    import subprocess
+
+    from serving import integrity, rollout
+    from serving.server import TritonServer, free_port
+
+    repo = copy_repo(src_repo, work / "repo", tuple(ENSEMBLE_STEPS["forecast"]) + ("forecast",))
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    server = TritonServer(repo, **ports, run_dir=work / "run", model_control="explicit")
+    server.start(timeout=300)
+    key = work / "admin.key"
+    key.write_text(server.key)
+    mix = Mix({"nhits": 1.0, "forecast": 1.0}, http_share=0.25)
+    endpoint = Endpoint(server.grpc_url, server.http_url, timeout_s=30.0)
+    stop = threading.Event()
+    box: dict = {}
+    thread = threading.Thread(
+        target=lambda: box.update(run=run_load(workload, endpoint, 3600, workers, mix=mix, stop=stop)), daemon=True
+    )
+    thread.start()
+    cmd = [sys.executable, "-m", "serving.rollout", "--model", "nhits", "--from", str(src_repo), "--repo", str(repo)]
+    cmd += ["--url", server.grpc_url, "--admin-key-file", str(key), "--canary-rows", "40000"]
+    control = rollout.Control(server.grpc_url, server.key)
+    t0 = time.monotonic()
+    try:
+        time.sleep(1.0)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not rollout.canary_ready(control, "nhits") and proc.poll() is None:
+            if time.monotonic() - t0 > 300:
+                raise RuntimeError("the canary never loaded")
+            time.sleep(0.05)
+        killed_at = round(time.monotonic() - t0, 3)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        in_repository = (repo / "nhits" / "2").exists()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        thread.join(120)
+        control.close()
+        server.stop()
+    left = [p.name for p in repo.parent.glob(f".{repo.name}.stage*")]
+    again = TritonServer(repo, **ports, run_dir=work / "run2")
+    again.start(timeout=300)
+    try:
+        control = rollout.Control(again.grpc_url, again.key)
+        try:
+            served = control.versions("nhits")
+        finally:
+            control.close()
+    finally:
+        again.stop()
+    return {
+        "killed_by": "SIGKILL" if proc.returncode == -signal.SIGKILL else f"exit {proc.returncode} (not killed)",
+        "killed_at_s": killed_at,
+        "version_n_plus_1_in_repository_after_the_kill": in_repository,
+        "stages_left_by_the_dead_rollout": left,
+        "stages_after_the_next_start": [p.name for p in repo.parent.glob(f".{repo.name}.stage*")],
+        "versions_served_after_the_next_start": served,
+        "integrity_problems": integrity.verify_repository(repo),
+        "summary": summarize(box["run"].records),
+    }
+
+
+def _writer(repo: str, name: str, rounds: int, how: str) -> None:
+    """One writer of `concurrent_writers`: `rounds` whole versions of model folder `name`."""
+    from serving import integrity, publish
+
+    def model(root: Path, payload: bytes) -> None:
+        version = root / name / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        (root / name / "config.pbtxt").write_text(f'name: "{name}"\n')
+        artifact = version / spec.ONNX_FP32
+        artifact.write_bytes(payload)
+        integrity.record_path(artifact).write_text(json.dumps({"onnx_sha256": integrity.sha256_file(artifact)}))
+
+    for i in range(rounds):
+        payload = f"{name} round {i} ".encode() * 50_000
+        if how == "importer":
+            with publish.Staging(Path(repo)) as stage:
+                model(stage.repo, payload)
+                stage.commit([name])
+        else:
+            stage = publish.prepare(Path(repo), publish.stage_path(Path(repo)), [name])
+            shutil.rmtree(stage / name)
+            model(stage, payload)
+            publish.commit(stage, Path(repo), [name])
+
+
+def concurrent_writers(work: Path, rounds: int = 20) -> dict:
+    """Two writers into one repository at once (an importer and make export's way), `rounds` commits each."""
+    import multiprocessing
+
+    from serving import integrity
+
+    repo = work / "writers" / "model_repository"
+    repo.mkdir(parents=True)
+    integrity.write_manifest(repo)  # a repository with a manifest, as make export leaves it
+    ctx = multiprocessing.get_context("spawn")
+    t = time.monotonic()
+    procs = [
+        ctx.Process(target=_writer, args=(str(repo), n, rounds, how)) for n, how in (("a", "importer"), ("b", "export"))
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+    manifest = integrity.read_manifest(repo) or {}
+    want = {f"{m}/{f}" for m in ("a", "b") for f in ("config.pbtxt", "1/model.onnx", "1/model.onnx.json")}
+    last = {
+        m: (repo / m / "1" / spec.ONNX_FP32).read_bytes() == f"{m} round {rounds - 1} ".encode() * 50_000 for m in "ab"
+    }
+    return {
+        "writers": 2,
+        "commits_each": rounds,
+        "seconds": round(time.monotonic() - t, 2),
+        "exit_codes": [p.exitcode for p in procs],
+        "hashes_lost": sorted(want - set(manifest)),
+        "integrity_problems": integrity.verify_repository(repo),
+        "last_commit_of_each_in_place": last,
+        "stages_left": [p.name for p in repo.parent.glob(".*stage*")],
+    }
+
+
 def _strip(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "records"}
 
@@ -228,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", type=Path, default=Path("build/test/model_repository"))
     p.add_argument("--artifacts", type=Path, default=Path("build/test/artifacts"))
-    p.add_argument("--scenarios", default="bad_artifacts,kill,restart", help="comma-separated")
+    p.add_argument(
+        "--scenarios", default="bad_artifacts,kill,restart,rollout_killed,concurrent_writers", help="comma-separated"
+    )
     p.add_argument("--model", default="nhits", help="model whose users carry the load (with the forecast ensemble)")
     p.add_argument("--seconds", type=float, default=10.0, help="load after each fault, s")
     p.add_argument("--out", type=Path, default=Path("build/reliability"))
@@ -241,14 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     models = tuple({args.model, *ENSEMBLE_STEPS["forecast"], "forecast"})
     targets = tuple(t for t in (*models, "recommend") if t in USERS.get(args.model, ()) or t in models)
-    workload = build_workload(args.repo, args.artifacts, n=32, targets=targets)
+    loads = {"bad_artifacts", "kill", "restart", "rollout_killed"} & set(scenarios)
+    workload = build_workload(args.repo, args.artifacts, n=32, targets=targets) if loads else None
     results: dict = {
         "command": " ".join(["python -m reliability.faults", *(argv if argv is not None else sys.argv[1:])])
     }
     if "bad_artifacts" in scenarios:
         results["bad_artifacts"] = bad_artifacts(args.repo, work / "bad", workload=workload)
-    repo = copy_repo(args.repo, work / "repo", models)
     if "kill" in scenarios or "restart" in scenarios:
+        repo = copy_repo(args.repo, work / "repo", models)
         server = make_server(repo, work / "run")
         server.start(timeout=300)
         try:
@@ -267,13 +402,21 @@ def main(argv: list[str] | None = None) -> int:
                     backup.stop()
         finally:
             server.stop()
+    if "rollout_killed" in scenarios:
+        results["rollout_killed"] = rollout_killed(args.repo, work / "rollout", workload)
+    if "concurrent_writers" in scenarios:
+        results["concurrent_writers"] = concurrent_writers(work)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "faults.json"
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(json.dumps(results, indent=2, default=str))
     print(f"wrote {path}")
     wrong = sum(r.get("summary", {}).get("wrong", 0) for r in results.values() if isinstance(r, dict))
-    return 1 if wrong else 0
+    writers = results.get("concurrent_writers", {})
+    lost = writers.get("hashes_lost") or writers.get("integrity_problems") or any(writers.get("exit_codes") or [])
+    rolled = results.get("rollout_killed", {})
+    leaked = rolled and (rolled["version_n_plus_1_in_repository_after_the_kill"] or rolled["integrity_problems"])
+    return 1 if wrong or lost or leaked else 0
 
 
 if __name__ == "__main__":

@@ -339,6 +339,75 @@ def measure_max(
     return best, best_workers, steps
 
 
+LAG_LIMIT_S = 1.0  # a paced rate is sustained when the 99th percentile of the schedule's lag stays under this
+LAG_GROWTH_S = 0.1  # ... and its mean over the last third is at most this much above the first third's
+
+
+def lag_bounded(run: Run, seconds: float) -> tuple[bool, dict]:
+    """Did the paced schedule keep up? The lag of the last third of the run not growing (a rate past capacity
+    builds lag linearly: excess / rate x t), its 99th percentile under LAG_LIMIT_S (the maximum is a tail that
+    grows with the run's length, not with the load: a 600 s run at a sustained rate sees single 1 s stalls), and
+    no more requests left unsent at the end than a lag within the limit leaves (those due in its last second)."""
+
+    def part(lo: float, hi: float) -> list[float]:
+        return [r.lag for r in run.records if lo * seconds <= r.t < hi * seconds]
+
+    first, last = part(0, 1 / 3), part(2 / 3, 1.01)
+    mean_first = float(np.mean(first)) if first else 0.0
+    mean_last = float(np.mean(last)) if last else 0.0
+    max_last = max(last, default=0.0)
+    p99_last = float(np.percentile(last, 99)) if last else 0.0
+    backlog = max(1, int(LAG_LIMIT_S * run.throughput))
+    ok = run.unsent <= backlog and p99_last <= LAG_LIMIT_S and mean_last <= mean_first + LAG_GROWTH_S
+    return ok, {
+        "p99_lag_last_third_ms": round(p99_last * 1e3, 1),
+        "max_lag_last_third_ms": round(max_last * 1e3, 1),
+        "mean_lag_first_third_ms": round(mean_first * 1e3, 1),
+        "mean_lag_last_third_ms": round(mean_last * 1e3, 1),
+        "unsent": run.unsent,
+    }
+
+
+def sustained_rate(
+    workload: Workload,
+    endpoint: Endpoint,
+    maximum: float,
+    workers: int,
+    mix: Mix | None = None,
+    seconds: float = 10.0,
+    steps: int = 5,
+    ceiling: float = 1.0,
+) -> tuple[float, list[dict]]:
+    """The highest paced rate (a fraction of the closed-loop `maximum`, bisected over (0, ceiling] in `steps`
+    probes of `seconds`) whose schedule lag stays bounded: what the server sustains here, measured now, so it
+    follows the server (a faster search path, another machine) instead of a number written down once."""
+    lo, hi = 0.0, ceiling
+    probes = []
+    for _ in range(steps):
+        fraction = (lo + hi) / 2
+        run = run_load(workload, endpoint, seconds, workers, rate=fraction * maximum, mix=mix)
+        ok, lag = lag_bounded(run, seconds)
+        probes.append(
+            {
+                "fraction": round(fraction, 4),
+                "rate": round(fraction * maximum, 1),
+                "achieved": round(run.throughput, 1),
+                "sustained": ok,
+                "errors": run.count(ERROR),
+                "wrong": run.count(WRONG),
+                **lag,
+            }
+        )
+        log.info("paced at %.0f %% of the maximum (%.0f/s): lag %s -> %s", 100 * fraction, fraction * maximum, lag, ok)
+        if ok:
+            lo = fraction
+        else:
+            hi = fraction
+    if lo == 0.0:  # not even the smallest probe kept up: hold that one and let the soak report the lag
+        lo = probes[-1]["fraction"]
+    return lo, probes
+
+
 def summarize(records: list[Record]) -> dict:
     """Counts, latency percentiles (ms) and errors of a list of records."""
     lat = np.array([r.latency for r in records if r.outcome == OK]) * 1e3

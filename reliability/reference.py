@@ -25,7 +25,8 @@ from serving.repository import served_file
 log = logging.getLogger(__name__)
 
 STREAM = spec.STREAM.name
-TARGETS = (*spec.EXPORTED, "forecast", "recommend", STREAM)
+# search (text -> tokenizer (python backend) -> text_encoder -> similarity) where the repository serves it
+TARGETS = (*spec.EXPORTED, "forecast", "recommend", "search", STREAM)
 
 
 @dataclass
@@ -128,6 +129,12 @@ class Reference:
 def _pool(model: str, artifacts: Path, n: int) -> dict[str, np.ndarray]:
     from models import registry
 
+    if model == "search":  # test-split texts, one UTF-8 text per row (B, 1)
+        from models import data
+
+        texts = data.load_texts(artifacts, "test")
+        picked = [texts[i] for i in np.linspace(0, len(texts) - 1, min(n, len(texts))).astype(int)]
+        return {"text": np.array([[t.encode("utf-8")] for t in picked], dtype=object)}
     tensors = registry.example_inputs(model, artifacts, "test", n)
     return {t.name: x.numpy() for t, x in zip(spec.MODELS[model].inputs, tensors, strict=True)}
 
@@ -151,9 +158,15 @@ def build_workload(
     for target in targets:
         if target == STREAM:
             continue
-        needs = {"forecast": ("nhits", "reservoir", "forecast_blend"), "recommend": ("user_embedding", "similarity")}
+        needs = {
+            "forecast": ("nhits", "reservoir", "forecast_blend"),
+            "recommend": ("user_embedding", "similarity"),
+            "search": ("text_encoder", "similarity"),
+        }
         if not all(m in ref.sessions for m in needs.get(target, (target,))):
             continue
+        if target == "search" and not (Path(repo) / "search" / "config.pbtxt").is_file():
+            continue  # a repository whose catalog is not in the encoder's space serves no search
         source = {"forecast": "nhits", "recommend": "user_embedding"}.get(target, target)
         if source not in pools:
             pools[source] = _pool(source, artifacts, max(n, 8))

@@ -1,14 +1,17 @@
-"""Soak: hold the cpu target at a fraction of its measured maximum for a set time, checking every answer.
+"""Soak: hold the cpu target at the highest load it sustains for a set time, checking every answer.
 
     python -m reliability.soak --repo model_repository --artifacts artifacts --duration 600
     python -m reliability.soak --repo build/test/model_repository --artifacts build/test/artifacts --duration 60
 
-Steps: build the request pool and its ONNX Runtime answers; start a real tritonserver (serving.server) on
-free loopback ports; warm up; measure the closed-loop maximum (all models and ensembles, the same mix);
-run paced at `--load` x maximum for `--duration` seconds; sample the resident memory of tritonserver and
-each python backend stub at start, every window and at the end; scan the server log for the admin key.
-Writes `<out>/soak.json` and `<out>/soak.md`; exit 1 when an answer was wrong, a request failed, memory
-grew by `--max-growth` or more, or the key appeared in the log.
+Steps: build the request pool and its ONNX Runtime answers (every model and ensemble the repository serves,
+`search` included: text -> tokenizer -> text_encoder -> similarity); start a real tritonserver
+(serving.server) on free loopback ports; warm up; measure the closed-loop maximum (the same mix); then find
+the load to hold, measured now: paced probes bisect the fraction of that maximum whose schedule lag stays
+bounded (`--load auto`, the default; a number fixes the fraction instead); run paced at it for `--duration`
+seconds; sample the resident memory of tritonserver and each python backend stub at start, every window and at
+the end; scan the server log for the admin key. Writes `<out>/soak.json` and `<out>/soak.md`; exit 1 when an
+answer was wrong, a request failed, the lag grew past its bound, memory grew by `--max-growth` or more, or the
+key appeared in the log.
 """
 
 from __future__ import annotations
@@ -20,7 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-from reliability.load import Endpoint, Mix, measure_max, run_load, summarize, timeline
+from reliability.load import (
+    LAG_LIMIT_S,
+    Endpoint,
+    Mix,
+    lag_bounded,
+    measure_max,
+    run_load,
+    summarize,
+    sustained_rate,
+    timeline,
+)
 from reliability.reference import TARGETS, build_workload
 from serving import procs
 
@@ -65,9 +78,10 @@ def markdown(report: dict) -> str:
         f"- command: `{report['command']}`",
         f"- repository: `{report['repo']}` ({report['config_name']} target), targets: {', '.join(report['targets'])}",
         f"- maximum (closed loop, {report['max']['workers']} workers): **{report['max']['throughput']:.0f} requests/s**",
-        f"- held: **{report['target_rate']:.0f} requests/s** ({report['load']:.0%} of maximum) for "
-        f"**{report['seconds']:.0f} s**; achieved {report['achieved_rate']:.0f} requests/s "
-        f"({report['unsent']} scheduled requests not sent by the end: the server was behind)",
+        f"- held: **{report['target_rate']:.0f} requests/s** ({report['load']:.0%} of maximum, "
+        f"{report['load_choice']}) for **{report['seconds']:.0f} s**; achieved {report['achieved_rate']:.0f} "
+        f"requests/s ({report['unsent']} scheduled requests not sent by the end: the server was behind)",
+        f"- schedule lag over the run: {report['lag']}; bounded: **{report['lag_bounded']}**",
         f"- requests {s['requests']}, ok {s['ok']}, **wrong {s['wrong']}**, **errors {s['errors']}**",
         f"- latency of ok requests (ms): p50 {s['latency_ms'].get('p50')}, p95 {s['latency_ms'].get('p95')}, "
         f"p99 {s['latency_ms'].get('p99')}, max {s['latency_ms'].get('max')}",
@@ -150,8 +164,13 @@ def soak(args: argparse.Namespace) -> dict:
         run_load(workload, endpoint, args.warmup, 4, mix=mix)
         warm_max_batches(workload, server.grpc_url)
         best, best_workers, steps = measure_max(workload, endpoint, args.probe_seconds)
-        rate = args.load * best
         workers = max(2 * best_workers, 8)
+        if args.load == "auto":
+            load, probes = sustained_rate(workload, endpoint, best, workers, mix, args.lag_probe_seconds)
+            choice = f"the highest of {len(probes)} paced probes whose lag stayed bounded"
+        else:
+            load, probes, choice = float(args.load), [], "--load"
+        rate = load * best
         window = args.window or max(5.0, args.duration / 20)
         pid = server.process.pid
         start_mem = procs.memory(pid)
@@ -167,7 +186,7 @@ def soak(args: argparse.Namespace) -> dict:
         log.info(
             "soak: %.0f requests/s (%.0f %% of %.0f) for %.0f s, %d workers",
             rate,
-            args.load * 100,
+            load * 100,
             best,
             args.duration,
             workers,
@@ -183,7 +202,10 @@ def soak(args: argparse.Namespace) -> dict:
     steady = round(100.0 * (end_mem["total"] - later[0]) / later[0], 2) if later else None
     log_findings = server_log_findings(server.log_path.read_text(errors="replace"), server.key)
     summary = summarize(run.records)
+    bounded, lag = lag_bounded(run, run.seconds)
     failures = []
+    if not bounded:
+        failures.append(f"the schedule lag was not bounded ({lag}; limit {LAG_LIMIT_S} s): the load was past capacity")
     if summary["wrong"]:
         failures.append(f"{summary['wrong']} wrong answers")
     if summary["errors"]:
@@ -204,8 +226,12 @@ def soak(args: argparse.Namespace) -> dict:
         "http_share": args.http_share,
         "client": "tritonclient" if args.raw else f"clients.Client (retries={args.retries})",
         "max": {"throughput": round(best, 1), "workers": best_workers, "steps": steps, "probe_s": args.probe_seconds},
-        "load": args.load,
+        "load": load,
+        "load_choice": choice,
+        "load_probes": probes,
         "target_rate": round(rate, 1),
+        "lag": lag,
+        "lag_bounded": bounded,
         "workers": workers,
         "seconds": round(run.seconds, 1),
         "achieved_rate": round(run.throughput, 1),
@@ -234,7 +260,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repo", type=Path, default=Path("model_repository"), help="model repository (exported)")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="training artifacts (test-split inputs)")
     p.add_argument("--duration", type=float, default=600.0, help="seconds of paced load (default 600)")
-    p.add_argument("--load", type=float, default=0.8, help="fraction of the measured maximum (default 0.8)")
+    p.add_argument(
+        "--load",
+        default="auto",
+        help="fraction of the measured maximum to hold, or auto (default): the highest whose lag stays bounded",
+    )
+    p.add_argument("--lag-probe-seconds", type=float, default=12.0, help="seconds per paced probe of --load auto")
     p.add_argument("--probe-seconds", type=float, default=6.0, help="seconds per concurrency level of the maximum")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of unmeasured load first")
     p.add_argument("--window", type=float, default=0.0, help="timeline window in s (default duration / 20, >= 5)")
@@ -253,8 +284,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"{args.repo} is not an exported model repository: run `make export` (or export-small)")
     if not (args.artifacts / "checkpoints").is_dir():
         p.error(f"{args.artifacts} has no checkpoints/: run `make export` (or export-small)")
-    if not 0 < args.load <= 1:
-        p.error("--load must be in (0, 1]")
+    if args.load != "auto":
+        try:
+            if not 0 < float(args.load) <= 1:
+                raise ValueError
+        except ValueError:
+            p.error("--load must be auto or a fraction in (0, 1]")
     if args.targets and not set(args.targets.split(",")) <= set(TARGETS):
         p.error(f"--targets: choose from {','.join(TARGETS)}")
     return args

@@ -4,15 +4,20 @@
     python -m serving.integrity --repo model_repository             # verify (exit 1 and name each bad file)
     python -m serving.integrity --repo model_repository --scan      # also look for leaked paths / secrets
 
-Where the hashes come from, per artifact file (`*.onnx`, `*.plan` in a model's version folder):
+What is covered: every file a model loads, i.e. every file of a model folder: its configs (`config.pbtxt`,
+`configs/*.pbtxt`) and everything in its version folders (`*.onnx`, `*.plan`, a python model's `model.py`,
+the tokenizer's `tokenizer.json`, the provenance records); `__pycache__` is left out (Python writes it).
+Where the hashes come from:
 - the repository manifest `<repo>/integrity.json` that `write_manifest` writes at the end of `make export`
-  (`{"files": {"nhits/1/model.onnx": {"sha256": ..., "bytes": ...}}}`; Triton ignores files at the
-  repository root), and
-- the exporter's provenance record beside an ONNX file (`model.onnx.json`, key `onnx_sha256`).
+  (`{"files": {"nhits/1/model.onnx": {"sha256": ..., "bytes": ...}, "nhits/config.pbtxt": ...}}`; Triton
+  ignores files at the repository root), for every file, and
+- the exporter's provenance record beside an artifact (`model.onnx.json`, key `onnx_sha256`).
 
-Fail closed: a file with no recorded hash, a hash that differs from either record, a file listed in
-the manifest but absent, each is one problem naming the file. `TritonServer.start` refuses to launch
-when `verify_repository` returns any (see RELIABILITY.md for the wiring).
+Fail closed: an artifact (`*.onnx`, `*.plan`) with no recorded hash, a file of a repository that has a manifest
+but is not listed in it, a hash that differs from either record, a file listed in the manifest but absent, each
+is one problem naming the file. A repository without a manifest (a BYOM import into a fresh folder) has its
+artifacts checked against their records only. `TritonServer.start` refuses to launch when
+`verify_repository` returns any (see RELIABILITY.md for the wiring).
 
 What this protects against: truncated or corrupted copies, a half-finished export, a file swapped
 after export by mistake or by someone without write access to the manifest. It is not a signature:
@@ -70,19 +75,33 @@ def artifact_files(repo: Path) -> Iterator[Path]:
                     yield f
 
 
+def model_files(repo: Path) -> Iterator[Path]:
+    """Every file a model of `repo` loads: its configs and everything in its version folders (no __pycache__)."""
+    for model in model_dirs(repo):
+        for f in sorted(model.rglob("*")):
+            rel = f.relative_to(model).parts
+            if not f.is_file() or "__pycache__" in rel or f.suffix == ".pyc":
+                continue
+            if rel[0].isdigit() and (model / rel[0]).is_dir() or rel[0] in ("config.pbtxt", "configs"):
+                yield f
+
+
 def _rel(repo: Path, path: Path) -> str:
     return path.relative_to(repo).as_posix()
 
 
 def write_manifest(repo: Path) -> Path:
-    """Record the SHA-256 and size of every artifact of `repo` in `<repo>/integrity.json`; returns its path."""
+    """Record the SHA-256 and size of every file a model of `repo` loads in `<repo>/integrity.json`."""
     repo = Path(repo)
-    files = {_rel(repo, f): {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in artifact_files(repo)}
+    files = {_rel(repo, f): {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in model_files(repo)}
     path = repo / MANIFEST
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=2, sort_keys=True) + "\n")
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"algorithm": "sha256", "files": files}, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
-    log.info("recorded %d artifact hashes in %s", len(files), path)
+    log.info("recorded %d file hashes in %s", len(files), path)
     return path
 
 
@@ -123,20 +142,27 @@ def verify_repository(repo: Path) -> list[str]:
         return [f"{repo / MANIFEST}: cannot be read: {exc}"]
     problems = []
     seen = set()
-    for f in artifact_files(repo):
+    for f in model_files(repo):
         rel = _rel(repo, f)
         seen.add(rel)
+        artifact = f.name.endswith(ARTIFACT_SUFFIXES)
         expected = {}
         if manifest is not None and rel in manifest:
             expected[MANIFEST] = manifest[rel].get("sha256")
-        record = _record_hash(f)
+        record = _record_hash(f) if artifact else None
         if record:
             expected[record_path(f).name] = record
         if not expected:
-            problems.append(
-                f"{f}: no recorded hash (not in {MANIFEST}, no {record_path(f).name}); "
-                f"re-run `make export` or `python -m serving.integrity --repo {repo} --write`"
-            )
+            if artifact:
+                problems.append(
+                    f"{f}: no recorded hash (not in {MANIFEST}, no {record_path(f).name}); "
+                    f"re-run `make export` or `python -m serving.integrity --repo {repo} --write`"
+                )
+            elif manifest is not None:
+                problems.append(
+                    f"{f}: not in {MANIFEST}: a file the model loads was added or replaced after export; "
+                    f"re-run `make export` or `python -m serving.integrity --repo {repo} --write`"
+                )
             continue
         actual = sha256_file(f)
         for source, want in expected.items():
@@ -253,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if not problems:
-        print(f"{args.repo}: {sum(1 for _ in artifact_files(args.repo))} artifact(s) verified")
+        print(f"{args.repo}: {sum(1 for _ in model_files(args.repo))} file(s) verified")
     return 1 if problems else 0
 
 

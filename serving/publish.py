@@ -20,6 +20,15 @@ it for a model), on the same file system, so a move is a rename. Nothing in the 
 A failure before step 3 leaves the repository byte-identical; a failed or killed writer leaves only its stage,
 which the next writer removes (or, when it holds a journal, finishes: the journal names every move and the
 inodes tell which were done, so a commit cut between two renames is rolled forward, never left half done).
+A stage holding a rollout's pending marker (`.rollout.json`, serving.rollout) names a version that entered the
+repository but was not yet confirmed by its swap: a dead rollout's version is taken out again.
+
+One writer at a time: every writer of a repository (make export, both importers, serving.rollout, --recover)
+holds an exclusive flock on `<parent>/.<repo>.lock` for its whole run (`writer_lock`); a second writer waits
+for it. `--hold -- CMD` runs CMD (make export's stage steps) under the lock; the commands inside find the lock
+held through an inherited file descriptor (SERVING_WRITER_LOCK) instead of waiting for themselves. The journal,
+the manifest and the renamed folders are fsynced, so a power cut cannot leave a journal that names moves the
+disk never saw.
 """
 
 from __future__ import annotations
@@ -28,24 +37,144 @@ import argparse
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 JOURNAL = ".commit.json"
+PENDING = ".rollout.json"  # serving.rollout: a version in the repository its swap has not yet confirmed
 OWNER = ".owner"  # the pid of the process that builds the stage
+LOCK_ENV = "SERVING_WRITER_LOCK"  # "<fd>:<lock path>" of a writer lock an ancestor process holds
 MAKE_STAGE_SUFFIX = ".stage"  # make export's stage: fixed, so the Makefile can name it
 _RENAME_EXCHANGE = 2
 
 
 class PublishError(RuntimeError):
     """The stage failed verification, or the repository could not be updated (one line, what to do)."""
+
+
+class LockBusy(PublishError):
+    """Another live writer holds the repository's writer lock (wait=False)."""
+
+
+def lock_path(repo: Path) -> Path:
+    """`<parent>/.<repo name>.lock`: beside the repository (Triton would take a folder inside it for a model)."""
+    repo = Path(repo).absolute()
+    return repo.parent / f".{repo.name}.lock"
+
+
+_held: dict[str, int] = {}  # lock path -> depth, for this process
+_held_guard = threading.Lock()
+
+
+def _inherited(path: Path) -> bool:
+    """True when an ancestor holds the lock on `path` and passed its descriptor down (`--hold`)."""
+    value = os.environ.get(LOCK_ENV, "")
+    fd, _, held = value.partition(":")
+    if not fd.isdigit() or held != str(path):
+        return False
+    try:
+        return os.fstat(int(fd)).st_ino == os.stat(path).st_ino
+    except OSError:
+        return False
+
+
+@contextmanager
+def writer_lock(repo: Path, wait: bool = True, timeout: float | None = None) -> Iterator[Path]:
+    """Hold the writer lock of `repo` (re-entrant in a process and under `--hold`); LockBusy when `wait` is
+    False (or `timeout` passes) while another process holds it."""
+    path = lock_path(repo)
+    key = str(path)
+    with _held_guard:
+        if _held.get(key) or _inherited(path):
+            _held[key] = _held.get(key, 0) + 1
+            reentered = True
+        else:
+            reentered = False
+    if reentered:
+        try:
+            yield path
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")  # noqa: SIM115 - held for the block
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            if not wait:
+                raise LockBusy(f"another writer (pid {holder}) holds {path}") from None
+            log.warning("waiting for the writer lock %s (held by pid %s)", path, holder)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise LockBusy(f"another writer (pid {holder}) held {path} for {timeout:.0f} s") from None
+                    time.sleep(0.1)
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        with _held_guard:
+            _held[key] = 1
+        try:
+            yield path
+        finally:
+            with _held_guard:
+                _held.pop(key, None)
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
+def hold(repo: Path, cmd: list[str]) -> int:
+    """Run `cmd` while holding the writer lock of `repo`; its children see the lock as theirs."""
+    with writer_lock(repo) as path:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.set_inheritable(fd, True)
+            env = {**os.environ, LOCK_ENV: f"{fd}:{path}"}
+            return subprocess.run(cmd, env=env, pass_fds=(fd,)).returncode
+        finally:
+            os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, text: str) -> None:
+    """`path` holds `text` or what it held before, on disk, whatever happens (temp file, fsync, rename, fsync)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def stage_path(repo: Path, tag: str = "") -> Path:
@@ -116,7 +245,7 @@ def _artifact_entries(repo: Path, models: Iterable[str]) -> dict[str, dict]:
     wanted = set(models)
     return {
         f.relative_to(repo).as_posix(): {"sha256": integrity.sha256_file(f), "bytes": f.stat().st_size}
-        for f in integrity.artifact_files(repo)
+        for f in integrity.model_files(repo)
         if f.relative_to(repo).parts[0] in wanted
     }
 
@@ -129,15 +258,14 @@ def merge_manifest(repo: Path, models: Iterable[str], had_manifest: bool) -> Non
     path = repo / integrity.MANIFEST
     if not (had_manifest or path.is_file()):
         return
-    try:
-        files = integrity.read_manifest(repo) or {}
-    except (OSError, ValueError):
-        files = {}
-    files = {rel: entry for rel, entry in files.items() if rel.split("/", 1)[0] not in models}
-    files.update(_artifact_entries(repo, models))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with writer_lock(repo):  # read-modify-write: one writer at a time
+        try:
+            files = integrity.read_manifest(repo) or {}
+        except (OSError, ValueError):
+            files = {}
+        files = {rel: entry for rel, entry in files.items() if rel.split("/", 1)[0] not in models}
+        files.update(_artifact_entries(repo, models))
+        write_durably(path, json.dumps({"algorithm": "sha256", "files": files}, indent=2, sort_keys=True) + "\n")
 
 
 def model_folders(stage: Path) -> list[str]:
@@ -169,7 +297,6 @@ def commit(
 ) -> list[str]:
     """Verify the staged model folders and move them into `repo` (see the module docstring); returns the
     names moved. PublishError, with the repository untouched, when verification fails."""
-    from serving import integrity
 
     stage, repo = Path(stage).absolute(), Path(repo).absolute()
     models = model_folders(stage) if models is None else sorted(models)
@@ -182,6 +309,13 @@ def commit(
     if problems:
         shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
         raise PublishError(f"not published, {repo} is unchanged: {shown}")
+    with writer_lock(repo):
+        return _commit(stage, repo, models)
+
+
+def _commit(stage: Path, repo: Path, models: list[str]) -> list[str]:
+    from serving import integrity
+
     repo.mkdir(parents=True, exist_ok=True)
     if os.stat(stage).st_dev != os.stat(repo).st_dev:
         raise PublishError(
@@ -200,9 +334,12 @@ def commit(
         "inodes": {m: os.stat(stage / m).st_ino for m in models},
         "manifest": had_manifest,
     }
-    tmp = stage / f"{JOURNAL}.tmp"
-    tmp.write_text(json.dumps(journal, indent=2) + "\n")
-    os.replace(tmp, stage / JOURNAL)
+    for name in models:  # the staged files are on disk before the journal says they may be moved
+        for f in (stage / name).rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    write_durably(stage / JOURNAL, json.dumps(journal, indent=2) + "\n")
     _roll_forward(stage, journal)
     return models
 
@@ -225,7 +362,9 @@ def _roll_forward(stage: Path, journal: dict) -> None:
                 shutil.rmtree(old / name)
             os.rename(repo / name, old / name)
             log.info("retired %s from %s: the dims served leave it out (models.spec.OPTIONAL_MODELS)", name, repo)
-    merge_manifest(repo, journal["models"], journal.get("manifest", False))
+    fsync_dir(repo)
+    # a retired model's files leave the manifest with it (its configs were listed: every file a model loads is)
+    merge_manifest(repo, [*journal["models"], *journal.get("retire", [])], journal.get("manifest", False))
     shutil.rmtree(stage, ignore_errors=True)
     log.info("published %s into %s", ", ".join(journal["models"]), repo)
 
@@ -233,12 +372,21 @@ def _roll_forward(stage: Path, journal: dict) -> None:
 def recover(repo: Path) -> list[str]:
     """Finish every cut commit beside `repo` and remove the stages of writers that are gone; returns what
     was done, one line each. A stage whose writer is alive is left alone."""
+    with writer_lock(repo):
+        return _recover(repo)
+
+
+def _recover(repo: Path) -> list[str]:
     done = []
     for stage in _stages(repo):
         owner = _owner(stage)
         if owner is not None and owner != os.getpid() and _alive(owner):
             continue
-        if (stage / JOURNAL).is_file():
+        if (stage / PENDING).is_file():
+            if owner == os.getpid():
+                continue  # this process's own rollout, between its move into the repository and its swap
+            done.append(_undo_pending(repo, stage))
+        elif (stage / JOURNAL).is_file():
             journal = json.loads((stage / JOURNAL).read_text())
             _roll_forward(stage, journal)
             done.append(f"finished the cut commit of {', '.join(journal['models'])} from {stage}")
@@ -248,6 +396,22 @@ def recover(repo: Path) -> list[str]:
     for line in done:
         log.warning("%s", line)
     return done
+
+
+def _undo_pending(repo: Path, stage: Path) -> str:
+    """A rollout died after its version entered the repository and before its swap was confirmed: take the
+    version out (Triton then serves N, the highest version left) and its hashes out of the manifest."""
+    pending = json.loads((stage / PENDING).read_text())
+    model, version = pending["model"], int(pending["version"])
+    target = Path(repo).absolute() / model / str(version)
+    if target.is_dir():
+        trash = stage / ".old" / f"{model}-{version}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(target, trash)
+        fsync_dir(target.parent)
+    merge_manifest(Path(repo), [model], had_manifest=(Path(repo) / "integrity.json").is_file())
+    shutil.rmtree(stage, ignore_errors=True)
+    return f"removed {target}: the rollout that wrote it (process {_owner(stage)}) died before its swap was confirmed"
 
 
 def new_stage(repo: Path, tag: str | None = None) -> Path:
@@ -273,7 +437,13 @@ class Staging:
         self.committed: list[str] = []
 
     def __enter__(self) -> Staging:
-        self.repo = new_stage(self.target, self.tag)
+        self._lock = writer_lock(self.target)
+        self._lock.__enter__()  # the whole write, from the stage to the commit, is one writer's
+        try:
+            self.repo = new_stage(self.target, self.tag)
+        except BaseException:
+            self._lock.__exit__(*sys.exc_info())
+            raise
         return self
 
     def commit(self, models: Iterable[str] | None = None, check: Callable[[Path], list[str]] | None = None) -> list:
@@ -281,8 +451,11 @@ class Staging:
         return self.committed
 
     def __exit__(self, *exc) -> None:
-        if self.repo.exists() and not (self.repo / JOURNAL).is_file():
-            shutil.rmtree(self.repo, ignore_errors=True)
+        try:
+            if self.repo.exists() and not (self.repo / JOURNAL).is_file() and not (self.repo / PENDING).is_file():
+                shutil.rmtree(self.repo, ignore_errors=True)
+        finally:
+            self._lock.__exit__(*exc)
 
 
 def prepare(repo: Path, stage: Path, models: Iterable[str], configs_from: Path | None = None) -> Path:
@@ -290,9 +463,14 @@ def prepare(repo: Path, stage: Path, models: Iterable[str], configs_from: Path |
     last export, so unchanged models are not exported again), with the config files of `configs_from` (another
     repository, e.g. the committed one) over them. Copies, never hard links: a stage writes files in place,
     which must not reach the repository through a shared inode."""
+    repo, stage = Path(repo).absolute(), Path(stage).absolute()
+    with writer_lock(repo):
+        return _prepare(repo, stage, models, configs_from)
+
+
+def _prepare(repo: Path, stage: Path, models: Iterable[str], configs_from: Path | None) -> Path:
     from serving.repository import CONFIG_FILES
 
-    repo, stage = Path(repo).absolute(), Path(stage).absolute()
     recover(repo)
     if stage.exists():
         shutil.rmtree(stage)
@@ -318,6 +496,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     what.add_argument("--prepare", type=Path, metavar="STAGE", help="make STAGE from the repository's folders")
     what.add_argument("--commit", type=Path, metavar="STAGE", help="verify STAGE and move its folders in")
     what.add_argument("--recover", action="store_true", help="finish cut commits, remove stale stages")
+    what.add_argument(
+        "--hold",
+        action="store_true",
+        help="--hold -- CMD ...: run CMD holding the repository's writer lock (make export's stage steps)",
+    )
     p.add_argument("--models", help="comma-separated folders to prepare (default: every model of models/spec.py)")
     p.add_argument("--configs-from", type=Path, metavar="REPO", help="prepare: take the config files from REPO")
     p.add_argument("--check-layout", action="store_true", help="commit: the stage's configs must match the spec")
@@ -335,7 +518,14 @@ def _layout_check(stage: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parse(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = _parse(argv[: argv.index("--")] if "--" in argv else argv)
+    if args.hold:
+        if not cmd:
+            print("serving.publish: error: --hold needs a command after --", file=sys.stderr)
+            return 2
+        return hold(args.repo, cmd)
     try:
         if args.recover:
             for line in recover(args.repo) or [f"{args.repo}: nothing to recover"]:

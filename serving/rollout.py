@@ -35,14 +35,13 @@ catalog: `make export CATALOG=new_items.npy REPO=build/next` then `make rollout 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
+import os
 import shutil
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +136,14 @@ class Control:
 
     def close(self) -> None:
         self.client.close()
+
+
+def canary_ready(control: Control, model: str) -> bool:
+    """Is `<model>__canary` loaded and ready? (It is loaded from the request, so the repository index omits it.)"""
+    try:
+        return bool(control.client.is_model_ready(model + CANARY_SUFFIX))
+    except Exception:  # noqa: BLE001 - tritonclient raises for a model the server does not know
+        return False
 
 
 def _message(exc: BaseException) -> str:
@@ -346,37 +353,40 @@ def canary_check(
 # ----------------------------------------------------------------------------- repository
 
 
-@contextmanager
-def locked(repo: Path) -> Iterator[None]:
-    """One rollout at a time per repository (a lock file beside it)."""
-    repo = Path(repo).absolute()
-    path = repo.parent / f".{repo.name}.rollout.lock"
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RolloutError(f"another rollout holds {path}: wait for it to finish") from None
-        yield
+def stage_version(stage: publish.Staging, model: str, version: int, files: list[Path], source: Path) -> Path:
+    """Step 3: `<stage>/<model>/<version>/` with the export's artifacts and their records, verified. Nothing in
+    the repository changes: the canary runs on these bytes, and only a version that passed it moves in."""
+    dest = stage.repo / model / str(version)
+    for f in files:
+        for src in (f, integrity.record_path(f)):
+            out = dest / src.relative_to(source)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, out)
+    problems = publish.verify(stage.repo, [model])
+    if problems:
+        raise RolloutError(f"the staged version {version} does not verify: {problems[0]}")
+    return dest
 
 
-def write_version(repo: Path, model: str, version: int, files: list[Path], source: Path) -> Path:
-    """Step 3: `<repo>/<model>/<version>/` with the export's artifacts and their records, staged and verified."""
+def move_in(stage: publish.Staging, repo: Path, model: str, version: int) -> Path:
+    """Step 5a: the checked version into the repository (one rename) with its hashes, marked pending in the stage
+    until the swap confirms it: a rollout killed from here on leaves a marker that the next writer or server start
+    acts on (serving.publish.recover takes the version out again)."""
     target = repo / model / str(version)
     if target.exists():
         raise RolloutError(f"{target} exists but is not loaded: remove it (a failed rollout by hand?) and retry")
-    with publish.Staging(repo) as stage:
-        dest = stage.repo / model / str(version)
-        for f in files:
-            for src in (f, integrity.record_path(f)):
-                out = dest / src.relative_to(source)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, out)
-        problems = publish.verify(stage.repo, [model])
-        if problems:
-            raise RolloutError(f"the staged version {version} does not verify: {problems[0]}")
-        dest.rename(target)  # a new name: one rename, nothing half written in the repository
+    publish.write_durably(
+        stage.repo / publish.PENDING, json.dumps({"model": model, "version": version, "pid": os.getpid()}) + "\n"
+    )
+    (stage.repo / model / str(version)).rename(target)  # a new name: one rename, nothing half written
+    publish.fsync_dir(target.parent)
     publish.merge_manifest(repo, [model], had_manifest=(repo / integrity.MANIFEST).is_file())
     return target
+
+
+def confirm(stage: publish.Staging) -> None:
+    """The swap is confirmed: the version stays (the stage and its pending marker go)."""
+    (stage.repo / publish.PENDING).unlink(missing_ok=True)
 
 
 def remove_version(repo: Path, model: str, version: int) -> None:
@@ -385,6 +395,7 @@ def remove_version(repo: Path, model: str, version: int) -> None:
         trash = publish.stage_path(repo, f"trash-{model}-{version}")
         shutil.rmtree(trash, ignore_errors=True)
         target.rename(trash)  # out of the repository in one rename, then deleted
+        publish.fsync_dir(target.parent)
         shutil.rmtree(trash, ignore_errors=True)
     publish.merge_manifest(repo, [model], had_manifest=(repo / integrity.MANIFEST).is_file())
 
@@ -422,56 +433,65 @@ def rollout(
     )
     before = ort_answers(current.path(repo), inputs, outputs)
 
-    t0 = time.monotonic()
-    write_version(repo, model, new, files, version_dir)
-    out.steps["write"] = {"version_dir": str(repo / model / str(new)), "seconds": round(time.monotonic() - t0, 2)}
-    new_file = current.path(repo, new)
-    loaded_canary = False
-    swapped = False
-    try:
-        try:
-            want = ort_answers(new_file, inputs, outputs)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise RolloutError(f"ONNX Runtime cannot run version {new} here: {_message(exc)}") from None
-        config = type(current.config)()
-        config.CopyFrom(current.config)
-        config.name = canary_name
-        for group in config.instance_group:
-            group.name = ""
-        t1 = time.monotonic()
-        try:
-            control.load(canary_name, config, {f"file:1/{current.filename}": new_file.read_bytes()})
-        except Exception as exc:  # noqa: BLE001
-            raise RolloutError(f"version {new} does not load: {_message(exc)}") from None
-        loaded_canary = True
-        out.steps["canary"] = {
-            "load_s": round(time.monotonic() - t1, 2),
-            **canary_check(control, canary_name, inputs, want, before),
-        }
-        control.unload(canary_name)
+    with publish.Staging(repo) as stage:  # holds the writer lock until the rollout is done or undone
+        t0 = time.monotonic()
+        staged = stage_version(stage, model, new, files, version_dir)
+        out.steps["stage"] = {"version_dir": str(staged), "seconds": round(time.monotonic() - t0, 2)}
         loaded_canary = False
-
-        t2 = time.monotonic()
+        moved = False
+        swapped = False
         try:
-            control.load(model)  # Triton: N+1 loads beside N, requests move when it is ready, then N goes
-        except Exception as exc:  # noqa: BLE001
-            raise RolloutError(f"loading {model} version {new} failed: {_message(exc)}") from None
-        swapped = True
-        now = control.versions(model)
-        if now != [new]:
-            raise RolloutError(f"after the load {model} serves versions {now}, not [{new}]")
-        out.steps["swap"] = {
-            "seconds": round(time.monotonic() - t2, 2),
-            **canary_check(control, model, inputs, want, before, str(new)),
-        }
-    except BaseException as exc:  # a failed check, a server error, Ctrl-C: undo, then report it
-        out.error = str(exc)
-        if loaded_canary:
-            _quietly(control.unload, canary_name)
-        remove_version(repo, model, new)
-        if swapped:
-            _quietly(control.load, model)  # back to N, the highest version on disk again
-        raise
+            try:
+                want = ort_answers(staged / current.filename, inputs, outputs)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+                raise RolloutError(f"ONNX Runtime cannot run version {new} here: {_message(exc)}") from None
+            config = type(current.config)()
+            config.CopyFrom(current.config)
+            config.name = canary_name
+            for group in config.instance_group:
+                group.name = ""
+            t1 = time.monotonic()
+            try:
+                control.load(
+                    canary_name, config, {f"file:1/{current.filename}": (staged / current.filename).read_bytes()}
+                )
+            except Exception as exc:  # noqa: BLE001
+                raise RolloutError(f"version {new} does not load: {_message(exc)}") from None
+            loaded_canary = True
+            out.steps["canary"] = {
+                "load_s": round(time.monotonic() - t1, 2),
+                **canary_check(control, canary_name, inputs, want, before),
+            }
+            control.unload(canary_name)
+            loaded_canary = False
+
+            target = move_in(stage, repo, model, new)  # only a version that passed its canary
+            moved = True
+            out.steps["write"] = {"version_dir": str(target)}
+            t2 = time.monotonic()
+            try:
+                control.load(model)  # Triton: N+1 loads beside N, requests move when it is ready, then N goes
+            except Exception as exc:  # noqa: BLE001
+                raise RolloutError(f"loading {model} version {new} failed: {_message(exc)}") from None
+            swapped = True
+            now = control.versions(model)
+            if now != [new]:
+                raise RolloutError(f"after the load {model} serves versions {now}, not [{new}]")
+            out.steps["swap"] = {
+                "seconds": round(time.monotonic() - t2, 2),
+                **canary_check(control, model, inputs, want, before, str(new)),
+            }
+            confirm(stage)
+        except BaseException as exc:  # a failed check, a server error, Ctrl-C: undo, then report it
+            out.error = str(exc)
+            if loaded_canary:
+                _quietly(control.unload, canary_name)
+            if moved:
+                remove_version(repo, model, new)
+                confirm(stage)
+            if swapped:
+                _quietly(control.load, model)  # back to N, the highest version on disk again
+            raise
     prune(repo, model, current.version)
     out.steps["ensembles"] = refresh_cached_ensembles(control, repo, model)
     out.ok = True
@@ -555,8 +575,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parse(argv)
     key = os.environ.get("TRITON_ADMIN_KEY", "")
@@ -567,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         key = args.admin_key_file.read_text().strip()
     control = Control(args.url, key)
     try:
-        with locked(args.repo):
+        with publish.writer_lock(args.repo):  # one writer of the repository at a time (serving.publish)
             outcome = rollout(control, args.repo, args.model, args.source, args.canary, args.canary_rows)
     except RolloutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

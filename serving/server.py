@@ -8,9 +8,11 @@ module assembles a backend directory (that `onnxruntime` backend; the python bac
 the running Python, for models that are Python by nature), sets PATH / LD_LIBRARY_PATH as DESIGN.md
 requires (without the virtualenv first on PATH a python model silently received all-zero inputs), starts
 the server on 127.0.0.1 with `--model-config-name=cpu` (`--config-name cpu_fp32` / `cpu_int8`: the other
-precision), and waits for readiness with a timeout.
+precision), and waits for readiness with a timeout. A `--host` other than loopback needs `--expose` as well:
+this wheel's Triton 2.51 can be stopped by one unauthenticated request (RELIABILITY.md); production runs NGC.
 
-Before starting, every artifact (`*.onnx`, `*.plan`) is checked against the SHA-256 recorded at export
+Before starting, what a killed writer left beside the repository is finished or removed (serving.publish.recover,
+under the repository's writer lock), then every file a model loads is checked against the SHA-256 recorded at export
 (serving.integrity: the provenance record beside each file and `<repo>/integrity.json`); a file that
 does not match, has no record, or is missing refuses the start with one line per file; with
 `--exclude-unverified` the server starts instead with every other model (explicit model-control mode,
@@ -23,8 +25,9 @@ at start and then accepts load / unload through the restricted model-repository 
 The model-repository (load/unload), shared-memory, logging and trace APIs are restricted behind a key: clients
 send the header `triton-admin-key: <key>` over HTTP and `triton-grpc-protocol-triton-admin-key`
 over gRPC (`admin_headers()` builds either). The key comes from `--admin-key-file` or the
-TRITON_ADMIN_KEY environment variable, else a random one is written (mode 0600) into the run
-directory; it is never logged.
+TRITON_ADMIN_KEY environment variable, else a random one is written into the run directory (created with mode
+0600 in one call); it is never logged, and tritonserver (with every backend it starts) gets an environment
+without TRITON_ADMIN_KEY / TRITON_ADMIN_KEY_FILE.
 """
 
 from __future__ import annotations
@@ -155,8 +158,24 @@ def _link(target: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
+# Never handed to tritonserver: its backends (the python backend's stubs run model.py) inherit its environment,
+# and the key reaches Triton on its command line only (RELIABILITY.md).
+SECRET_ENV = ("TRITON_ADMIN_KEY", "TRITON_ADMIN_KEY_FILE")
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def server_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
     libs = [sysconfig.get_config_var("LIBDIR") or "", str(pytriton_dir().parent.parent / "nvidia_pytriton.libs")]
@@ -176,10 +195,27 @@ def admin_key(run_dir: Path, key_file: Path | None) -> str:
     if os.environ.get("TRITON_ADMIN_KEY"):
         return os.environ["TRITON_ADMIN_KEY"]
     path = run_dir / "admin.key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+    try:  # created with mode 0600 in the same call: never readable by others, not even for a moment
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
+
+
+def recover_repository(repo: Path) -> None:
+    """What a killed writer left beside `repo` (a cut commit, an unchecked rollout version) is finished or
+    removed before Triton reads the repository (serving.publish.recover, under the writer lock; skipped while
+    a live writer holds it, since it is then that writer's to finish)."""
+    from serving import publish
+
+    try:
+        with publish.writer_lock(repo, wait=False):
+            publish.recover(repo)
+    except publish.LockBusy as exc:
+        log.info("not recovering %s: %s", repo, exc)
 
 
 @dataclass
@@ -198,6 +234,7 @@ class TritonServer:
     # "explicit": every model loaded at start, then loaded / unloaded only through the model-control API
     # (serving.rollout); "none": Triton's default, the repository is read once at start
     model_control: str = "none"
+    expose: bool = False  # bind a non-loopback host (python -m serving.server --expose)
     process: subprocess.Popen | None = None
     key: str = ""
     refused: dict[str, str] = field(default_factory=dict)  # model -> why it was not loaded (verification)
@@ -250,6 +287,9 @@ class TritonServer:
     def start(self, timeout: float = 120.0) -> TritonServer:
         if not self.repo.is_dir():
             raise ServerError(f"model repository {self.repo} does not exist")
+        if not is_loopback(self.host) and not self.expose:
+            raise ServerError(f"{self.host} is not a loopback address: Triton 2.51 is not fit to face a network")
+        recover_repository(self.repo)
         if self.verify:
             self.verify_artifacts()
         for port in (self.http_port, self.grpc_port, self.metrics_port):
@@ -374,7 +414,17 @@ class TritonServer:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", type=Path, default=Path("model_repository"), help="model repository")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1); any other than loopback also needs --expose",
+    )
+    p.add_argument(
+        "--expose",
+        action="store_true",
+        help="allow a --host other than loopback: Triton 2.51 (this wheel) has unauthenticated remote crashes "
+        "fixed only in later releases (README, RELIABILITY.md); production runs the NGC image",
+    )
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
@@ -400,6 +450,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{RESTART_WINDOW_S:.0f} s; each crashed server's log is kept)",
     )
     args = p.parse_args(argv)
+    if not is_loopback(args.host) and not args.expose:
+        p.error(
+            f"--host {args.host} is not a loopback address: Triton 2.51 (this wheel) can be stopped by one "
+            "unauthenticated request (RELIABILITY.md); pass --expose as well if you mean it"
+        )
     if not args.repo.is_dir():
         p.error(f"model repository {args.repo} does not exist")
     if args.admin_key_file is not None and not args.admin_key_file.is_file():
@@ -422,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         verify=not args.no_verify,
         exclude_unverified=args.exclude_unverified,
         model_control=args.model_control,
+        expose=args.expose,
     )
     stop = {"now": False}
 

@@ -105,8 +105,9 @@ def mackey_glass_targets(series: np.ndarray, horizon: int) -> tuple[np.ndarray, 
 
 
 def save_esn(root: Path, name: str, hyper: dict, horizon: int = spec.HORIZON):
-    """An ESN trained on Mackey-Glass to predict the next `horizon` values, saved the ReservoirPy 0.4 way;
-    (esn, path, heldout) with the held-out part of the series also saved as root/heldout.npy."""
+    """An ESN trained on Mackey-Glass to predict the next `horizon` values, saved as weights (save_weights, what
+    the importer reads by default) and the ReservoirPy 0.4 way (root/<name>.rpy, a pickle); (esn, weights path,
+    heldout) with the held-out part of the series also saved as root/heldout.npy."""
     pytest.importorskip("reservoirpy")
     import reservoirpy
     from reservoirpy import ESN
@@ -114,11 +115,14 @@ def save_esn(root: Path, name: str, hyper: dict, horizon: int = spec.HORIZON):
 
     series = mackey_glass(MG_LENGTH, tau=17, seed=0)[:, 0]
     x, y = mackey_glass_targets(series[:MG_TRAIN], horizon)
+    from export.import_reservoirpy import save_weights
+
     esn = ESN(**hyper)
     esn.fit(x, y, warmup=100)
     heldout = series[MG_TRAIN:]
     np.save(root / "heldout.npy", heldout)
-    return esn, Path(reservoirpy.save(esn, root / name)), heldout
+    reservoirpy.save(esn, root / name)  # the pickle ReservoirPy writes, beside the weights the importer reads
+    return esn, save_weights(esn, root / f"{name}.npz"), heldout
 
 
 def import_esn(path: Path, repo: Path, artifacts: Path, name: str, *extra) -> int:

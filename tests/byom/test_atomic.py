@@ -60,7 +60,7 @@ def test_a_refused_option_leaves_the_repository_byte_identical(tiny, repo, tmp_p
     path = Path(reservoirpy.save(ESN(units=20, feedback=True, seed=1), tmp_path / "fb"))
     shutil.copyfile(tiny[0].parent / "heldout.npy", tmp_path / "heldout.npy")
     with pytest.raises(CliError, match="feedback=True"):
-        import_esn(path, repo, tmp_path / "a", "served")
+        import_esn(path, repo, tmp_path / "a", "served", "--trust-pickle")  # a pickle we made
     assert snapshot(repo) == before and stages_beside(repo) == []
 
 

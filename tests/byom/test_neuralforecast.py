@@ -168,3 +168,53 @@ def test_the_command_line_refuses_a_saved_model_with_one_line_naming_the_option(
     assert exit_info.value.code == 1
     assert len(err) == 1 and "local_scaler_type='standard'" in err[0], err
     assert not (tmp_path / "r" / "nhits").exists()  # refused before anything was written
+
+
+# -- no code from the user's files -----------------------------------------------------------------------------
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_legacy_directory_with_a_hostile_pickle_is_refused_and_its_payload_never_runs(tmp_path):
+    import pickle
+
+    from export import import_neuralforecast
+    from export.common import CliError
+
+    marker = tmp_path / "payload-ran"
+    saved = tmp_path / "nf_model"
+    saved.mkdir()
+    (saved / "dataset.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    (saved / "alias_to_model.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    (saved / "NHITS_0.ckpt").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CliError):
+        import_neuralforecast.load(saved)
+    assert not marker.exists(), "a file of the directory ran code"
+
+
+def test_the_import_asks_neuralforecast_for_no_pickles_explicitly(nf_cases, monkeypatch):
+    """Not left to neuralforecast's default: the call itself says allow_pickle=False (a later release could flip
+    the default, as 3.x once read pickles)."""
+    from neuralforecast import NeuralForecast
+
+    from export import import_neuralforecast
+
+    seen = {}
+    real = NeuralForecast.load
+
+    def recording(path, *args, **kwargs):
+        seen.update(kwargs)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(NeuralForecast, "load", staticmethod(recording))
+    case = next(iter(nf_cases.values()))
+    import_neuralforecast.load(case.path)
+    assert seen.get("allow_pickle") is False

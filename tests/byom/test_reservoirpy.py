@@ -171,7 +171,6 @@ def test_configs_are_the_projects_with_the_esn_dims(esn_case, byom_repo):
 
 
 def test_a_one_step_esn_without_input_to_readout_is_served_with_one_output(tmp_path, esn_case):
-    import reservoirpy
     from reservoirpy import ESN
 
     from export import import_reservoirpy
@@ -181,7 +180,7 @@ def test_a_one_step_esn_without_input_to_readout_is_served_with_one_output(tmp_p
     x, y = mackey_glass_targets(series[:600], 1)
     esn = ESN(units=50, lr=0.7, sr=1.1, ridge=1e-2, seed=3)
     esn.fit(x, y, warmup=50)
-    path = reservoirpy.save(esn, tmp_path / "one")
+    path = import_reservoirpy.save_weights(esn, tmp_path / "one")
     argv = ["--model", path, "--out-repo", tmp_path / "repo", "--artifacts", tmp_path / "a", "--name", "one"]
     assert (
         import_reservoirpy.main(
@@ -285,11 +284,72 @@ def test_the_command_line_refuses_with_one_line_naming_the_option(tmp_path, caps
     from export import import_reservoirpy
     from export.common import run_main
 
-    path = reservoirpy.save(ESN(units=20, feedback=True, seed=1), tmp_path / "fb")
-    argv = ["--model", path, "--out-repo", str(tmp_path / "r"), "--artifacts", str(tmp_path / "a")]
+    path = reservoirpy.save(ESN(units=20, feedback=True, seed=1), tmp_path / "fb")  # a pickle we made: trusted
+    argv = ["--model", path, "--out-repo", str(tmp_path / "r"), "--artifacts", str(tmp_path / "a"), "--trust-pickle"]
     with pytest.raises(SystemExit) as exit_info:
         run_main(import_reservoirpy.PROG, import_reservoirpy.main, argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 1
     assert len(err) == 1 and "feedback=True" in err[0] and err[0].startswith(import_reservoirpy.PROG), err
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+# -- no code from the user's file ------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this calls Path.touch on the marker: a stand-in for any code a hostile file can run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("suffix", [".rpy", ".pkl", ".pickle", ".joblib"])
+def test_a_hostile_pickle_is_refused_and_its_payload_never_runs(tmp_path, capsys, suffix):
+    import pickle
+
+    from export import import_reservoirpy
+    from export.common import run_main
+
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / f"esn{suffix}"
+    path.write_bytes(pickle.dumps(_Payload(marker)))
+    argv = ["--model", str(path), "--out-repo", str(tmp_path / "r"), "--artifacts", str(tmp_path / "a")]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(import_reservoirpy.PROG, import_reservoirpy.main, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "pickle" in err and "--trust-pickle" in err and "save_weights" in err
+    assert not marker.exists(), "the file's code ran"
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_weights_file_hiding_a_pickle_in_an_array_is_refused_without_running_it(tmp_path):
+    from export import import_reservoirpy
+    from export.common import CliError
+
+    marker = tmp_path / "payload-ran"
+    hostile = np.empty(1, dtype=object)
+    hostile[0] = _Payload(marker)
+    path = tmp_path / "esn.npz"
+    np.savez(
+        path, W=hostile, Win=np.zeros(1), bias=np.zeros(1), Wout=np.zeros((1, 1)), readout_bias=np.zeros(1), hyper="{}"
+    )
+    with pytest.raises(CliError, match="not a weights file"):
+        import_reservoirpy.load(path)
+    assert not marker.exists()
+
+
+def test_the_weights_file_rebuilds_the_same_esn_and_a_trusted_pickle_still_loads(esn_case):
+    from export import import_reservoirpy
+
+    rebuilt, recorded = import_reservoirpy.load(esn_case.path)
+    pickled, nothing = import_reservoirpy.load(esn_case.path.with_suffix(".rpy"), trust_pickle=True)
+    assert nothing == {} and recorded["input_scaling"] == [ESN_HYPER["input_scaling"]]
+    windows = windows_of(esn_case.heldout, 4)
+    np.testing.assert_allclose(esn_last(rebuilt, windows), esn_last(esn_case.esn, windows), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(esn_last(pickled, windows), esn_last(esn_case.esn, windows), rtol=0, atol=1e-12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tritonclient.grpc as grpcclient
 
 from clients import Client
@@ -54,3 +55,31 @@ def test_the_shm_benchmark_reports_both_transfers_for_both_cases(triton):
         assert row["plain_ms"]["p50"] > 0 and row["shm_ms"]["p50"] > 0 and row["max_abs_diff"] == 0.0
     assert report["models"]["nhits"]["rows"] == 1000 and report["models"]["similarity"]["rows"] == 256
     assert server_regions(triton) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_after_a_server_restart_the_regions_are_registered_again_and_the_endpoint_is_not_blamed(
+    repo, samples, tmp_path, protocol
+):
+    """call, restart the server (it forgets every registration), call: the second call answers the same,
+    registers this client's regions again once, and leaves the endpoint's circuit breaker closed with no failure."""
+    from reliability.faults import copy_repo, make_server, start_again
+
+    server = make_server(copy_repo(repo, tmp_path / "repo", ("nhits",)), tmp_path / "run")
+    server.start(timeout=120)
+    try:
+        url = f"{protocol}://{server.grpc_url if protocol == 'grpc' else server.http_url}"
+        with SharedMemoryClient(url, key=server.key, protocol=protocol, retries=0) as fast:
+            first = fast.nhits(samples["window"])
+            server.stop()
+            start_again(server)
+            assert not [r for r in server_regions(server) if r.startswith(fast.prefix)]  # forgotten
+            again = fast.nhits(samples["window"])
+            np.testing.assert_array_equal(first.values, again.values)
+            assert again.attempts == 1
+            (ep,) = fast.endpoints
+            assert ep.breaker.state == ep.breaker.CLOSED and ep.breaker.failures == 0
+            assert set(fast.region_names()) <= set(server_regions(server))
+    finally:
+        server.stop()

@@ -100,7 +100,9 @@ def test_export_image_pins_the_versions_of_pyproject():
     args = dockerfile_args(DOCKERFILES[1])
     assert args["TORCH_VERSION"] == pins["torch"]
     assert args["TENSORRT_VERSION"] == pins["tensorrt"]
-    assert args["TENSORRT_VERSION"].startswith("10.5."), "NGC 24.10 ships TensorRT 10.5 (DESIGN.md)"
+    assert args["MODELOPT_VERSION"] == pins["nvidia-modelopt"]
+    assert args["GRAPHSURGEON_VERSION"] == pins["onnx-graphsurgeon"]
+    assert args["TENSORRT_VERSION"].startswith("11.4."), "NGC 26.10 ships TensorRT 11.4 (README, Two targets)"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -167,7 +169,7 @@ def test_server_flags_are_the_same_in_image_compose_kubernetes_and_make():
 
 
 def test_exported_onnx_opset_runs_on_the_serving_images_onnxruntime():
-    """ONNX Runtime 1.23 (the newest with cp310 wheels) implements the default domain up to opset 23."""
+    """Opset 23 or lower: what every ONNX Runtime since 1.23 implements (the local wheel and the NGC image's)."""
     match = re.search(r"^OPSET\s*=\s*(\d+)", (ROOT / "export" / "onnx_export.py").read_text(), re.M)
     assert match, "export/onnx_export.py no longer defines OPSET"
     assert int(match.group(1)) <= 23
@@ -194,8 +196,8 @@ def test_serving_image_installs_the_entrypoint_and_verifies_the_baked_repository
 
 
 def test_integrity_check_runs_as_a_plain_script_on_the_image_python():
-    """The image has no project package and its python3 is 3.10: serving/integrity.py must import only the
-    standard library at module level (onnx only inside the --scan helpers) and use nothing newer."""
+    """The image has no project package (its python3 is 3.12): serving/integrity.py must import only the
+    standard library at module level (onnx only inside the --scan helpers); syntax kept to 3.10's."""
     source = (ROOT / "serving" / "integrity.py").read_text()
     tree = ast.parse(source)
     imported = set()
@@ -208,3 +210,23 @@ def test_integrity_check_runs_as_a_plain_script_on_the_image_python():
     assert imported - set(sys.stdlib_module_names) - {"__future__"} == set()
     assert 'if __name__ == "__main__":' in source
     ast.parse(source, feature_version=(3, 10))  # syntax the image's python3.10 accepts
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_both_images_run_as_a_non_root_user(dockerfile):
+    users = [rest for word, rest in dockerfile_instructions(dockerfile) if word == "USER"]
+    assert users, f"{dockerfile.name} has no USER: it runs as root"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) > 0, users[-1]  # numeric, so Kubernetes' runAsNonRoot can verify it
+    assert [w for w, _ in dockerfile_instructions(dockerfile)][-1] in ("CMD", "ENTRYPOINT")
+
+
+def test_docker_run_targets_publish_on_loopback_with_the_hardening_of_compose():
+    dry_run = " ".join(check(["make", "-n", "--no-print-directory", "docker-run"]).replace("\\\n", " ").split())
+    published = re.findall(r"-p (\S+)", dry_run)
+    assert published and all(p.startswith("127.0.0.1:") for p in published), published
+    for flag in ("--user 1000:1000", "--read-only", "--cap-drop ALL", "--security-opt no-new-privileges:true"):
+        assert flag in dry_run, flag
+    # gpu-smoke (make -n would run its recursive make and wait for a server): the same flags, in deploy.mk
+    smoke = (DEPLOY / "deploy.mk").read_text().split("\ngpu-smoke:")[1].split("\n\n")[0]
+    assert "$(HARDENED)" in smoke and "-p 8000" not in smoke and "-p 127.0.0.1:8000:8000" in smoke

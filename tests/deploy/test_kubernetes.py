@@ -50,7 +50,7 @@ def test_manifests_pass_strict_schema_validation(rendered):
     import kubernetes_validate
 
     _, objs = rendered
-    assert set(objs) == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    assert set(objs) == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"}
     for obj in objs.values():
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -79,10 +79,41 @@ def test_probes_ask_triton_health_endpoints_on_its_http_port(rendered):
     assert annotations["prometheus.io/path"] == "/metrics"
 
 
-def test_service_exposes_http_grpc_and_metrics(rendered):
+def test_service_exposes_what_clients_need_and_metrics_stay_inside(rendered):
     _, objs = rendered
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in objs["Service"]["spec"]["ports"]}
-    assert ports == {"http": (HTTP_PORT, "http"), "grpc": (GRPC_PORT, "grpc"), "metrics": (METRICS_PORT, "metrics")}
+    assert ports == {"http": (HTTP_PORT, "http"), "grpc": (GRPC_PORT, "grpc")}
+    assert objs["Service"]["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_a_network_policy_admits_clients_to_inference_and_only_prometheus_to_metrics(rendered):
+    _, objs = rendered
+    policy = objs["NetworkPolicy"]["spec"]
+    pod_labels = objs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"] and policy["egress"] == []  # no egress at all
+    rules = {tuple(sorted(p["port"] for p in rule["ports"])): rule["from"] for rule in policy["ingress"]}
+    assert set(rules) == {("grpc", "http"), ("metrics",)}
+    (prometheus,) = rules[("metrics",)]
+    assert prometheus["podSelector"] == {
+        "matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In", "values": ["prometheus"]}]
+    }  # the overlays' labels reach no selector of the clients' side
+    assert "namespaceSelector" in prometheus
+
+
+def test_pods_run_non_root_read_only_without_capabilities_under_runtime_default_seccomp(rendered):
+    _, objs = rendered
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    c = container(objs)["securityContext"]
+    assert c["readOnlyRootFilesystem"] is True and c["allowPrivilegeEscalation"] is False
+    assert c["capabilities"] == {"drop": ["ALL"]} and c["privileged"] is False
+    mounts = {m["mountPath"] for m in container(objs)["volumeMounts"]}
+    assert {"/tmp", "/dev/shm"} <= mounts  # what Triton and the python backend write
+    limits, requests = container(objs)["resources"]["limits"], container(objs)["resources"]["requests"]
+    assert limits["cpu"] and limits["memory"] and requests["cpu"] and requests["memory"]
 
 
 def test_selectors_find_the_pods_and_the_autoscaler_finds_the_deployment(rendered):
@@ -153,15 +184,17 @@ def test_cpu_overlay_tolerates_more_queue_time_than_gpu():
 
 
 def test_admin_key_comes_from_a_secret_that_is_not_committed(rendered):
-    """triton-serve refuses to start without TRITON_ADMIN_KEY; both overlays read it from the Secret
-    triton-admin-key (created with kubectl, README), whose name nameSuffix must not rewrite."""
+    """triton-serve refuses to start without a key; both overlays mount the Secret triton-admin-key (created with
+    kubectl, README), whose name nameSuffix must not rewrite, as a file: the key is in no environment."""
     _, objs = rendered
     env = {e["name"]: e for e in container(objs).get("env", [])}
-    assert env["TRITON_ADMIN_KEY"] == {
-        "name": "TRITON_ADMIN_KEY",
-        "valueFrom": {"secretKeyRef": {"name": "triton-admin-key", "key": "key"}},
-    }
-    assert not [e for e in env.values() if "value" in e and "KEY" in e["name"]], "a key in the manifest"
+    assert "TRITON_ADMIN_KEY" not in env
+    path = env["TRITON_ADMIN_KEY_FILE"]["value"]
+    (mount,) = [m for m in container(objs)["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert mount["readOnly"] is True
+    volume = {v["name"]: v for v in objs["Deployment"]["spec"]["template"]["spec"]["volumes"]}[mount["name"]]
+    assert volume["secret"]["secretName"] == "triton-admin-key" and path.endswith("/key")
+    assert not [e for e in env.values() if "KEY" in e["name"] and e.get("value") != path], "a key in the manifest"
     assert "Secret" not in objs
     assert container(objs)["args"][0] == ENTRYPOINT
     readme = (K8S.parents[1] / "README.md").read_text()

@@ -1,6 +1,6 @@
 """The TensorRT stage where TensorRT cannot run: profiles from the configs, provenance checks, and the
-builder's call sequence against a stand-in `tensorrt` module (the real one only exists in the TensorRT
-container; this checks our code path, not TensorRT)."""
+builder's call sequence against stand-in `tensorrt` and `modelopt.onnx.autocast` modules (the real ones only
+exist in the TensorRT container; this checks our code path against TensorRT 11's documented API, not TensorRT)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_provenance_problems_are_listed_before_triton_sees_the_plan(tmp_path: Pa
 
 def fake_tensorrt(serialized: bytes | None) -> mock.MagicMock:
     trt = mock.MagicMock(name="tensorrt")
-    trt.__version__ = "10.5.0"
+    trt.__version__ = "11.4.0.106"
     network = trt.Builder.return_value.create_network.return_value
     network.num_inputs, network.num_outputs, network.num_layers = 1, 1, 0
     network.get_input.return_value.name = "window"
@@ -99,6 +99,7 @@ def test_plans_and_provenance_are_written_with_the_documented_calls(repo: Path, 
         (vdir / f).write_bytes((spec.version_dir("nhits", repo) / f).read_bytes())
     trt = fake_tensorrt(b"serialized-plan")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    autocast = fake_autocast(monkeypatch)
     gpu = {"name": "NVIDIA H100", "compute_capability": "9.0", "driver": "550"}
     builder = build_engine.EngineBuilder(tmp_path / "cache" / build_engine.TIMING_CACHE)
     result = build_engine.build_model(builder, "nhits", work, "abc", gpu)
@@ -110,13 +111,25 @@ def test_plans_and_provenance_are_written_with_the_documented_calls(repo: Path, 
     lo, opt, hi = build_engine.batch_sizes("nhits", work)
     profile.set_shape.assert_called_with("window", (lo, spec.INPUT_SIZE), (opt, spec.INPUT_SIZE), (hi, spec.INPUT_SIZE))
     config = trt.Builder.return_value.create_builder_config.return_value
-    flags = [c.args[0] for c in config.set_flag.call_args_list]
-    assert flags == [trt.BuilderFlag.FP16, trt.BuilderFlag.FP16, trt.BuilderFlag.INT8]  # INT8 only for Q/DQ
+    config.set_flag.assert_not_called()  # TensorRT 11 has no precision flags: the ONNX types decide
+    parsed = [c.args[0] for c in trt.OnnxParser.return_value.parse_from_file.call_args_list]
+    fp16_file = tmp_path / "cache" / "nhits.model.fp16.onnx"
+    assert parsed == [str(fp16_file), str(vdir / spec.ONNX_INT8)]  # FP16 through AutoCast, INT8 as its Q/DQ say
+    assert autocast.calls == [
+        {
+            "onnx_path": str(vdir / spec.ONNX_FP32),
+            "low_precision_type": "fp16",
+            "keep_io_types": True,
+            "nodes_to_exclude": [],
+            "op_types_to_exclude": [],
+        }
+    ]
     int8 = json.loads(build_engine.provenance_path(vdir / spec.PLAN_INT8).read_text())
-    assert int8["precision"] == "int8+fp16"
+    assert int8["precision"] == "int8 (Q/DQ) + fp32"
     assert int8["calibration_manifest_sha256"] == "abc"
     assert int8["onnx_sha256"] == common.sha256_file(vdir / spec.ONNX_INT8)
-    assert result[spec.PLAN_FP16]["tensorrt_version"] == "10.5.0"
+    assert result[spec.PLAN_FP16]["tensorrt_version"] == "11.4.0.106"
+    assert result[spec.PLAN_FP16]["precision"] == "fp16 + fp32 (AutoCast)"
     monkeypatch.setattr(build_engine, "gpu_info", lambda: gpu)
     assert build_engine.check_plan_provenance(vdir / spec.PLAN_INT8) == []
 
@@ -148,27 +161,69 @@ def test_the_module_imports_without_tensorrt() -> None:
     assert "polygraphy run" in build_engine.__doc__
 
 
+def fake_autocast(monkeypatch) -> types.SimpleNamespace:
+    """A stand-in for modelopt.onnx.autocast that records its calls and returns the model unchanged."""
+    import onnx
+
+    calls: list[dict] = []
+
+    def convert_to_mixed_precision(**kwargs):
+        calls.append(kwargs)
+        return onnx.load(kwargs["onnx_path"])
+
+    autocast = types.SimpleNamespace(convert_to_mixed_precision=convert_to_mixed_precision, calls=calls)
+    monkeypatch.setattr(build_engine, "import_autocast", lambda: autocast)
+    return autocast
+
+
+def _graph_file(path: Path, with_topk: bool) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("MatMul", ["q", "c"], ["s"], name="/MatMul")]
+    outputs = [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 4])]
+    if with_topk:
+        k = helper.make_tensor("k", TensorProto.INT64, [1], [2])
+        nodes.append(helper.make_node("TopK", ["s", "k"], ["v", "i"], name="/TopK"))
+        outputs = [
+            helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 2]),
+            helper.make_tensor_value_info("i", TensorProto.INT64, [1, 2]),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 3]),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [3, 4]),
+        ],
+        outputs,
+        initializer=[k] if with_topk else [],
+    )
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
 def test_similarity_scores_are_kept_fp32_up_to_the_top_k(tmp_path: Path, monkeypatch) -> None:
-    trt = fake_tensorrt(b"x")
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    """Strong typing: the FP32 scores are AutoCast exclusions (TensorRT 11 has no per-layer precision request)."""
+    ranking = _graph_file(tmp_path / "ranking.onnx", with_topk=True)
+    assert build_engine.fp32_exclusions(ranking) == {
+        "nodes_to_exclude": ["rerank/.*"],
+        "op_types_to_exclude": ["MatMul", "Gemm", "TopK"],
+    }
+    plain = _graph_file(tmp_path / "plain.onnx", with_topk=False)
+    assert build_engine.fp32_exclusions(plain) == {"nodes_to_exclude": [], "op_types_to_exclude": []}
+    autocast = fake_autocast(monkeypatch)
+    out, kept = build_engine.fp16_onnx(ranking, tmp_path / "work" / "ranking.fp16.onnx")
+    assert out.is_file() and kept["op_types_to_exclude"] == ["MatMul", "Gemm", "TopK"]
+    assert autocast.calls[0]["keep_io_types"] is True and autocast.calls[0]["nodes_to_exclude"] == ["rerank/.*"]
 
-    def layer(name: str, kind) -> mock.MagicMock:
-        lay = mock.MagicMock(num_outputs=1, type=kind)
-        lay.name = name
-        lay.get_output.return_value.dtype = trt.float32
-        return lay
 
-    layers = [
-        layer("/ReduceL2", trt.LayerType.REDUCE),
-        layer("/MatMul", trt.LayerType.MATRIX_MULTIPLY),
-        layer("/TopK", trt.LayerType.TOPK),
-        layer("rerank/Gather", trt.LayerType.GATHER),
-    ]
-    network = mock.MagicMock(num_layers=len(layers))
-    network.get_layer.side_effect = layers.__getitem__
-    builder = build_engine.EngineBuilder(tmp_path / build_engine.TIMING_CACHE)
-    assert builder.constrain_scores_to_fp32(network) == ["/MatMul", "/TopK", "rerank/Gather"]
-    layers[1].set_output_type.assert_called_once_with(0, trt.float32)
-    layers[0].set_output_type.assert_not_called()
-    network.num_layers = 1  # no top-k: nothing constrained
-    assert builder.constrain_scores_to_fp32(network) == []
+def test_without_modelopt_the_plans_are_skipped_saying_how_to_install_it(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(b"x"))
+
+    def missing():
+        raise ModuleNotFoundError("No module named 'modelopt'")
+
+    monkeypatch.setattr(build_engine, "import_autocast", missing)
+    reason = build_engine.unavailable_reason()
+    assert reason and "ModelOpt AutoCast" in reason and ".[gpu]" in reason

@@ -160,7 +160,9 @@ def test_the_forecasters_serve_the_chosen_window_and_horizon(files, your_server,
     }
     assert np.isfinite(got["forecast"]).all()
     report = (your_export["artifacts"] / "reports" / "train.md").read_text()
-    assert str(files["SERIES"]) in report and f"windows of {INPUT} -> {H} ticks" in report
+    assert str(files["SERIES"]) in report and f"windows of {INPUT} -> {H} values" in report
+    assert "your series from" in report and "3 series of 400 to 450 values" in report
+    assert "synthetic hourly" not in report  # the data is named as what it is
 
 
 def test_the_readme_shows_the_command(files):

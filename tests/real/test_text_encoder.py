@@ -23,7 +23,13 @@ def texts_of(artifacts) -> list[str]:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_served_encoder_equals_sentence_transformers(triton_real, real_artifacts, tokenizer, reference, protocol):
+def test_served_encoder_is_its_file_and_meets_the_gates_against_sentence_transformers(
+    triton_real, real_artifacts, real_repo, tokenizer, reference, protocol
+):
+    """The served cpu file (model.cpu.onnx, chosen at export) answers what that file answers in-process on the same
+    batch, and meets the accuracy gates against SentenceTransformer.encode (FP32 within 1e-4: the export checks)."""
+    from serving.repository import served_file
+
     texts = texts_of(real_artifacts)
     want = reference.encode(texts, convert_to_numpy=True, show_progress_bar=False)
     ids, mask = real_data.tokenize(tokenizer, texts)
@@ -31,9 +37,25 @@ def test_served_encoder_equals_sentence_transformers(triton_real, real_artifacts
     with Client(url, protocol=protocol) as client:
         got = client.text_encoder(ids, mask).values
         one = np.concatenate([client.text_encoder(*real_data.tokenize(tokenizer, [t])).values for t in texts[:4]])
-    assert common.relative_error(got, want) <= FP32_BOUND
-    assert common.relative_error(one, want[:4]) <= FP32_BOUND
+    path = served_file(real_repo, "text_encoder")
+    sess = common.ort_session(path)
+    same = sess.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+    alone = np.concatenate(
+        [
+            sess.run(
+                ["embedding"],
+                dict(zip(("input_ids", "attention_mask"), real_data.tokenize(tokenizer, [t]), strict=True)),
+            )[0]
+            for t in texts[:4]
+        ]
+    )
+    assert common.relative_error(got, same) <= 1e-5 and common.relative_error(one, alone) <= 1e-5
+    cos = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.mean() >= 0.99 and cos.min() >= 0.98, (path.name, cos.min())
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    candidate = json.loads(path.with_name(path.name + ".json").read_text()).get("candidate", "fp32")
+    if candidate.endswith("fp32"):
+        assert common.relative_error(got, want) <= FP32_BOUND
 
 
 def test_export_report_holds_the_sentence_transformers_check(real_artifacts):
@@ -97,3 +119,27 @@ def test_bad_token_rows_answer_nan_and_leave_batch_mates_alone(triton_real, real
     assert np.isnan(emb[[1, 3, 4]]).all()
     keep = [0, 2, 5]
     assert common.relative_error(emb[keep], good[keep]) <= 1e-5
+
+
+def test_the_cpu_file_is_the_fastest_candidate_that_meets_the_gates(real_artifacts, real_repo):
+    """calibration.json's "cpu_file": every candidate held to the gates, the served file is the chosen one."""
+    from calibration.calibrate import CANDIDATES, TEXT_COSINE_MEAN_GOAL, TEXT_COSINE_MIN_GOAL, TEXT_RECALL_GOAL
+
+    entry = json.loads((real_artifacts / "reports" / "calibration.json").read_text())["models"]["text_encoder"]
+    cpu = entry["cpu_file"]
+    assert list(cpu["candidates"]) and set(cpu["candidates"]) == set(CANDIDATES)
+    for name, c in cpu["candidates"].items():
+        met = (
+            c["cosine_fp32_mean"] >= TEXT_COSINE_MEAN_GOAL
+            and c["cosine_fp32_min"] >= TEXT_COSINE_MIN_GOAL
+            and c["recall_at_k"] >= TEXT_RECALL_GOAL
+            and c["batch_effect_max_abs"] <= common.GUARD_BOUND
+        )
+        assert c["meets_gates"] == met, name
+    assert cpu["candidates"][cpu["chosen"]]["meets_gates"] and cpu["guard"]["passed"]
+    fastest = min(c["batch1_p50_ms"] + c["batch8_per_text_ms"] for c in cpu["candidates"].values() if c["meets_gates"])
+    chosen = cpu["candidates"][cpu["chosen"]]
+    assert chosen["batch1_p50_ms"] + chosen["batch8_per_text_ms"] <= 1.05 * fastest
+    path = spec.version_dir("text_encoder", real_repo) / spec.ONNX_CPU
+    record = json.loads(path.with_name(path.name + ".json").read_text())
+    assert record["candidate"] == cpu["chosen"] and record["onnx_sha256"] == common.sha256_file(path)

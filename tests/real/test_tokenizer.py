@@ -13,9 +13,12 @@ from tritonclient.utils import InferenceServerException
 
 from clients import Client, InvalidInputError
 from models import data, real_data, spec
+from serving.repository import load_config
 
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
 LONG = "space adventure with robots " * 200  # ~1,000 tokens: truncated to spec.MAX_TOKENS
+_PARAMS = load_config(spec.MODEL_REPOSITORY / "tokenizer" / "config.pbtxt").parameters
+BUCKETS = [int(b) for b in _PARAMS["length_buckets"].string_value.split(",")]  # 16, 32, ... 256
 
 
 def hf_tokenizer(artifacts):
@@ -62,10 +65,14 @@ def test_served_tokenizer_equals_the_hugging_face_tokenizer(triton_real, real_ar
         texts, padding=True, truncation=True, max_length=spec.MAX_TOKENS, return_tensors="np"
     )
     got = raw_infer(triton_real, protocol, "tokenizer", [t.encode() for t in texts])
-    np.testing.assert_array_equal(got["input_ids"], hf["input_ids"])
+    np.testing.assert_array_equal(got["input_ids"], hf["input_ids"])  # the longest is 256 tokens: the last bucket
     np.testing.assert_array_equal(got["attention_mask"], hf["attention_mask"])
-    one = raw_infer(triton_real, protocol, "tokenizer", [texts[0].encode()])  # padding per request: no pad here
-    assert one["attention_mask"].all() and one["input_ids"].shape[1] == int(hf["attention_mask"][0].sum())
+    for text, n in zip(texts[:3], hf["attention_mask"].sum(axis=1), strict=False):  # alone: padded to its bucket
+        one = raw_infer(triton_real, protocol, "tokenizer", [text.encode()])
+        assert one["input_ids"].shape[1] == next(b for b in BUCKETS if b >= n)
+        assert int(one["attention_mask"].sum()) == n and one["attention_mask"][0, :n].all()
+        np.testing.assert_array_equal(one["input_ids"][0, :n], hf["input_ids"][texts.index(text), :n])
+        assert not one["input_ids"][0, n:].any()  # [PAD] is id 0
 
 
 BAD = {

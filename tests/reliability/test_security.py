@@ -366,3 +366,49 @@ def test_the_server_refuses_to_start_over_a_tampered_artifact(repo_copy, tmp_pat
     with pytest.raises(ServerError, match=str(path)):
         server.start(timeout=60)
     assert server.process is None or server.process.poll() is not None
+
+
+@pytest.fixture()
+def python_model_repo(tmp_path) -> Path:
+    """A python model as the tokenizer is laid out (config, configs/, model.py, tokenizer.json) and an ONNX
+    model, with the manifest make export writes."""
+    repo = tmp_path / "repo"
+    tok = repo / "tokenizer"
+    (tok / "1").mkdir(parents=True)
+    (tok / "config.pbtxt").write_text('name: "tokenizer"\nbackend: "python"\n')
+    (tok / "1" / "model.py").write_text("class TritonPythonModel:\n    pass\n")
+    (tok / "1" / "tokenizer.json").write_text('{"model": {"vocab": {}}}')
+    onnx_model = repo / "blend"
+    (onnx_model / "1").mkdir(parents=True)
+    (onnx_model / "configs").mkdir()
+    (onnx_model / "config.pbtxt").write_text('name: "blend"\n')
+    (onnx_model / "configs" / "cpu.pbtxt").write_text('name: "blend"\nbackend: "onnxruntime"\n')
+    artifact = onnx_model / "1" / spec.ONNX_FP32
+    artifact.write_bytes(b"onnx bytes")
+    integrity.record_path(artifact).write_text(json.dumps({"onnx_sha256": integrity.sha256_file(artifact)}))
+    integrity.write_manifest(repo)
+    assert integrity.verify_repository(repo) == []
+    return repo
+
+
+@pytest.mark.parametrize(
+    "rel", ["tokenizer/1/model.py", "tokenizer/1/tokenizer.json", "tokenizer/config.pbtxt", "blend/configs/cpu.pbtxt"]
+)
+def test_every_file_a_model_loads_is_verified_not_only_onnx_and_plans(python_model_repo, rel):
+    """model.py runs inside the server and the configs say what runs: a change to any of them is named."""
+    path = python_model_repo / rel
+    path.write_text(path.read_text() + "\nimport os  # added after export\n")
+    problems = integrity.verify_repository(python_model_repo)
+    assert problems and all(str(path) in p for p in problems), problems
+    assert set(integrity.failed_models(python_model_repo)) == {rel.split("/")[0]}
+
+
+def test_a_file_dropped_into_a_version_folder_after_export_is_named(python_model_repo):
+    extra = python_model_repo / "tokenizer" / "1" / "helpers.py"
+    extra.write_text("print('imported by model.py')\n")
+    problems = "\n".join(integrity.verify_repository(python_model_repo))
+    assert f"{extra}: not in {integrity.MANIFEST}" in problems
+    (python_model_repo / "tokenizer" / "1" / "__pycache__").mkdir()
+    (python_model_repo / "tokenizer" / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"x")
+    extra.unlink()
+    assert integrity.verify_repository(python_model_repo) == []  # Python's own cache is not the model's

@@ -54,7 +54,7 @@ def test_gpu_configs_are_tensorrt_plans_and_cpu_configs_use_the_onnx_runtime_bac
         assert gpu.platform == "tensorrt_plan" and gpu.instance_group[0].kind == gpu.instance_group[0].KIND_GPU
         assert gpu.default_model_filename == spec.PLAN_FP16
         assert cpu.backend == "onnxruntime" and cpu.instance_group[0].kind == cpu.instance_group[0].KIND_CPU
-        assert cpu.default_model_filename in (spec.ONNX_FP32, spec.ONNX_INT8)
+        assert cpu.default_model_filename in (spec.ONNX_FP32, spec.ONNX_INT8, spec.ONNX_CPU)
         assert {"intra_op_thread_count", "inter_op_thread_count"} <= set(cpu.parameters)
 
 

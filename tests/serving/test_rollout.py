@@ -230,3 +230,64 @@ def test_the_command_line_refuses_an_ensemble_with_one_line(explicit_server, ser
     assert rollout.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ensemble" in err[0], err
+
+
+def test_a_rollout_killed_during_its_canary_leaves_version_n_for_the_next_start(repo, exports, tmp_path):
+    """SIGKILL `python -m serving.rollout` while its canary is loaded and answering: version N+1 never entered the
+    repository (it is staged beside it until the canary passed), and the next server start, which clears what the
+    dead writer left, serves version N with every file verified."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from reliability.faults import copy_repo
+
+    models = ("nhits",)
+    work = copy_repo(repo, tmp_path / "model_repository", models)
+    server = TritonServer(
+        work,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        run_dir=tmp_path / "run",
+        model_control="explicit",
+    )
+    server.start(timeout=180)
+    before = snapshot(work)
+    key = tmp_path / "admin.key"
+    key.write_text(server.key)
+    cmd = [sys.executable, "-m", "serving.rollout", "--model", "nhits", "--from", str(exports["nhits"])]
+    cmd += ["--repo", str(work), "--url", server.grpc_url, "--admin-key-file", str(key), "--canary-rows", "40000"]
+    proc = subprocess.Popen(cmd, cwd=spec.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    control = rollout.Control(server.grpc_url, server.key)
+    try:
+        deadline = time.monotonic() + 120
+        while not rollout.canary_ready(control, "nhits"):
+            assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]
+            assert time.monotonic() < deadline, "the canary never loaded"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # the canary is loaded: its rows are going through the server
+        proc.wait(30)
+        out = proc.stdout.read().decode()
+        assert proc.returncode == -signal.SIGKILL, f"the rollout ended by itself before the kill: {out[-2000:]}"
+        assert not (work / "nhits" / "2").exists(), "version N+1 entered the repository before its canary passed"
+        assert snapshot(work) == before
+    finally:
+        control.close()
+        server.stop()
+    assert list(work.parent.glob(f".{work.name}.stage*")), "the killed rollout left its stage (the next start's job)"
+    again = TritonServer(
+        work, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), run_dir=tmp_path / "run2"
+    )
+    again.start(timeout=180)  # verifies every file first
+    try:
+        control = rollout.Control(again.grpc_url, again.key)
+        try:
+            assert control.versions("nhits") == [1]
+        finally:
+            control.close()
+    finally:
+        again.stop()
+    assert not list(work.parent.glob(f".{work.name}.stage*")), "the start cleared what the dead rollout left"
+    assert integrity.verify_repository(work) == []

@@ -16,6 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from calibration.calibrate import TEXT_COSINE_MEAN_GOAL, TEXT_COSINE_MIN_GOAL
 from models import registry, spec
 from serving.repository import served_file
 from serving.server import admin_headers
@@ -120,7 +121,21 @@ def test_served_model_equals_onnx_runtime_and_pytorch_in_process(triton, repo, a
     for name, value in served.items():
         assert value.dtype == np.dtype(next(t.dtype for t in spec.MODELS[model].outputs if t.name == name))
         assert_close(value, local[name], RTOL_SERVED, f"{model}.{name} vs ONNX Runtime ({protocol})")
+        if model == "text_encoder" and encoder_candidate(repo) not in ("fp32", "fused_fp32"):
+            # an INT8 encoder file (calibration's choice): held to its accuracy gates against FP32, per text
+            cos = np.sum(value * torch_out[name], axis=1)  # both L2-normalised
+            assert cos.min() >= TEXT_COSINE_MIN_GOAL and cos.mean() >= TEXT_COSINE_MEAN_GOAL, cos
+            continue
         assert_close(value, torch_out[name], RTOL_TORCH, f"{model}.{name} vs PyTorch ({protocol})")
+
+
+def encoder_candidate(repo: Path) -> str:
+    """Which of calibration's encoder candidates the cpu config's file is (its record), FP32 if it has none."""
+    import json
+
+    path = served_file(repo, "text_encoder")
+    record = path.with_name(path.name + ".json")
+    return json.loads(record.read_text()).get("candidate", "fp32") if record.is_file() else "fp32"
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -290,6 +305,7 @@ def batching(repo, tmp_path_factory):
     import re
 
     from reliability.faults import copy_repo, make_server
+    from serving import integrity
 
     models = ("nhits", "similarity", "user_embedding", "recommend")
     copy = copy_repo(repo, tmp_path_factory.mktemp("batching") / "repo", models)
@@ -300,6 +316,7 @@ def batching(repo, tmp_path_factory):
         )
         assert n == 1
         path.write_text(text.replace("preferred_batch_size: [ 16, 64 ]", "preferred_batch_size: [ 16 ]"))
+    integrity.write_manifest(copy)  # the configs are part of what the server verifies: record the edited ones
     server = make_server(copy, tmp_path_factory.mktemp("batching-run"))
     server.start(timeout=180)
     yield server

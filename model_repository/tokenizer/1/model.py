@@ -2,7 +2,11 @@
 
 The encoder's own `tokenizer.json` (copied beside this file by export.onnx_export) run with `tokenizers`:
 lower-casing WordPiece with [CLS] ... [SEP], at most `max_tokens` tokens per text (longer texts are truncated,
-as SentenceTransformer.encode does), padded with [PAD] (id 0, mask 0) to the longest text of the request.
+as SentenceTransformer.encode does; export.onnx_export writes the encoder's own max_seq_length into the copied
+tokenizer.json, which wins over the config parameter), padded with [PAD] (id 0, mask 0) to the smallest length
+bucket (`length_buckets`, e.g. 16,32,64,128,256) that holds the longest text of the request. Triton batches only
+requests of one shape: the buckets let requests of different token counts meet in one text_encoder batch, at the
+cost of a few padded (masked) tokens.
 
 Each request is answered on its own: a request holding an empty (or whitespace-only) text, bytes that are not
 UTF-8 or a text longer than `max_text_bytes` bytes gets an INVALID_ARG error that names the row and the
@@ -31,9 +35,14 @@ class TritonPythonModel:
         if not path.is_file():
             raise pb_utils.TritonModelException(f"{path} is missing: run `make export` (export.onnx_export copies it)")
         tok = Tokenizer.from_file(str(path))
+        if tok.truncation:  # the encoder's max_seq_length, written at export
+            self.max_tokens = int(tok.truncation["max_length"])
         tok.enable_truncation(max_length=self.max_tokens)
-        tok.enable_padding(pad_id=0, pad_token="[PAD]")
+        tok.no_padding()
         self.tokenizer = tok
+        buckets = sorted({int(b) for b in params.get("length_buckets", "").split(",") if b.strip()})
+        # no buckets: padded to the request's longest text (requests of different lengths then never batch)
+        self.buckets = [b for b in buckets if b < self.max_tokens] + [self.max_tokens] if buckets else []
         self.invalid = getattr(pb_utils.TritonError, "INVALID_ARG", None)
 
     def texts(self, rows: np.ndarray) -> list[str]:
@@ -57,8 +66,13 @@ class TritonPythonModel:
             try:
                 texts = self.texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy())
                 enc = self.tokenizer.encode_batch(texts)
-                ids = np.array([e.ids for e in enc], dtype=np.int64)  # (B, T)
-                mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+                longest = max(len(e.ids) for e in enc)
+                width = next((b for b in self.buckets if b >= longest), longest)
+                ids = np.zeros((len(enc), width), dtype=np.int64)  # (B, T): [PAD] is id 0
+                mask = np.zeros((len(enc), width), dtype=np.int64)
+                for row, e in enumerate(enc):
+                    ids[row, : len(e.ids)] = e.ids
+                    mask[row, : len(e.ids)] = 1
                 outputs = [pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)]
                 responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             except TextError as exc:
