@@ -167,8 +167,8 @@ def flops_per_row(module: nn.Module) -> float:
         if isinstance(m, nn.Linear):
             total += 2 * m.in_features * m.out_features
         elif isinstance(m, Reservoir):  # the first step multiplies W by the zero state and is skipped
-            n = m.cfg.units
-            total += 2 * n * n * (m.cfg.window - 1) + 2 * n * m.cfg.horizon
+            n = m.cfg.units  # each unit reads its block's (or the whole W's) w.shape[1] states per step
+            total += 2 * n * m.w.shape[1] * (m.cfg.window - 1) + 2 * n * m.cfg.horizon
         elif isinstance(m, Similarity):
             total += 2 * m.catalog_t.numel()
     return float(total)

@@ -57,7 +57,8 @@ def synthetic_model(name: str, n_items: int, n_users: int, units: int = spec.RES
     if name == "nhits":
         return NHITS().eval()
     if name == "reservoir":
-        res = Reservoir(ReservoirConfig(units=units, seed=seed))
+        block = ReservoirConfig.block_size if units % ReservoirConfig.block_size == 0 else units  # one block if need be
+        res = Reservoir(ReservoirConfig(units=units, seed=seed, block_size=block))
         res.in_loc.fill_(4.5)  # log of a typical price level of the generated series
         res.in_scale.fill_(1.0)
         res.set_readout(rng.normal(0.0, 0.01, (spec.HORIZON, units + 2)).astype(np.float32))
