@@ -1,8 +1,8 @@
 """The trading path measured with the project's own clients, where perf_analyzer cannot go.
 
 - `lanes`: one critical client (clients.Client, Priority.CRITICAL, concurrency 1) alone, then while
-  perf_analyzer floods the same model at concurrency 16 in the default lane; on the served configs (priority
-  lanes) and on a second server whose configs are the same without lanes. perf_analyzer 2.51 cannot set a
+  perf_analyzer floods the same model at concurrency 16 in the default lane; on a server of the `cpu_lanes`
+  configs (priority lanes) and on the served configs (the same without lanes). perf_analyzer 2.51 cannot set a
   request's priority, so the critical side is Python; both servers see the same client.
 - `stream_ticks`: one sequence's ticks through clients.stream.StreamClient, over a gRPC stream and over
   unary gRPC calls, back to back.
