@@ -46,8 +46,11 @@ def critical_loop(url: str, model: str, rows: np.ndarray, seconds: float, priori
 
     latencies, refused = [], {}
     with Client(url, timeout=deadline_s, retries=0, priority=priority) as client:
-        for i in range(WARMUP_REQUESTS):
-            client.call(model, rows[i % len(rows)][None])
+        for i in range(WARMUP_REQUESTS):  # a refusal here is counted with the others, not fatal
+            try:
+                client.call(model, rows[i % len(rows)][None])
+            except ClientError as exc:
+                refused[f"warmup {type(exc).__name__}"] = refused.get(f"warmup {type(exc).__name__}", 0) + 1
         end, i = time.monotonic() + seconds, 0
         while time.monotonic() < end:
             t0 = time.perf_counter()
