@@ -25,7 +25,7 @@ $(CHECKOV_VENV)/.installed: deploy/checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install -q -r deploy/checkov.txt
 	@touch $@
 
-.PHONY: export-image docker-export docker-build docker-run compose-up compose-down k8s-render k8s-apply perf-smoke gpu-smoke check-deploy
+.PHONY: export-image docker-export gpu-check docker-build docker-run compose-up compose-down k8s-render k8s-apply perf-smoke gpu-smoke check-deploy
 
 export-image: ## build the export image (EXPORT_IMAGE) on NVIDIA's TensorRT image (TENSORRT_IMAGE)
 	$(DOCKER) build -f docker/Dockerfile.export --build-arg TENSORRT_IMAGE=$(TENSORRT_IMAGE) -t $(EXPORT_IMAGE) .
@@ -34,6 +34,11 @@ docker-export: export-image ## make export TARGET=gpu inside the TensorRT contai
 	$(DOCKER) run --gpus all --rm --user $$(id -u):$$(id -g) -e HOME=/tmp \
 		-v $(CURDIR):/workspace/project -w /workspace/project $(EXPORT_IMAGE) \
 		make -o /opt/venv/.installed export TARGET=gpu VENV=/opt/venv SIZE=$(strip $(SIZE))
+
+gpu-check: ## in the TensorRT container, on the GPU: trtexec loads every plan, Polygraphy compares it with ONNX Runtime
+	$(DOCKER) run --gpus all --rm --user $$(id -u):$$(id -g) -e HOME=/tmp \
+		-v $(CURDIR):/workspace/project -w /workspace/project $(EXPORT_IMAGE) \
+		/opt/venv/bin/python -m export.check_plans --repo $(REPO)
 
 docker-build: ## build the serving image (SERVER_IMAGE) with the exported REPO baked in
 	@find $(REPO) -path '*/1/*' \( -name '*.plan' -o -name '*.onnx' \) | grep -q . || \

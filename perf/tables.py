@@ -1,4 +1,4 @@
-"""The one markdown table writer of perf/ and its number formats (perf.report, perf.gpu.report, the CLIs)."""
+"""The one markdown table writer of perf/ and its number formats (perf.report and the CLIs)."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ wheel names its server library `libtritonserver-<hash>.so`; the backend's RUNPAT
 license, `build.json` (what it was built from) and `build.log`.
 
 Sources, first found wins:
-1. `$TRITON_VENDOR_DIR`, `../shared/vendor` beside this checkout, or beside the repository it was cloned
-   from: `triton-r24.10/{onnxruntime_backend,core,common,backend}.tar.gz` (git archives of r24.10) and
+1. `$TRITON_VENDOR_DIR` (`.ci/run` sets it when an offline copy sits beside the checkout):
+   `triton-r24.10/{onnxruntime_backend,core,common,backend}.tar.gz` (git archives of r24.10) and
    `onnxruntime-*/include/onnxruntime_c_api.h`. Fully offline (FETCHCONTENT_FULLY_DISCONNECTED).
 2. Upstream (internet access to github.com): `git clone -b r24.10` of onnxruntime_backend, CMake
    FetchContent of core/common/backend at r24.10, and the C API header of the wheel's ONNX Runtime
@@ -87,27 +87,17 @@ def wheel() -> Wheel:
     return Wheel(onnxruntime.__version__, libs[-1], servers[0])
 
 
-def vendor_candidates() -> list[Path]:
-    found = []
-    if os.environ.get("TRITON_VENDOR_DIR"):
-        found.append(Path(os.environ["TRITON_VENDOR_DIR"]))
-    found.append(ROOT.parent / "shared" / "vendor")
-    try:  # a clean clone (CI) sits elsewhere: look beside the repository it was cloned from
-        origin = subprocess.run(
-            ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        origin = ""
-    if origin and "://" not in origin and ":" not in origin.split("/")[0]:
-        found.append(Path(origin).resolve().parent / "shared" / "vendor")
-    return found
-
-
 def find_vendor() -> Path | None:
-    for d in vendor_candidates():
-        if all((d / f"triton-{TRITON_BRANCH}" / f"{r}.tar.gz").is_file() for r in REPOS) and vendor_header(d):
-            return d.resolve()
-    return None
+    """The offline sources named by TRITON_VENDOR_DIR, or None (then the build takes them from upstream)."""
+    if not os.environ.get("TRITON_VENDOR_DIR"):
+        return None
+    d = Path(os.environ["TRITON_VENDOR_DIR"])
+    if all((d / f"triton-{TRITON_BRANCH}" / f"{r}.tar.gz").is_file() for r in REPOS) and vendor_header(d):
+        return d.resolve()
+    raise BuildError(
+        f"TRITON_VENDOR_DIR={d} lacks triton-{TRITON_BRANCH}/{{{','.join(REPOS)}}}.tar.gz or "
+        "onnxruntime-*/include/onnxruntime_c_api.h: fix it, or unset it to build from upstream"
+    )
 
 
 def vendor_header(vendor: Path) -> Path | None:

@@ -1,1 +1,0 @@
-"""GPU measurement tooling: probe schema, torch_py Triton backend, repository, serving runs, report section."""
