@@ -51,10 +51,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from export import common
+from common.cli import CliError, OneLineParser, run_main, setup_logging
+from common.files import sha256_file, write_json
 from export.byom import common as byom
 from export.byom.common import Entry, Unsupported
-from export.common import CliError
 from models import spec
 from serving import publish
 
@@ -322,8 +322,8 @@ def float32_error(module: nn.Module, windows: np.ndarray, h: int) -> tuple[float
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> common.OneLineParser:
-    p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True, help="directory written by NeuralForecast.save")
     p.add_argument("--out-repo", type=Path, required=True, help="model repository to write <name>/ into")
     p.add_argument("--artifacts", type=Path, required=True, help="checkpoint, calibration set and report go here")
@@ -352,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bound is not None and not args.bound > 0:
         raise CliError("--bound must be positive")
     byom.check_name(args.name)
-    common.setup_logging(args.verbose)
+    setup_logging(args.verbose)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime.quantization.shape_inference"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -444,9 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"series {rec['verification']['worst_series']}; the same weights in float32 vs float64: {f32_err:.3g}; "
             f"bound {bound.source}",
         )
-        common.write_json(
-            fp32.with_name(fp32.name + ".json"), {"model": entry.name, "onnx_sha256": common.sha256_file(fp32), **rec}
-        )
+        write_json(fp32.with_name(fp32.name + ".json"), {"model": entry.name, "onnx_sha256": sha256_file(fp32), **rec})
         torch.save(
             {"config": module.core.config_dict(), "state_dict": module.core.state_dict()}, out_dir / "checkpoint.pt"
         )
@@ -461,4 +459,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.run_main(PROG, main)
+    run_main(PROG, main)

@@ -55,10 +55,11 @@ from typing import Any
 
 import numpy as np
 
-from export import common
+from common.cli import CliError, OneLineParser, run_main, setup_logging
+from common.files import sha256_file, write_json
+from export import graphs
 from export.byom import common as byom
 from export.byom.common import Entry, Unsupported
-from export.common import CliError
 from models import spec
 from serving import publish
 
@@ -309,8 +310,8 @@ def entries(name: str, window: int, esn: EsnWeights) -> tuple[Entry, Entry]:
         f"{name}_stream",
         spec.STREAM.name,
         spec.STREAM.name,
-        (spec.STREAM.inputs[0], spec.Tensor(common.STREAM_STATE_IN, "float32", state)),
-        (forecast, spec.Tensor(common.STREAM_STATE_OUT, "float32", state)),
+        (spec.STREAM.inputs[0], spec.Tensor(graphs.STREAM_STATE_IN, "float32", state)),
+        (forecast, spec.Tensor(graphs.STREAM_STATE_OUT, "float32", state)),
     )
     return windowed, stream
 
@@ -495,8 +496,8 @@ def import_stream(
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> common.OneLineParser:
-    p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True, help="the ESN's weights (.npz of save_weights)")
     p.add_argument(
         "--trust-pickle",
@@ -533,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bound is not None and not args.bound > 0:
         raise CliError("--bound must be positive")
     byom.check_name(args.name)
-    common.setup_logging(args.verbose)
+    setup_logging(args.verbose)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime.quantization.shape_inference"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -593,8 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         byom.settle(report, bad, out_dir, args.out_repo, detail)
         for entry in (windowed, stream):
             onnx_path = entry.version_dir(stage.repo) / spec.ONNX_FP32
-            record = {"model": entry.name, "onnx_sha256": common.sha256_file(onnx_path), **report["models"][entry.name]}
-            common.write_json(onnx_path.with_name(onnx_path.name + ".json"), record)
+            record = {"model": entry.name, "onnx_sha256": sha256_file(onnx_path), **report["models"][entry.name]}
+            write_json(onnx_path.with_name(onnx_path.name + ".json"), record)
         torch.save({"config": module.config_dict(), "state_dict": module.state_dict()}, out_dir / "checkpoint.pt")
         byom.commit(stage, [windowed.name, stream.name])
     errs = [report["models"][e.name]["verification"]["max_rel_err"] for e in (windowed, stream)]
@@ -609,4 +610,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.run_main(PROG, main)
+    run_main(PROG, main)

@@ -27,7 +27,6 @@ whoever can rewrite the repository can rewrite the manifest too.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,8 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from common.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,6 @@ PLAN_RECORD_KEY = "plan_sha256"
 ARTIFACT_SUFFIXES = (".onnx", ".plan")
 # Build-machine paths that must not travel inside an artifact (ONNX metadata, doc strings, records).
 LEAK_PATTERN = re.compile(rb"(?<![A-Za-z0-9_.])/(?:work|root|home|tmp|Users|builds?)/[A-Za-z0-9_.\-]+")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_dirs(repo: Path) -> list[Path]:

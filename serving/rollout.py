@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from common.ort import ort_session
 from serving import integrity, publish
 from serving.answers import check
 from serving.server import DEFAULT_RUN_DIR, admin_headers
@@ -291,8 +292,6 @@ def read_canary(path: Path, config: Any) -> dict[str, np.ndarray]:
 
 
 def ort_answers(path: Path, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-    from export.common import ort_session
-
     sess = ort_session(path)
     return dict(zip(outputs, sess.run(outputs, inputs), strict=True))
 

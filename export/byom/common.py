@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from export import common
-from export.common import CliError
+from common.cli import CliError
+from common.files import sha256_file, sha256_files, write_json
+from common.ort import ort_session
+from export import graphs
 from models import spec
 
 log = logging.getLogger("export.byom")
@@ -128,7 +130,7 @@ def settle(report: dict[str, Any], bad: list[str], out_dir: Path, out_repo: Path
     """Record the outcome in `<out_dir>/report.json` (a refused import too); CliError when a bound failed,
     before anything reached `out_repo`."""
     report["passed"], report["failures"] = not bad, bad
-    common.write_json(out_dir / "report.json", report)
+    write_json(out_dir / "report.json", report)
     if bad:
         raise CliError(
             f"verification failed, {out_repo} is unchanged: {bad[0]} ({detail}); details in {out_dir / 'report.json'}"
@@ -194,7 +196,7 @@ def export_onnx(entry: Entry, model: Any, example: tuple, path: Path, meta: dict
     onnx.shape_inference.infer_shapes_path(str(path), str(inferred), strict_mode=True)  # proves the pinned dims
     inferred.unlink()
     feeds = {n: np.concatenate([t.detach().numpy()] * 4) for n, t in zip(entry.input_names, example, strict=True)}
-    guard = common.guard_check(common.ort_session(path), feeds, {})
+    guard = graphs.guard_check(ort_session(path), feeds, {})
     if not guard["passed"]:
         raise CliError(f"{entry.name}: the exported value guard failed: {guard['problems'][0]}")
     return {"exporter": exporter, "opset": opset, "export_s": round(time.perf_counter() - t0, 3), "guard": guard}
@@ -202,7 +204,7 @@ def export_onnx(entry: Entry, model: Any, example: tuple, path: Path, meta: dict
 
 def run_onnx(path: Path, feeds: dict[str, np.ndarray], batch: int = 256) -> list[np.ndarray]:
     """All outputs of an ONNX file over feeds, in batches."""
-    sess = common.ort_session(path)
+    sess = ort_session(path)
     n = len(next(iter(feeds.values())))
     parts = [sess.run(None, {k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, n, batch)]
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
@@ -210,7 +212,7 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], batch: int = 256) -> list
 
 def run_stream(path: Path, ticks: np.ndarray, state_dim: int) -> np.ndarray:
     """ticks (S, T) fed one per call from the zero state (what the server does per sequence) -> (S, T, H)."""
-    sess = common.ort_session(path)
+    sess = ort_session(path)
     state = np.zeros((ticks.shape[0], state_dim), np.float32)
     out = []
     for t in range(ticks.shape[1]):
@@ -238,9 +240,9 @@ def make_int8(
     calib_info = {
         "file": str(calib_path),
         "count": int(len(next(iter(calib.values())))),
-        "sha256": common.sha256_file(calib_path),
+        "sha256": sha256_file(calib_path),
     }
-    source_sha = common.sha256_file(fp32)
+    source_sha = sha256_file(fp32)
     policy = calibrate.POLICIES[entry.policy]
     attempt: dict[str, Any] = {"policy": entry.policy, "why": policy.why, "calibration_set": calib_info}
     try:
@@ -327,7 +329,7 @@ def relative_errors(actual: np.ndarray, reference: np.ndarray, dim: int) -> np.n
     r = np.asarray(reference, np.float64).reshape(-1, dim)
     if a.shape != r.shape:
         return np.array([float("inf")])
-    return np.array([common.relative_error(x, y) for x, y in zip(a, r, strict=True)])
+    return np.array([graphs.relative_error(x, y) for x, y in zip(a, r, strict=True)])
 
 
 def file_meta(prog: str, source: Path, name: str) -> dict[str, str]:
@@ -335,7 +337,7 @@ def file_meta(prog: str, source: Path, name: str) -> dict[str, str]:
         "model_name": name,
         "byom.importer": prog,
         "byom.source": source.name,
-        "byom.source_sha256": common.sha256_file(source)
+        "byom.source_sha256": sha256_file(source)
         if source.is_file()
-        else common.sha256_files(p for p in source.rglob("*") if p.is_file()),
+        else sha256_files(p for p in source.rglob("*") if p.is_file()),
     }

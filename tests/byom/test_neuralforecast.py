@@ -15,6 +15,7 @@ import re
 import numpy as np
 import pytest
 
+from common.cli import CliError, run_main
 from export.byom.common import relative_errors
 from models import spec
 from serving.repository import load_config
@@ -88,7 +89,6 @@ def test_an_nhits_that_float32_cannot_hold_is_refused_saying_why_and_what_to_cha
     import torch
 
     from export.byom.common import derive_bound
-    from export.common import CliError
     from export.import_neuralforecast import WindowScaled, float32_error
     from models.nhits import NHITS, NHITSConfig
 
@@ -157,7 +157,6 @@ def test_an_option_the_project_cannot_express_is_refused_naming_it(air_passenger
 
 def test_the_command_line_refuses_a_saved_model_with_one_line_naming_the_option(air_passengers, tmp_path, capsys):
     from export import import_neuralforecast
-    from export.common import run_main
 
     nf = fit_nf(air_passengers, local_scaler_type="standard", input_size=24, max_steps=1)
     nf.save(str(tmp_path / "scaled"), overwrite=True)
@@ -187,7 +186,6 @@ def test_a_legacy_directory_with_a_hostile_pickle_is_refused_and_its_payload_nev
     import pickle
 
     from export import import_neuralforecast
-    from export.common import CliError
 
     marker = tmp_path / "payload-ran"
     saved = tmp_path / "nf_model"

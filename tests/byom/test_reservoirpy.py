@@ -15,6 +15,7 @@ import re
 import numpy as np
 import pytest
 
+from common.cli import CliError, run_main
 from export.byom.common import relative_errors
 from models import spec
 from serving.repository import load_config
@@ -141,8 +142,6 @@ def test_the_wide_esn_streams_within_1e_4_of_esn_run(wide_esn_case, byom_server)
 
 
 def test_an_esn_that_float32_cannot_hold_is_refused_before_export_saying_why_and_what_to_change(tmp_path):
-    from export.common import CliError
-
     _, path, _ = save_esn(tmp_path, "tiny_ridge", {**WIDE_ESN_HYPER, "ridge": 1e-9})
     with pytest.raises(CliError) as info:
         import_esn(path, tmp_path / "repo", tmp_path / "a", "tiny_ridge")
@@ -282,7 +281,6 @@ def test_the_command_line_refuses_with_one_line_naming_the_option(tmp_path, caps
     from reservoirpy import ESN
 
     from export import import_reservoirpy
-    from export.common import run_main
 
     path = reservoirpy.save(ESN(units=20, feedback=True, seed=1), tmp_path / "fb")  # a pickle we made: trusted
     argv = ["--model", path, "--out-repo", str(tmp_path / "r"), "--artifacts", str(tmp_path / "a"), "--trust-pickle"]
@@ -314,7 +312,6 @@ def test_a_hostile_pickle_is_refused_and_its_payload_never_runs(tmp_path, capsys
     import pickle
 
     from export import import_reservoirpy
-    from export.common import run_main
 
     marker = tmp_path / "payload-ran"
     path = tmp_path / f"esn{suffix}"
@@ -330,7 +327,6 @@ def test_a_hostile_pickle_is_refused_and_its_payload_never_runs(tmp_path, capsys
 
 def test_a_weights_file_hiding_a_pickle_in_an_array_is_refused_without_running_it(tmp_path):
     from export import import_reservoirpy
-    from export.common import CliError
 
     marker = tmp_path / "payload-ran"
     hostile = np.empty(1, dtype=object)
