@@ -468,7 +468,7 @@ def finish_int8(name: str, fp32_path: Path, int8_path: Path, extra_meta: dict[st
         )
     if scan["per_tensor_weights"]:
         raise CliError(f"{name}: weights quantized per tensor, expected per channel: {scan['per_tensor_weights'][:3]}")
-    # Provenance record beside the file, like export.onnx_export's model.onnx.json: serving.integrity checks
+    # Provenance record beside the file, like export.onnx_export's model.onnx.json: repository.integrity checks
     # the file against `onnx_sha256` before a server starts.
     write_json(
         int8_path.with_name(int8_path.name + ".json"),
@@ -748,7 +748,7 @@ def _timing(sessions: dict[str, Any], feeds: list[dict], seconds: float) -> dict
 
 def length_buckets(repo: Path) -> list[int]:
     """The served tokenizer's length_buckets (tokenizer/config.pbtxt of `repo`)."""
-    from serving.repository import load_config
+    from common.triton import load_config
 
     params = load_config(repo / "tokenizer" / "config.pbtxt").parameters
     return sorted(int(b) for b in params["length_buckets"].string_value.split(",") if b.strip())

@@ -62,7 +62,7 @@ def strip_node_metadata(model: Any) -> int:
 
     The dynamo exporter writes `pkg.torch.onnx.stack_trace` (source paths of the build machine) and the
     TorchScript one writes doc strings per node: neither is needed to run the model and neither may travel
-    with an artifact (serving.integrity.scan_artifacts checks). Returns how many nodes carried any."""
+    with an artifact (repository.integrity.scan_artifacts checks). Returns how many nodes carried any."""
     import onnx
 
     stripped = 0

@@ -145,7 +145,7 @@ def command(point: Point, url: str, csv_path: Path, key: str | None = None, stab
     if point.sequence_id_range:
         cmd += ["--sequence-id-range", "{}:{}".format(*point.sequence_id_range)]
     if point.shared_memory != "none":
-        from serving.server import admin_headers
+        from common.triton import admin_headers
 
         if not key:
             raise AnalyzerError("shared memory needs the server's admin key (the shared-memory API is restricted)")

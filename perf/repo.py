@@ -16,7 +16,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.repository import load_config
+from common.triton import load_config
 from serving.server import ServerError, TritonServer, free_port
 
 log = logging.getLogger(__name__)

@@ -213,7 +213,7 @@ def int8_accuracy(artifacts: Path, name: str) -> dict | None:
 
 def baseline_for(s: sc.Scenario, args, run_dir: Path) -> dict:
     """In-process baselines of one scenario's model on the scenario's input data."""
-    from serving.repository import served_file
+    from repository.layout import served_file
 
     secs, n = 0.5 if args.quick else args.baseline_seconds, int(s.input_data.get("n", 512))
     name, repo = s.model, args.repo
@@ -267,8 +267,8 @@ def check_exported(repo: Path, scenarios: list[sc.Scenario]) -> list[str]:
 
 def served_configs(repo: Path, scenarios: list[sc.Scenario]) -> dict:
     """The committed cpu-config settings each measured model was served with."""
+    from common.triton import load_config
     from perf.search import settings
-    from serving.repository import load_config
 
     paths = {s.model: repo / s.model / "configs" / "cpu.pbtxt" for s in scenarios}
     return {model: settings(load_config(path)) for model, path in paths.items() if path.is_file()}

@@ -96,7 +96,7 @@ def validate(s: Scenario, repo: Path = spec.MODEL_REPOSITORY) -> list[str]:
 
 
 def _run_problems(s: Scenario, i: int, run: dict, repo: Path) -> list[str]:
-    from serving.repository import load_config
+    from common.triton import load_config
 
     unknown = set(run) - RUN_KEYS
     checks = [(unknown, f"unknown keys {sorted(unknown)}"), ("name" not in run, "`name` is required")]

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import yaml
 
+from common.triton import load_config
 from models import spec
 from perf import analysis, analyzer, inputs
-from serving.repository import load_config
 
 log = logging.getLogger("perf.search")
 
@@ -206,7 +206,7 @@ def render_config(text: str, s: dict, comment: str) -> str:
 
 def apply(repo: Path, model: str, s: dict, comment: str) -> Path:
     """Write `s` into <repo>/<model>/configs/cpu.pbtxt (checked by reading it back), then its variants."""
-    from serving.repository import write_variants
+    from repository.layout import write_variants
 
     path = repo / model / "configs" / "cpu.pbtxt"
     tmp = path.with_suffix(".pbtxt.tmp")

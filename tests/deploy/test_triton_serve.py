@@ -2,7 +2,7 @@
 
 `tritonserver` is a tiny stand-in on PATH that records its arguments and environment: what is under
 test is the wrapper's logic (which repository it verifies, when it refuses, what it execs), not Triton,
-which the rest of the suite starts for real. The wrapper runs the repository's serving/integrity.py
+which the rest of the suite starts for real. The wrapper runs the repository's repository/integrity.py
 (TRITON_INTEGRITY_PY) with the virtualenv's python3, over a copy of one model of the test repository.
 """
 
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from serving import integrity, server
+from repository import integrity
+from serving import server
 from tests.deploy.support import ENTRYPOINT_SCRIPT, PRODUCTION_FLAGS, ROOT
 
 KEY = "k3y-for-the-wrapper-test_0123456789"

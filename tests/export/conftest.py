@@ -35,7 +35,7 @@ def run_module(module: str, *args: str | Path, timeout: float = 600) -> subproce
 def _stages() -> list[tuple[str, ...]]:
     a, r = str(ARTIFACTS), str(REPO)
     return [
-        ("serving.repository", "--repo", str(spec.MODEL_REPOSITORY), "--copy-configs-to", r),
+        ("repository.layout", "--repo", str(spec.MODEL_REPOSITORY), "--copy-configs-to", r),
         ("models.train", "--out", a, "--small"),
         ("export.onnx_export", "--artifacts", a, "--repo", r),
         ("calibration.calibrate", "--artifacts", a, "--repo", r),

@@ -23,7 +23,7 @@ import pytest
 from common.ort import ort_session
 from models import real_data, spec, userdata
 from models.text_encoder import EncoderConfig, EncoderError
-from serving.repository import served_file
+from repository.layout import served_file
 
 WORDS = "space robot adventure comedy romance crime thriller war horror ghost music nature hero western time".split()
 DOC_IDS = 1_000 + 11 * np.arange(48)

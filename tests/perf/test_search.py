@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.triton import load_config
 from models import spec
 from perf import search
-from serving import repository
-from serving.repository import load_config
+from repository import layout
 
 REPO = spec.ROOT / "model_repository"
 
@@ -40,7 +40,7 @@ def test_settings_read_every_searched_field_of_the_committed_configs():
 
 @pytest.mark.parametrize("model", ["nhits", "reservoir", "similarity"])
 def test_apply_writes_the_winner_with_a_comment_keeps_the_rest_and_its_variants(model: str, tmp_path: Path):
-    repository.copy_configs(REPO, tmp_path)
+    layout.copy_configs(REPO, tmp_path)
     path = tmp_path / model / "configs" / "cpu.pbtxt"
     before = load_config(path)
     s = {"instances": 2, "threads": 1, "delay_us": 2000, "preferred": [8, 32], "file": spec.ONNX_INT8}
@@ -50,7 +50,7 @@ def test_apply_writes_the_winner_with_a_comment_keeps_the_rest_and_its_variants(
     assert search.settings(load_config(path)) == s
     after = load_config(path)
     assert after.input == before.input and after.output == before.output and after.backend == "onnxruntime"
-    assert repository.check_variants(tmp_path) == []  # cpu_fp32 / cpu_int8 follow
+    assert layout.check_variants(tmp_path) == []  # cpu_fp32 / cpu_int8 follow
     # applying again replaces the old comment instead of piling comments up
     search.apply(tmp_path, model, {**s, "preferred": [], "delay_us": 100, "file": spec.ONNX_FP32}, "again")
     text = path.read_text()
@@ -58,7 +58,7 @@ def test_apply_writes_the_winner_with_a_comment_keeps_the_rest_and_its_variants(
 
 
 def test_a_config_that_would_not_read_back_is_never_written(tmp_path: Path):
-    repository.copy_configs(REPO, tmp_path)
+    layout.copy_configs(REPO, tmp_path)
     path = tmp_path / "nhits" / "configs" / "cpu.pbtxt"
     before = path.read_text()
     path.write_text(before.replace('{ key: "intra_op_thread_count"', '{ key: "intra_op_threads"'))
@@ -76,7 +76,7 @@ def test_model_analyzer_profiles_the_cpu_target_and_apply_writes_its_winner(repo
     if not (search.MA_VENV / "bin" / "model-analyzer").is_file():
         pytest.fail(f"Model Analyzer is not installed in {search.MA_VENV}: `make test` installs it (make perf-search)")
     copy = tmp_path / "repo"
-    repository.copy_configs(repo, copy)
+    layout.copy_configs(repo, copy)
     for name in ("forecast_blend", "nhits", "reservoir"):  # the blend's inputs come from the two forecasters
         for f in spec.version_dir(name, repo).iterdir():
             (spec.version_dir(name, copy) / f.name).symlink_to(f.resolve())

@@ -30,7 +30,7 @@ def test_served_encoder_is_its_file_and_meets_the_gates_against_sentence_transfo
 ):
     """The served cpu file (model.cpu.onnx, chosen at export) answers what that file answers in-process on the same
     batch, and meets the accuracy gates against SentenceTransformer.encode (FP32 within 1e-4: the export checks)."""
-    from serving.repository import served_file
+    from repository.layout import served_file
 
     texts = texts_of(real_artifacts)
     want = reference.encode(texts, convert_to_numpy=True, show_progress_bar=False)

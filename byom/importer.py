@@ -30,7 +30,7 @@ from common.ort import ort_session
 from export import graphs
 from models import spec
 
-log = logging.getLogger("export.byom")
+log = logging.getLogger("byom")
 
 TEMPLATE_REPOSITORY = spec.ROOT / "model_repository"  # the committed configs
 INT8_BOUND = 1e-2  # INT8 vs FP32 relative error on held-out inputs; above it model.int8.onnx is an FP32 copy
@@ -138,8 +138,8 @@ def settle(report: dict[str, Any], bad: list[str], out_dir: Path, out_repo: Path
 
 
 def commit(stage: Any, names: list[str]) -> None:
-    """Move the verified entries from a serving.publish.Staging into the repository, or one CliError."""
-    from serving.publish import PublishError
+    """Move the verified entries from a repository.publish.Staging into the repository, or one CliError."""
+    from repository.publish import PublishError
 
     try:
         stage.commit(names)
@@ -188,7 +188,7 @@ def export_onnx(entry: Entry, model: Any, example: tuple, path: Path, meta: dict
     if problems:
         raise CliError(f"{entry.name}: exported graph does not match the served tensors: {'; '.join(problems)}")
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **meta})
-    proto.producer_name = "export.byom"
+    proto.producer_name = "byom"
     onnx.save(proto, str(path), save_as_external_data=False)
     del proto
     onnx.checker.check_model(str(path), full_check=True)
@@ -277,7 +277,7 @@ def write_configs(entry: Entry, out_repo: Path, template_repo: Path, prog: str) 
     """Both configs of `entry` from the template model's configs: name and tensor dims replaced."""
     from google.protobuf import text_format
 
-    from serving.repository import load_config
+    from common.triton import load_config
 
     dims = entry.dims()
     written = []
