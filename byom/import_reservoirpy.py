@@ -280,8 +280,13 @@ def analyse(model: Any) -> EsnWeights:
 # ----------------------------------------------------------------------------- our module
 
 
-def build(esn: EsnWeights, window: int):
-    """The project's Reservoir holding the ESN's weights (float32, eval mode); ReservoirStream wraps it per tick."""
+GRAPHS = ("fused", "stepwise")  # tried in this order: the fused graph where it holds the bound, else node by node
+
+
+def build(esn: EsnWeights, window: int, graph: str = "fused"):
+    """The project's Reservoir holding the ESN's weights (float32, eval mode); ReservoirStream wraps it per tick.
+    Its own dense W and leaky update as they are; `graph`: "fused" (the input projection outside the
+    recurrence, fewer nodes) or "stepwise" (the equations node by node, the exact path)."""
     from models.reservoir import Reservoir, ReservoirConfig
 
     cfg = ReservoirConfig(
@@ -293,6 +298,9 @@ def build(esn: EsnWeights, window: int):
         input_scaling=esn.hyper["input_scaling"][0],
         density=esn.hyper["rc_connectivity"],
         transform="identity",
+        topology="random",
+        fold_leak=False,
+        graph=graph,
     )
     f32 = np.float32
     module = Reservoir(cfg, weights=(esn.w.astype(f32), esn.w_in.astype(f32), esn.bias.astype(f32)))
@@ -468,7 +476,7 @@ def import_stream(
     calib = torch.from_numpy(data.calib_windows)
     with torch.no_grad():  # calibration states: the state after all ticks of a window but the last
         if calib.shape[1] > 1:
-            states = module.final_states(module.encode(calib[:, :-1]))
+            states = module.stream_state(module.encode(calib[:, :-1]))
         else:
             states = torch.zeros(len(calib), esn.units)
     ticks = calib[:, -1:].contiguous()
@@ -562,7 +570,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # shared 2-core machines (see export.onnx_export)
-    module = build(esn, args.window)
     windowed, stream = entries(args.name, args.window, esn)
     out_dir = args.artifacts / "byom" / args.name
     meta = importer.file_meta(PROG, args.model, args.name)
@@ -582,15 +589,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = {"repo": stage.repo, "calibration": out_dir / "calibration"}
         for entry in (windowed, stream):
             importer.write_configs(entry, stage.repo, args.template_repo, PROG)
-        report["models"] = {
-            windowed.name: import_windowed(windowed, module, esn, data, ref, paths, meta),
-            stream.name: import_stream(stream, module, esn, data, ref, paths, meta),
-        }
-        bad = [
-            f"{name}: ONNX vs esn.run relative error {rec['verification']['max_rel_err']:.3g} > {bound.value:g}"
-            for name, rec in report["models"].items()
-            if not rec["verification"]["max_rel_err"] <= bound.value
-        ]
+        for graph in GRAPHS:  # the fused graph where it holds the bound, else the equations node by node
+            module = build(esn, args.window, graph)
+            report["models"] = {
+                windowed.name: import_windowed(windowed, module, esn, data, ref, paths, meta),
+                stream.name: import_stream(stream, module, esn, data, ref, paths, meta),
+            }
+            bad = [
+                f"{name}: ONNX vs esn.run relative error {rec['verification']['max_rel_err']:.3g} > {bound.value:g}"
+                for name, rec in report["models"].items()
+                if not rec["verification"]["max_rel_err"] <= bound.value
+            ]
+            report["graph"] = graph
+            if not bad:
+                break
+            log.warning("%s graph misses the bound (%s); exporting the stepwise graph", graph, bad[0])
         report["seconds"] = round(time.perf_counter() - t0, 3)
         detail = f"the same weights in float32: {ref.float32_err:.3g}; bound {bound.source}"
         importer.settle(report, bad, out_dir, args.out_repo, detail)
@@ -605,7 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"imported {args.model} as {windowed.name} (window {args.window} -> {esn.out_dim}) and {stream.name} into "
         f"{args.out_repo}; ONNX vs esn.run: {errs[0]:.2g} windowed, {errs[1]:.2g} per tick (bound {bound.value:.2g}, "
-        f"float32 of the same weights {ref.float32_err:.2g}); INT8 Q/DQ: {', '.join(int8) or 'none, FP32 copies'}; "
+        f"float32 of the same weights {ref.float32_err:.2g}; {report['graph']} graph); "
+        f"INT8 Q/DQ: {', '.join(int8) or 'none, FP32 copies'}; "
         f"report {out_dir / 'report.json'}"
     )
     return 0

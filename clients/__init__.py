@@ -19,9 +19,13 @@ from clients.errors import (
     DeadlineExceededError,
     InferenceServerError,
     InvalidInputError,
+    QueueFullError,
+    QueueTimeoutError,
+    RejectedError,
     ServerUnavailableError,
 )
 from clients.results import Answer, Embedding, EnsembleForecast, Forecast, Tokens, TopK
+from clients.transport import Priority
 
 __all__ = [
     "Answer",
@@ -35,6 +39,10 @@ __all__ = [
     "Forecast",
     "InferenceServerError",
     "InvalidInputError",
+    "Priority",
+    "QueueFullError",
+    "QueueTimeoutError",
+    "RejectedError",
     "RetryPolicy",
     "ServerUnavailableError",
     "Tokens",

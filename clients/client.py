@@ -12,6 +12,11 @@ attempt deadlines are retried with exponential backoff and jitter, at most `retr
 endpoints; invalid input and other server errors are never retried. Each endpoint has a circuit breaker:
 `failure_threshold` consecutive failures open it, after `cooldown_s` one caller probes it (fresh connection,
 model-ready health check) and closes it again on success.
+
+Priority lanes: every call carries `priority` (`Priority.CRITICAL` / `NORMAL` / `BACKGROUND`, default the
+client's `priority`, else the server's default lane; `map` and `forecast_assets` default to BACKGROUND) and
+what is left of its deadline as Triton's per-request timeout. A request still queued past it is refused by the
+server (`QueueTimeoutError`), a full background queue refuses at once (`QueueFullError`); neither is retried.
 """
 
 from __future__ import annotations
@@ -41,10 +46,10 @@ from clients import (
     tokenizer,
     user_embedding,
 )
-from clients.errors import RETRYABLE, ClientError, DeadlineExceededError, ServerUnavailableError
+from clients.errors import RETRYABLE, ClientError, DeadlineExceededError, RejectedError, ServerUnavailableError
 from clients.op import Op
 from clients.results import Answer, Embedding, EnsembleForecast, Forecast, Tokens, TopK, concat
-from clients.transport import AsyncTransport, Transport, model_limits, parse_url
+from clients.transport import AsyncTransport, Priority, Transport, model_limits, parse_url
 from clients.validate import Ranges, check
 
 log = logging.getLogger("clients")
@@ -271,6 +276,7 @@ class _Base:
         ranges: Ranges | None = None,
         validate: bool = True,
         concurrency: int = 4,
+        priority: int | None = None,
     ):
         urls = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not urls:
@@ -288,6 +294,7 @@ class _Base:
             self.ranges[user_embedding.MODEL.inputs[0].name] = (0, int(n_users))
         self.validate = validate
         self.concurrency = concurrency
+        self.priority = priority  # None: the server's default lane
         self._limits: dict[str, tuple[int, list[int]]] = {}
         self._pool: ThreadPoolExecutor | None = None  # sync batching only
         self._pool_lock = threading.Lock()
@@ -301,6 +308,13 @@ class _Base:
 
     def _attempts(self, op: Op, timeout: float | None) -> _Attempts:
         return _Attempts(op.name, self.endpoints, self.policy, timeout or self.timeout, self.attempt_timeout)
+
+    def _priority(self, priority: int | None) -> int:
+        """The priority a request carries: the call's, else the client's; 0 = the model's default lane."""
+        p = self.priority if priority is None else priority
+        if p is not None and int(p) < 0:
+            raise ValueError(f"priority must be >= 0 (1 is the highest lane), got {p}")
+        return 0 if p is None else int(p)
 
     def _whole(self, op: Op, inputs: tuple) -> dict[str, np.ndarray]:
         """A batch about to be split, checked as a whole: a bad row is named by its index in the caller's array."""
@@ -340,66 +354,76 @@ class Client(_Base):
     of them in failover order."""
 
     # -- models -------------------------------------------------------------------------------
-    def nhits(self, window: Any, *, timeout: float | None = None) -> Forecast:
+    def nhits(self, window: Any, *, timeout: float | None = None, priority: int | None = None) -> Forecast:
         """window (B, 168) float32 -> Forecast (B, 24)."""
-        return self.call(nhits.OP, window, timeout=timeout)
+        return self.call(nhits.OP, window, timeout=timeout, priority=priority)
 
-    def reservoir(self, window: Any, *, timeout: float | None = None) -> Forecast:
+    def reservoir(self, window: Any, *, timeout: float | None = None, priority: int | None = None) -> Forecast:
         """window (B, 168) float32 -> Forecast (B, 24)."""
-        return self.call(reservoir.OP, window, timeout=timeout)
+        return self.call(reservoir.OP, window, timeout=timeout, priority=priority)
 
-    def forecast_blend(self, nhits_forecast: Any, reservoir_forecast: Any, *, timeout: float | None = None) -> Forecast:
+    def forecast_blend(
+        self, nhits_forecast: Any, reservoir_forecast: Any, *, timeout: float | None = None, priority: int | None = None
+    ) -> Forecast:
         """two (B, 24) float32 forecasts -> their blend, Forecast (B, 24)."""
-        return self.call(forecast_blend.OP, nhits_forecast, reservoir_forecast, timeout=timeout)
+        return self.call(forecast_blend.OP, nhits_forecast, reservoir_forecast, timeout=timeout, priority=priority)
 
-    def similarity(self, query: Any, *, timeout: float | None = None) -> TopK:
+    def similarity(self, query: Any, *, timeout: float | None = None, priority: int | None = None) -> TopK:
         """query (B, 384) float32 -> TopK ids (B, 10) int64, scores (B, 10) float32."""
-        return self.call(similarity.OP, query, timeout=timeout)
+        return self.call(similarity.OP, query, timeout=timeout, priority=priority)
 
-    def user_embedding(self, user_ids: Any, *, timeout: float | None = None) -> Embedding:
+    def user_embedding(self, user_ids: Any, *, timeout: float | None = None, priority: int | None = None) -> Embedding:
         """user ids (B,) or (B, 1) int64 -> Embedding (B, 384)."""
-        return self.call(user_embedding.OP, user_ids, timeout=timeout)
+        return self.call(user_embedding.OP, user_ids, timeout=timeout, priority=priority)
 
-    def forecast(self, window: Any, *, timeout: float | None = None) -> EnsembleForecast:
+    def forecast(self, window: Any, *, timeout: float | None = None, priority: int | None = None) -> EnsembleForecast:
         """Ensemble: window (B, 168) -> blended forecast (B, 24) plus the nhits and reservoir forecasts."""
-        return self.call(forecast.OP, window, timeout=timeout)
+        return self.call(forecast.OP, window, timeout=timeout, priority=priority)
 
-    def recommend(self, user_ids: Any, *, timeout: float | None = None) -> TopK:
+    def recommend(self, user_ids: Any, *, timeout: float | None = None, priority: int | None = None) -> TopK:
         """Ensemble: user ids (B,) or (B, 1) int64 -> TopK of the catalog for each user."""
-        return self.call(recommend.OP, user_ids, timeout=timeout)
+        return self.call(recommend.OP, user_ids, timeout=timeout, priority=priority)
 
-    def tokenizer(self, texts: Any, *, timeout: float | None = None) -> Tokens:
+    def tokenizer(self, texts: Any, *, timeout: float | None = None, priority: int | None = None) -> Tokens:
         """texts (a str or a list of B) -> Tokens ids, mask (B, T) int64, padded to the longest text."""
-        return self.call(tokenizer.OP, texts, timeout=timeout)
+        return self.call(tokenizer.OP, texts, timeout=timeout, priority=priority)
 
-    def text_encoder(self, input_ids: Any, attention_mask: Any, *, timeout: float | None = None) -> Embedding:
+    def text_encoder(
+        self, input_ids: Any, attention_mask: Any, *, timeout: float | None = None, priority: int | None = None
+    ) -> Embedding:
         """input_ids, attention_mask (B, T) int64 -> Embedding (B, 384), L2-normalised."""
-        return self.call(text_encoder.OP, input_ids, attention_mask, timeout=timeout)
+        return self.call(text_encoder.OP, input_ids, attention_mask, timeout=timeout, priority=priority)
 
-    def search(self, texts: Any, *, timeout: float | None = None) -> TopK:
+    def search(self, texts: Any, *, timeout: float | None = None, priority: int | None = None) -> TopK:
         """Ensemble: texts (a str or a list of B) -> TopK of the catalog for each text."""
-        return self.call(search.OP, texts, timeout=timeout)
+        return self.call(search.OP, texts, timeout=timeout, priority=priority)
 
     # -- plumbing -----------------------------------------------------------------------------
-    def call(self, model: str | Op, *inputs: Any, timeout: float | None = None) -> Answer:
+    def call(self, model: str | Op, *inputs: Any, timeout: float | None = None, priority: int | None = None) -> Answer:
         """Check, send with retries and failover, decode. `inputs` in the order of the model's spec."""
         op, arrays = self._prepare(model, inputs)
-        return self._send(op, arrays, timeout)
+        return self._send(op, arrays, timeout, priority=self._priority(priority))
 
-    def infer(self, model: str | Op, *inputs: Any, timeout: float | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self, model: str | Op, *inputs: Any, timeout: float | None = None, priority: int | None = None
+    ) -> dict[str, np.ndarray]:
         """Like `call`, but the raw output tensors by name."""
         op, arrays = self._prepare(model, inputs)
-        return self._send(op, arrays, timeout, raw=True)
+        return self._send(op, arrays, timeout, raw=True, priority=self._priority(priority))
 
-    def _attempt(self, ep: Endpoint, op: Op, arrays: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
-        return ep.transport.infer(op.name, arrays, op.output_names, timeout)
+    def _attempt(
+        self, ep: Endpoint, op: Op, arrays: dict[str, np.ndarray], timeout: float, priority: int = 0
+    ) -> dict[str, np.ndarray]:
+        return ep.transport.infer(op.name, arrays, op.output_names, timeout, priority)
 
     def _probe(self, ep: Endpoint, op: Op, timeout: float) -> None:
         ep.renew().close()
         if not ep.transport.ready(op.name, timeout):
             raise _unavailable_probe(ep, op.name)
 
-    def _send(self, op: Op, arrays: dict[str, np.ndarray], timeout: float | None, raw: bool = False) -> Any:
+    def _send(
+        self, op: Op, arrays: dict[str, np.ndarray], timeout: float | None, raw: bool = False, priority: int = 0
+    ) -> Any:
         attempts = self._attempts(op, timeout)
         for step in attempts.plan():
             if isinstance(step, float):
@@ -409,7 +433,10 @@ class Client(_Base):
             try:
                 if probe:
                     self._probe(ep, op, limit)
-                outputs = op.answered(arrays, self._attempt(ep, op, arrays, limit))
+                outputs = op.answered(arrays, self._attempt(ep, op, arrays, limit, priority))
+            except RejectedError:
+                ep.breaker.success()  # the server answered: its queue policy refused this request
+                raise
             except RETRYABLE as exc:
                 attempts.failed(ep, exc)
                 continue
@@ -444,18 +471,24 @@ class Client(_Base):
         return self._limits[op.name]
 
     def map(
-        self, model: str | Op, *inputs: Any, batch_size: int | str | None = None, timeout: float | None = None
+        self,
+        model: str | Op,
+        *inputs: Any,
+        batch_size: int | str | None = None,
+        timeout: float | None = None,
+        priority: int | None = Priority.BACKGROUND,
     ) -> Answer:
         """One large batch split into requests of the model's batch size (largest preferred size by default,
         'max' for max_batch_size, or an int), sent `concurrency` at a time, results joined in input order.
-        `timeout` is the deadline of each request."""
+        `timeout` is the deadline of each request; a bulk job goes in the background lane unless told otherwise."""
         op = op_for(model)
         arrays = self._whole(op, inputs)
         chunks = self._cut(arrays, self._batch_size(op, batch_size, lambda: self.limits(op)))
         start = time.monotonic()
+        p = self._priority(priority)
         if len(chunks) == 1:
-            return self._send(op, chunks[0], timeout)
-        parts = list(self._executor().map(lambda a: self._send(op, a, timeout), chunks))
+            return self._send(op, chunks[0], timeout, priority=p)
+        parts = list(self._executor().map(lambda a: self._send(op, a, timeout, priority=p), chunks))
         return concat(parts, time.monotonic() - start)
 
     def forecast_assets(self, windows: Any, *, model: str = "nhits", **options: Any) -> Forecast:
@@ -490,62 +523,76 @@ class AsyncClient(_Base):
 
     _asynchronous = True
 
-    async def nhits(self, window: Any, *, timeout: float | None = None) -> Forecast:
+    async def nhits(self, window: Any, *, timeout: float | None = None, priority: int | None = None) -> Forecast:
         """window (B, 168) float32 -> Forecast (B, 24)."""
-        return await self.call(nhits.OP, window, timeout=timeout)
+        return await self.call(nhits.OP, window, timeout=timeout, priority=priority)
 
-    async def reservoir(self, window: Any, *, timeout: float | None = None) -> Forecast:
+    async def reservoir(self, window: Any, *, timeout: float | None = None, priority: int | None = None) -> Forecast:
         """window (B, 168) float32 -> Forecast (B, 24)."""
-        return await self.call(reservoir.OP, window, timeout=timeout)
+        return await self.call(reservoir.OP, window, timeout=timeout, priority=priority)
 
     async def forecast_blend(
-        self, nhits_forecast: Any, reservoir_forecast: Any, *, timeout: float | None = None
+        self, nhits_forecast: Any, reservoir_forecast: Any, *, timeout: float | None = None, priority: int | None = None
     ) -> Forecast:
         """two (B, 24) float32 forecasts -> their blend, Forecast (B, 24)."""
-        return await self.call(forecast_blend.OP, nhits_forecast, reservoir_forecast, timeout=timeout)
+        return await self.call(
+            forecast_blend.OP, nhits_forecast, reservoir_forecast, timeout=timeout, priority=priority
+        )
 
-    async def similarity(self, query: Any, *, timeout: float | None = None) -> TopK:
+    async def similarity(self, query: Any, *, timeout: float | None = None, priority: int | None = None) -> TopK:
         """query (B, 384) float32 -> TopK ids (B, 10) int64, scores (B, 10) float32."""
-        return await self.call(similarity.OP, query, timeout=timeout)
+        return await self.call(similarity.OP, query, timeout=timeout, priority=priority)
 
-    async def user_embedding(self, user_ids: Any, *, timeout: float | None = None) -> Embedding:
+    async def user_embedding(
+        self, user_ids: Any, *, timeout: float | None = None, priority: int | None = None
+    ) -> Embedding:
         """user ids (B,) or (B, 1) int64 -> Embedding (B, 384)."""
-        return await self.call(user_embedding.OP, user_ids, timeout=timeout)
+        return await self.call(user_embedding.OP, user_ids, timeout=timeout, priority=priority)
 
-    async def forecast(self, window: Any, *, timeout: float | None = None) -> EnsembleForecast:
+    async def forecast(
+        self, window: Any, *, timeout: float | None = None, priority: int | None = None
+    ) -> EnsembleForecast:
         """Ensemble: window (B, 168) -> blended forecast (B, 24) plus the nhits and reservoir forecasts."""
-        return await self.call(forecast.OP, window, timeout=timeout)
+        return await self.call(forecast.OP, window, timeout=timeout, priority=priority)
 
-    async def recommend(self, user_ids: Any, *, timeout: float | None = None) -> TopK:
+    async def recommend(self, user_ids: Any, *, timeout: float | None = None, priority: int | None = None) -> TopK:
         """Ensemble: user ids (B,) or (B, 1) int64 -> TopK of the catalog for each user."""
-        return await self.call(recommend.OP, user_ids, timeout=timeout)
+        return await self.call(recommend.OP, user_ids, timeout=timeout, priority=priority)
 
-    async def tokenizer(self, texts: Any, *, timeout: float | None = None) -> Tokens:
+    async def tokenizer(self, texts: Any, *, timeout: float | None = None, priority: int | None = None) -> Tokens:
         """texts -> Tokens ids, mask (B, T) int64."""
-        return await self.call(tokenizer.OP, texts, timeout=timeout)
+        return await self.call(tokenizer.OP, texts, timeout=timeout, priority=priority)
 
-    async def text_encoder(self, input_ids: Any, attention_mask: Any, *, timeout: float | None = None) -> Embedding:
+    async def text_encoder(
+        self, input_ids: Any, attention_mask: Any, *, timeout: float | None = None, priority: int | None = None
+    ) -> Embedding:
         """input_ids, attention_mask (B, T) int64 -> Embedding (B, 384)."""
-        return await self.call(text_encoder.OP, input_ids, attention_mask, timeout=timeout)
+        return await self.call(text_encoder.OP, input_ids, attention_mask, timeout=timeout, priority=priority)
 
-    async def search(self, texts: Any, *, timeout: float | None = None) -> TopK:
+    async def search(self, texts: Any, *, timeout: float | None = None, priority: int | None = None) -> TopK:
         """Ensemble: texts -> TopK of the catalog for each text."""
-        return await self.call(search.OP, texts, timeout=timeout)
+        return await self.call(search.OP, texts, timeout=timeout, priority=priority)
 
-    async def call(self, model: str | Op, *inputs: Any, timeout: float | None = None) -> Answer:
+    async def call(
+        self, model: str | Op, *inputs: Any, timeout: float | None = None, priority: int | None = None
+    ) -> Answer:
         op, arrays = self._prepare(model, inputs)
-        return await self._send(op, arrays, timeout)
+        return await self._send(op, arrays, timeout, priority=self._priority(priority))
 
-    async def infer(self, model: str | Op, *inputs: Any, timeout: float | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, model: str | Op, *inputs: Any, timeout: float | None = None, priority: int | None = None
+    ) -> dict[str, np.ndarray]:
         op, arrays = self._prepare(model, inputs)
-        return await self._send(op, arrays, timeout, raw=True)
+        return await self._send(op, arrays, timeout, raw=True, priority=self._priority(priority))
 
     async def _probe(self, ep: Endpoint, op: Op, timeout: float) -> None:
         await ep.renew().close()
         if not await ep.transport.ready(op.name, timeout):
             raise _unavailable_probe(ep, op.name)
 
-    async def _send(self, op: Op, arrays: dict[str, np.ndarray], timeout: float | None, raw: bool = False) -> Any:
+    async def _send(
+        self, op: Op, arrays: dict[str, np.ndarray], timeout: float | None, raw: bool = False, priority: int = 0
+    ) -> Any:
         attempts = self._attempts(op, timeout)
         for step in attempts.plan():
             if isinstance(step, float):
@@ -555,7 +602,11 @@ class AsyncClient(_Base):
             try:
                 if probe:
                     await self._probe(ep, op, limit)
-                outputs = op.answered(arrays, await ep.transport.infer(op.name, arrays, op.output_names, limit))
+                got = await ep.transport.infer(op.name, arrays, op.output_names, limit, priority)
+                outputs = op.answered(arrays, got)
+            except RejectedError:
+                ep.breaker.success()
+                raise
             except RETRYABLE as exc:
                 attempts.failed(ep, exc)
                 continue
@@ -588,20 +639,26 @@ class AsyncClient(_Base):
         return self._limits[op.name]
 
     async def map(
-        self, model: str | Op, *inputs: Any, batch_size: int | str | None = None, timeout: float | None = None
+        self,
+        model: str | Op,
+        *inputs: Any,
+        batch_size: int | str | None = None,
+        timeout: float | None = None,
+        priority: int | None = Priority.BACKGROUND,
     ) -> Answer:
         op = op_for(model)
         arrays = self._whole(op, inputs)
         limits = None if isinstance(batch_size, int) else await self.limits(op)
         chunks = self._cut(arrays, self._batch_size(op, batch_size, lambda: limits))
         start = time.monotonic()
+        p = self._priority(priority)
         if len(chunks) == 1:
-            return await self._send(op, chunks[0], timeout)
+            return await self._send(op, chunks[0], timeout, priority=p)
         gate = asyncio.Semaphore(self.concurrency)
 
         async def one(a: dict[str, np.ndarray]) -> Answer:
             async with gate:
-                return await self._send(op, a, timeout)
+                return await self._send(op, a, timeout, priority=p)
 
         parts = await asyncio.gather(*(one(a) for a in chunks))
         return concat(list(parts), time.monotonic() - start)

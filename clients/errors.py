@@ -4,6 +4,9 @@ ClientError
 ├── InvalidInputError        the request is wrong: never retried (raised before sending when the client can tell)
 ├── ServerUnavailableError   nothing answered (refused, down, model not loaded): retried, then the next endpoint
 ├── DeadlineExceededError    no answer within the deadline: retried while time is left
+├── RejectedError            the model's queue refused the request unrun (its priority lane's policy): not retried
+│   ├── QueueFullError       the lane's queue is full (max_queue_size): the server sheds the load
+│   └── QueueTimeoutError    it waited in the queue past its timeout (also a DeadlineExceededError)
 └── InferenceServerError     the server answered with an error that is not the input's fault: not retried
 """
 
@@ -38,7 +41,25 @@ class InferenceServerError(ClientError, RuntimeError):
     """The server answered with an error that is not about the input (internal, permission, protocol)."""
 
 
+class RejectedError(ClientError):
+    """Triton's queue refused the request without running it, by the queue policy of its priority lane
+    (`dynamic_batching { priority_queue_policy }` of the model). Never retried: the request did not run,
+    and the same queue would refuse it again."""
+
+
+class QueueFullError(RejectedError):
+    """The model's queue for the request's priority already held its `max_queue_size` requests ("Exceeds
+    maximum queue size"): the server sheds load. Send again later, or at another priority."""
+
+
+class QueueTimeoutError(RejectedError, DeadlineExceededError):
+    """The request waited in the model's queue past its timeout (what was left of its deadline, or its lane's
+    default) and was refused unanswered ("Request timeout expired"): it never ran and will not."""
+
+
 RETRYABLE = (ServerUnavailableError, DeadlineExceededError)
+QUEUE_FULL = "Exceeds maximum queue size"  # Triton's message (core scheduler_utils.cc)
+QUEUE_TIMEOUT = "Request timeout expired"  # Triton's message (core dynamic_batch_scheduler.cc)
 
 
 def _clean(message: str) -> str:
@@ -51,6 +72,10 @@ def from_triton(exc: InferenceServerException, where: str) -> ClientError:
     message = _clean(exc.message() or str(exc))
     text = f"{where}: {message}"
     lowered = message.lower()
+    if QUEUE_FULL.lower() in lowered:  # both come as UNAVAILABLE: never the retry a real outage gets
+        return QueueFullError(text)
+    if QUEUE_TIMEOUT.lower() in lowered:
+        return QueueTimeoutError(text)
     if "restricted" in lowered:  # missing/wrong admin key: gRPC answers UNAVAILABLE, but retrying cannot help
         return InferenceServerError(text)
     if "unknown model" in lowered or "not ready" in lowered or "no available versions" in lowered:

@@ -39,6 +39,7 @@ from tritonclient.utils import np_to_triton_dtype
 from clients.client import Client, Endpoint
 from clients.errors import ClientError, InferenceServerError
 from clients.op import Op
+from clients.transport import server_timeout_us
 from common.triton import admin_headers
 from models import spec
 
@@ -153,11 +154,13 @@ class SharedMemoryClient(Client):
                 f"register {r.name} at {ep.url}",
             )
 
-    def _attempt(self, ep: Endpoint, op: Op, arrays: dict[str, np.ndarray], timeout: float) -> dict[str, np.ndarray]:
+    def _attempt(
+        self, ep: Endpoint, op: Op, arrays: dict[str, np.ndarray], timeout: float, priority: int = 0
+    ) -> dict[str, np.ndarray]:
         batch = len(next(iter(arrays.values())))
         regions = self._regions_for(ep, op, timeout)
         if batch > regions.capacity or batch == 0:  # only with validate=False: let the server answer it
-            return super()._attempt(ep, op, arrays, timeout)
+            return super()._attempt(ep, op, arrays, timeout, priority)
         lib = ep.transport.lib
         with regions.lock:
             inputs = []
@@ -175,10 +178,13 @@ class SharedMemoryClient(Client):
                     regions.outputs.name, batch * _row_bytes(t), offset=regions.outputs.offsets[t.name]
                 )
                 outputs.append(out)
+            queue = {"priority": int(priority), "timeout": server_timeout_us(timeout)}
             deadline = time.monotonic() + timeout
             try:
                 result = ep.transport.run(
-                    lambda c, kw: c.infer(op.name, inputs, outputs=outputs, **kw), timeout, ep.transport.where(op.name)
+                    lambda c, kw: c.infer(op.name, inputs, outputs=outputs, **queue, **kw),
+                    timeout,
+                    ep.transport.where(op.name),
                 )
             except ClientError as exc:
                 if not _forgotten(exc):
@@ -186,7 +192,7 @@ class SharedMemoryClient(Client):
                 log.warning("%s: the server no longer knows our regions (restarted?): registering them again", ep.url)
                 self._register(ep, regions, max(deadline - time.monotonic(), 0.1))
                 result = ep.transport.run(
-                    lambda c, kw: c.infer(op.name, inputs, outputs=outputs, **kw),
+                    lambda c, kw: c.infer(op.name, inputs, outputs=outputs, **queue, **kw),
                     max(deadline - time.monotonic(), 0.1),
                     ep.transport.where(op.name),
                 )

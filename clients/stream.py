@@ -15,14 +15,28 @@ last tick with `send(tick, end=True)` (`replay` does), or call `close()`: if the
 open it sends the previous tick again with sequence_end, discards that forecast and lets the server
 free the state. That costs one extra model step whose result nobody sees, and never changes a
 forecast the caller received.
+
+Transport: over gRPC, StreamClient sends its ticks on one bidirectional stream (`start_stream` /
+`async_stream_infer`), which costs less per tick than a unary call (README "Streaming" has the figures);
+`streaming=False` makes unary calls, HTTP always does.
+
+Exactly once: a tick is applied by the server at most once and never resent by the client. When a
+tick's answer is lost (no answer within `timeout`, a broken connection), the server may or may not have
+moved the state, so `send` raises `TickLostError` and refuses further ticks of that sequence. `resume()`
+starts a new sequence that replays the last `history` ticks sent (168 by default, the lost one included)
+from START: its forecasts are then the windowed reservoir's on those ticks. Sequence ids are random
+63-bit numbers unless given, so two client processes never share a sequence by accident.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import csv
 import logging
+import queue
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -30,7 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.errors import ClientError, InferenceServerError, InvalidInputError, from_exception
+from clients.errors import (
+    ClientError,
+    DeadlineExceededError,
+    InferenceServerError,
+    InvalidInputError,
+    ServerUnavailableError,
+    from_exception,
+)
 from models import spec
 
 log = logging.getLogger("clients.stream")
@@ -41,6 +62,10 @@ FORECAST = spec.STREAM.outputs[0].name  # "forecast", FP32 [batch, HORIZON]
 PROTOCOLS = ("grpc", "http")
 DEFAULT_TIMEOUT_S = 30.0
 UNKNOWN_SEQUENCE = "must specify the START flag"  # Triton's answer to a tick of a sequence it does not hold
+MAX_SEQUENCE_ID = 2**63  # random ids are drawn below it (Triton's correlation ids are uint64)
+# A lost answer: the request may have reached the server and moved the state. Any other error is one
+# the server answered (bad input, unknown sequence, model error), and Triton moves a state only on success.
+UNKNOWN_OUTCOME = (DeadlineExceededError, ServerUnavailableError)
 
 
 class StreamError(ClientError, RuntimeError):
@@ -49,6 +74,17 @@ class StreamError(ClientError, RuntimeError):
     Errors from the server or the transport are the `clients.errors` classes: a tick for a sequence
     Triton does not know (never started, ended, idle) is an InvalidInputError naming the sequence.
     """
+
+
+class TickLostError(StreamError):
+    """A tick was sent but its answer was lost (deadline, broken connection): the server may or may not
+    have applied it, so the sequence's state is unknown. It is not resent; the sequence takes no more
+    ticks until `resume()` (a new sequence replaying the last ticks from START) or `open()`."""
+
+
+def new_sequence_id() -> int:
+    """A random sequence id in [1, 2**63)."""
+    return secrets.randbelow(MAX_SEQUENCE_ID - 1) + 1
 
 
 def _modules(protocol: str, aio: bool = False):
@@ -94,19 +130,30 @@ def _forecast(result, tick: float) -> np.ndarray:
 
 
 class StreamClient:
-    """One open sequence at a time over one connection (gRPC or HTTP).
+    """One open sequence at a time over one connection (gRPC stream, gRPC unary or HTTP).
 
     with StreamClient("127.0.0.1:8001") as client:
-        client.open(42)
+        client.open()                         # a random 63-bit sequence id (or open(42))
         for tick in ticks[:-1]:
             forecast = client.send(tick)      # (HORIZON,) float32
         forecast = client.send(ticks[-1], end=True)
     """
 
     def __init__(
-        self, url: str, model: str = MODEL, protocol: str = "grpc", timeout: float = DEFAULT_TIMEOUT_S
+        self,
+        url: str,
+        model: str = MODEL,
+        protocol: str = "grpc",
+        timeout: float = DEFAULT_TIMEOUT_S,
+        streaming: bool | None = None,
+        history: int = spec.INPUT_SIZE,
     ) -> None:
         self.model, self.protocol, self.timeout = model, protocol, float(timeout)
+        self.streaming = protocol == "grpc" if streaming is None else bool(streaming)
+        if self.streaming and protocol != "grpc":
+            raise ValueError("streaming=True needs protocol='grpc' (HTTP has no bidirectional stream)")
+        if history < 1:
+            raise ValueError(f"history must be at least 1 tick, got {history}")
         self._mod = _modules(protocol)
         if protocol == "grpc":
             self._client = self._mod.InferenceServerClient(url)
@@ -117,25 +164,45 @@ class StreamClient:
         self.sequence_id: int | None = None
         self._sent = 0  # ticks the server answered in the open sequence
         self._last_tick: float | None = None  # the last tick sent (or tried) in the open sequence
+        self._history: collections.deque[float] = collections.deque(maxlen=history)  # ticks applied or lost
+        self._lost: str | None = None  # why the open sequence's state is unknown
+        self._answers: queue.Queue | None = None  # the gRPC stream's responses, while it is open
+        self._request = 0
 
     @property
     def is_open(self) -> bool:
         return self.sequence_id is not None
 
-    def open(self, sequence_id: int) -> None:
-        """Start a sequence: the next `send` carries sequence_start and the server resets its state."""
-        if self.is_open:
+    @property
+    def lost(self) -> bool:
+        """True after a TickLostError, until resume() or open()."""
+        return self._lost is not None
+
+    def open(self, sequence_id: int | None = None) -> int:
+        """Start a sequence (a random id unless given): the next `send` carries sequence_start and the server
+        resets its state. Returns the sequence id."""
+        if self.is_open and not self.lost:
             raise StreamError(f"sequence {self.sequence_id} is still open: close() it first")
-        self.sequence_id = _check_sequence_id(sequence_id)
-        self._sent, self._last_tick = 0, None
+        self.sequence_id = _check_sequence_id(new_sequence_id() if sequence_id is None else sequence_id)
+        self._sent, self._last_tick, self._lost = 0, None, None
+        self._history.clear()
+        return self.sequence_id
 
     def reset(self) -> None:
         """Start the open sequence over: the next `send` carries sequence_start again (state back to zeros)."""
         if not self.is_open:
             raise StreamError("no open sequence: call open(sequence_id) first")
-        self._sent = 0
+        self._sent, self._lost = 0, None
+        self._history.clear()
+
+    # -- transport ------------------------------------------------------------------------------
+    def _where(self) -> str:
+        return f"{self.model} sequence {self.sequence_id}"
 
     def _infer(self, tick: float, start: bool, end: bool):
+        """The answer to one tick; ClientError as clients.errors maps it (UNKNOWN_OUTCOME: maybe applied)."""
+        if self.streaming:
+            return self._stream_infer(tick, start, end)
         kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         inputs = [_tick_input(self._mod, tick)]
         try:
@@ -149,12 +216,60 @@ class StreamClient:
                 **kwargs,
             )
         except Exception as exc:  # every transport error becomes a clients.errors class
-            raise from_exception(exc, f"{self.model} sequence {self.sequence_id}", self.timeout) from exc
+            raise from_exception(exc, self._where(), self.timeout) from exc
 
+    def _stream_infer(self, tick: float, start: bool, end: bool):
+        if self._answers is None:
+            answers: queue.Queue = queue.Queue()
+            try:
+                self._client.start_stream(callback=lambda result, error: answers.put((result, error)))
+            except Exception as exc:
+                raise from_exception(exc, f"{self._where()}: starting the gRPC stream", self.timeout) from exc
+            self._answers = answers
+        self._request += 1
+        try:
+            self._client.async_stream_infer(
+                self.model,
+                [_tick_input(self._mod, tick)],
+                outputs=[self._mod.InferRequestedOutput(FORECAST)],
+                request_id=str(self._request),
+                sequence_id=self.sequence_id,
+                sequence_start=start,
+                sequence_end=end,
+            )
+        except Exception as exc:  # not sent: the stream was already broken
+            self._stop_stream()
+            raise ServerUnavailableError(f"{self._where()}: the gRPC stream is closed ({exc})") from exc
+        try:
+            result, error = self._answers.get(timeout=self.timeout)
+        except queue.Empty:
+            self._stop_stream()  # a late answer must never be read as the next tick's
+            raise DeadlineExceededError(f"{self._where()}: no answer within {self.timeout:.3g} s") from None
+        if error is None:
+            return result
+        if error.status() is not None:  # the stream itself failed (server gone, cancelled)
+            self._stop_stream()
+            mapped = from_exception(error, self._where(), self.timeout)
+            raise (mapped if isinstance(mapped, UNKNOWN_OUTCOME) else ServerUnavailableError(str(mapped))) from error
+        message = error.message() or str(error)  # the server refused this request (the stream lives on)
+        kind = InvalidInputError if UNKNOWN_SEQUENCE in message else InferenceServerError
+        raise kind(f"{self._where()}: {message}") from error
+
+    def _stop_stream(self) -> None:
+        if self._answers is not None:
+            self._answers = None
+            try:
+                self._client.stop_stream(cancel_requests=True)
+            except Exception as exc:  # already broken: nothing left to stop
+                log.debug("stopping the gRPC stream: %s", exc)
+
+    # -- ticks ----------------------------------------------------------------------------------
     def send(self, tick: float, end: bool = False) -> np.ndarray:
         """One tick -> the forecast (HORIZON,) after it; `end=True` makes it the sequence's last tick."""
         if not self.is_open:
             raise StreamError("no open sequence: call open(sequence_id) first")
+        if self.lost:
+            raise TickLostError(self._lost)
         tick = float(tick)
         if not np.isfinite(tick):  # refused here, before anything is sent: the sequence stays as it was
             raise InvalidInputError(f"tick {tick!r} is not a finite number")
@@ -162,17 +277,41 @@ class StreamClient:
         self._last_tick = tick
         try:
             result = self._infer(tick, start, end)
+        except UNKNOWN_OUTCOME as exc:
+            self._history.append(tick)  # maybe applied: resume() replays it
+            self._lost = (
+                f"{self._where()}: tick {self._sent} ({tick!r}) was sent but its answer was lost ({exc}); the "
+                "server may have applied it, so the sequence's state is unknown and the tick is not resent. "
+                f"resume() starts a new sequence replaying the last {len(self._history)} tick(s) from START "
+                "(its forecasts are then the windowed model's on them), or open() starts over"
+            )
+            raise TickLostError(self._lost) from exc
         except ClientError as exc:
-            # The server did not advance the state: the next send repeats START if this one had it.
-            # END releases the sequence in Triton's scheduler whatever the model answered, and a
-            # sequence Triton does not know (ended elsewhere, idle) has nothing left to close.
+            # The server answered with an error: Triton moves a sequence's state only on success. END
+            # releases the sequence in Triton's scheduler whatever the model answered, and a sequence
+            # Triton does not know (ended elsewhere, idle) has nothing left to close.
             if end or UNKNOWN_SEQUENCE in str(exc):
                 self.sequence_id = None
             raise
         self._sent += 1
+        self._history.append(tick)
         if end:
             self.sequence_id = None
         return _forecast(result, tick)
+
+    def resume(self, sequence_id: int | None = None) -> np.ndarray:
+        """After a TickLostError: a new sequence (random id unless given) that replays the last `history`
+        ticks sent, the lost one included, from START. Returns the forecast after the last of them. The old
+        sequence is left to the server's idle timeout."""
+        if not self._history:
+            raise StreamError("nothing to resume: no tick was sent in this sequence")
+        ticks = list(self._history)
+        self.sequence_id, self._lost = None, None
+        self.open(sequence_id)
+        forecast = None
+        for tick in ticks:
+            forecast = self.send(tick)
+        return forecast
 
     def close(self) -> None:
         """End the open sequence so the server frees its state now (see the module docstring)."""
@@ -181,16 +320,18 @@ class StreamClient:
         try:
             # END must ride on a request: the previous tick again, its forecast dropped. If even the
             # first send failed, Triton may or may not hold the sequence: START + END is valid either way.
-            if self._last_tick is not None:
+            # A sequence whose state is unknown is left to the idle timeout: nothing more is sent to it.
+            if self._last_tick is not None and not self.lost:
                 self._infer(self._last_tick, start=self._sent == 0, end=True)
         finally:
-            self.sequence_id = None
+            self.sequence_id, self._lost = None, None
 
     def shutdown(self) -> None:
         """close() and release the connection."""
         try:
             self.close()
         finally:
+            self._stop_stream()
             self._client.close()
 
     def __enter__(self) -> StreamClient:
@@ -209,21 +350,21 @@ class StreamClient:
 def replay(
     url: str,
     series: np.ndarray,
-    sequence_id: int,
+    sequence_id: int | None = None,
     protocol: str = "grpc",
     model: str = MODEL,
     timeout: float = DEFAULT_TIMEOUT_S,
+    streaming: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stream a series (T,) tick by tick as one sequence (START on the first, END on the last).
-
-    Returns forecasts (T, HORIZON) float32 and the round-trip latency of every tick in ms (T,).
+    """Stream a series (T,) tick by tick as one sequence (START on the first, END on the last; a random id
+    unless given). Returns forecasts (T, HORIZON) float32 and the round-trip latency of every tick in ms (T,).
     """
     series = np.asarray(series, dtype=np.float32).reshape(-1)
     if series.size == 0:
         raise InvalidInputError("the series is empty")
     forecasts = np.empty((series.size, spec.HORIZON), np.float32)
     latencies = np.empty(series.size, np.float64)
-    with StreamClient(url, model, protocol, timeout) as client:
+    with StreamClient(url, model, protocol, timeout, streaming=streaming) as client:
         client.open(sequence_id)
         for t, tick in enumerate(series):
             t0 = time.perf_counter()
@@ -283,13 +424,14 @@ async def _replay_many_async(
 def replay_many(
     url: str,
     series: np.ndarray,
-    first_sequence_id: int = 1,
+    first_sequence_id: int | None = None,
     protocol: str = "grpc",
     model: str = MODEL,
     timeout: float = DEFAULT_TIMEOUT_S,
     end: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stream S series (S, T) at once, series s as sequence first_sequence_id + s, over one asyncio client.
+    """Stream S series (S, T) at once, series s as sequence first_sequence_id + s (a random first id unless
+    given), over one asyncio client.
 
     Every sequence has at most one request in flight (its ticks stay in order); the S sequences run
     concurrently, so the server's sequence batcher can put ticks of different sequences into one
@@ -301,6 +443,8 @@ def replay_many(
     series = np.asarray(series, dtype=np.float32)
     if series.ndim != 2 or series.size == 0:
         raise InvalidInputError(f"series must be a non-empty (sequences, ticks) array, got shape {series.shape}")
+    if first_sequence_id is None:
+        first_sequence_id = secrets.randbelow(MAX_SEQUENCE_ID - series.shape[0]) + 1
     _check_sequence_id(first_sequence_id)
     _check_sequence_id(first_sequence_id + series.shape[0] - 1)
     return asyncio.run(_replay_many_async(url, series, first_sequence_id, protocol, model, timeout, end))
@@ -385,7 +529,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", help="split of the artifacts' series (default test)")
     p.add_argument("--ticks", type=int, default=200, help="ticks to stream per sequence (default 200)")
     p.add_argument("--sequences", type=int, default=1, help="concurrent sequences (default 1: print every tick)")
-    p.add_argument("--sequence-id", type=int, default=1, help="id of the first sequence (default 1)")
+    p.add_argument("--sequence-id", type=int, help="id of the first sequence (default: a random 63-bit id)")
+    p.add_argument("--unary", action="store_true", help="gRPC: one call per tick instead of one stream")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request")
     args = p.parse_args(argv)
     if args.ticks < 1:
@@ -394,7 +539,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--sequences must be at least 1")
     if args.series_file is not None and not args.series_file.is_file():
         p.error(f"series file {args.series_file} does not exist")
-    if args.sequence_id < 1:
+    if args.sequence_id is not None and args.sequence_id < 1:
         p.error("--sequence-id must be at least 1 (Triton reserves 0)")
     return args
 
@@ -414,7 +559,15 @@ def main(argv: list[str] | None = None) -> int:
         before = model_counts(args.url, args.protocol, args.model)
         t0 = time.perf_counter()
         if args.sequences == 1:
-            forecasts, lat = replay(args.url, series[0], args.sequence_id, args.protocol, args.model, args.timeout)
+            forecasts, lat = replay(
+                args.url,
+                series[0],
+                args.sequence_id,
+                args.protocol,
+                args.model,
+                args.timeout,
+                False if args.unary else None,
+            )
             for t in range(series.shape[1]):
                 print(
                     f"tick {t:5d}  value {series[0, t]:12.4f}  {lat[t]:8.3f} ms  forecast[+1] {forecasts[t, 0]:12.4f}"

@@ -1,7 +1,10 @@
 """tritonclient over gRPC and HTTP, sync and asyncio, behind one small interface per flavour.
 
 Each transport talks to one endpoint, applies the attempt's deadline and maps every failure onto
-`clients.errors`. Sync transports are thread-safe: gRPC shares one channel, HTTP keeps one
+`clients.errors`. An inference carries its priority and what is left of the attempt's deadline as
+Triton's per-request timeout (microseconds): a model with priority lanes (`dynamic_batching {
+priority_levels, priority_queue_policy }`) refuses it unanswered once it has queued that long, so a
+late answer is never computed; other models ignore both. Sync transports are thread-safe: gRPC shares one channel, HTTP keeps one
 connection per thread (geventhttpclient is not thread-safe). The HTTP deadline is a gevent timeout
 around the call (the library's timeouts are fixed per client); a connection that timed out is
 dropped, never reused. Async transports must be used from one event loop.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from enum import IntEnum
 from typing import Any
 
 import gevent
@@ -23,6 +27,21 @@ from clients.errors import ClientError, DeadlineExceededError, from_exception
 
 PROTOCOLS = ("grpc", "http")
 HTTP_SOCKET_TIMEOUT_S = 600.0  # outer bound only: every call carries its own, shorter deadline
+
+
+class Priority(IntEnum):
+    """The priority lanes of the served configs (nhits, reservoir, forecast_blend, so the forecast ensemble):
+    `dynamic_batching { priority_levels: 3 default_priority_level: 2 }`. Triton takes the lowest level
+    first. A request without a priority is NORMAL; a model without lanes ignores it."""
+
+    CRITICAL = 1  # queued at most 10 ms (its deadline, if shorter), then refused: QueueTimeoutError
+    NORMAL = 2
+    BACKGROUND = 3  # bulk work: at most 32 requests queued, then refused: QueueFullError
+
+
+def server_timeout_us(seconds: float) -> int:
+    """An attempt's deadline as Triton's per-request timeout: at least 1 us (0 would mean none)."""
+    return max(1, int(seconds * 1e6))
 
 
 def parse_url(url: str, protocol: str = "grpc") -> tuple[str, str]:
@@ -131,10 +150,15 @@ class Transport:
                 self._drop_thread_client()
             raise from_exception(exc, where, timeout) from None
 
-    def infer(self, model: str, arrays: dict[str, np.ndarray], outputs: list[str], timeout: float) -> dict:
+    def infer(
+        self, model: str, arrays: dict[str, np.ndarray], outputs: list[str], timeout: float, priority: int = 0
+    ) -> dict:
         inputs = build_inputs(self.lib, arrays)
         requested = build_outputs(self.lib, outputs)
-        result = self.run(lambda c, kw: c.infer(model, inputs, outputs=requested, **kw), timeout, self.where(model))
+        queue = {"priority": int(priority), "timeout": server_timeout_us(timeout)}
+        result = self.run(
+            lambda c, kw: c.infer(model, inputs, outputs=requested, **queue, **kw), timeout, self.where(model)
+        )
         return extract(result, outputs)
 
     def ready(self, model: str | None, timeout: float) -> bool:
@@ -190,11 +214,14 @@ class AsyncTransport:
         except Exception as exc:
             raise from_exception(exc, where, timeout) from None
 
-    async def infer(self, model: str, arrays: dict[str, np.ndarray], outputs: list[str], timeout: float) -> dict:
+    async def infer(
+        self, model: str, arrays: dict[str, np.ndarray], outputs: list[str], timeout: float, priority: int = 0
+    ) -> dict:
         inputs = build_inputs(self.lib, arrays)
         requested = build_outputs(self.lib, outputs)
+        queue = {"priority": int(priority), "timeout": server_timeout_us(timeout)}
         result = await self.run(
-            lambda c, kw: c.infer(model, inputs, outputs=requested, **kw), timeout, self.where(model)
+            lambda c, kw: c.infer(model, inputs, outputs=requested, **queue, **kw), timeout, self.where(model)
         )
         return extract(result, outputs)
 

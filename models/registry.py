@@ -49,9 +49,10 @@ def _build(name: str, ckpt: dict) -> nn.Module:
         tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
         return NHITS(NHITSConfig(**tuples))
     if name == "reservoir":
-        rcfg = ReservoirConfig(**cfg)
+        rcfg = ReservoirConfig.from_dict(cfg)
         n = rcfg.units
-        zeros = (np.zeros((n, n), np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32))
+        m = rcfg.block_size if rcfg.blocks > 1 else n
+        zeros = (np.zeros((m, m), np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32))
         return Reservoir(rcfg, weights=zeros)
     if name == "forecast_blend":
         return Blend(horizon=cfg["horizon"])
@@ -103,7 +104,7 @@ def example_inputs(name: str, artifacts: Path, split: str = "train", n: int = 64
         reservoir = load_model("reservoir", artifacts)
         if name == "reservoir_stream":
             # State after all ticks but the last, and the last tick: what the server holds mid-sequence.
-            state = reservoir.final_states(reservoir.encode(x[:, :-1]))
+            state = reservoir.stream_state(reservoir.encode(x[:, :-1]))
             return (x[:, -1:].contiguous(), state)
         nhits = load_model("nhits", artifacts)
         return (nhits(x), reservoir.predict(x))

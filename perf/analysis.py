@@ -222,7 +222,7 @@ def model_summary(
 # One check per kind of perf/goals.yaml: (model summary, threshold, budget, load note) ->
 # (value, met, reason), or None when the run did not measure it.
 CHECKS: dict[str, tuple] = {}
-LOWER_IS_BETTER = {"int8_latency", "c1_p99"}
+LOWER_IS_BETTER = {"int8_latency", "c1_p99", "tick_p99_ms", "lanes_p99_ratio"}
 
 
 def _goal(goal: str, target: str):
@@ -442,6 +442,48 @@ def _int8_latency(m: dict, k: float, budget_ms: float, busy: str) -> tuple | Non
     return v, v <= k, base
 
 
+@_goal("one sequence's tick, p99 (concurrency 1)", "<= {k:g} ms")
+def _tick_p99_ms(m: dict, k: float, budget_ms: float, busy: str) -> tuple | None:
+    if not (lone := m.get("lone")):
+        return None
+    run, best = min(lone.items(), key=lambda kv: kv[1]["p99_ms"])
+    how = {"lone": "unary gRPC", "lone_streaming": "one gRPC stream (--streaming)"}
+    parts = [
+        f"perf_analyzer, {how.get(r, r)}: p50 / p99 {f['p50_ms']:.3f} / {f['p99_ms']:.3f} ms" for r, f in lone.items()
+    ]
+    client = m.get("stream_client") or {}
+    parts += [
+        f"StreamClient {mode}: p50 / p99 {c['p50_ms']:.3f} / {c['p99_ms']:.3f} ms"
+        for mode, c in client.items()
+        if isinstance(c, dict) and c.get("n")
+    ]
+    reason = f"best: {how.get(run, run)}. " + "; ".join(parts) + f". Profile: {profile(best)}"
+    return best["p99_ms"], best["p99_ms"] <= k, reason + (f".{busy}" if best["p99_ms"] > k else "")
+
+
+@_goal("critical p99 beside a c16 flood / alone", "<= {k:g}x")
+def _lanes_p99_ratio(m: dict, k: float, budget_ms: float, busy: str) -> tuple | None:
+    lanes = m.get("lanes") or {}
+    if not lanes.get("lanes") or lanes["lanes"].get("p99_ratio") is None:
+        return None if not lanes.get("error") else (None, None, f"not measured: {lanes['error']}")
+
+    def one(name: str) -> str:
+        r = lanes.get(name) or {}
+        a, f = r.get("alone", {}), r.get("flooded", {})
+        if not a.get("n") or not f.get("n"):
+            return f"{name}: not measured"
+        return (
+            f"{name.replace('_', ' ')}: alone p50 / p99 {a['p50_ms']:.2f} / {a['p99_ms']:.2f} ms, flooded "
+            f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f} ms ({r['p99_ratio']:.2f}x), refused {f['refused'] or 'none'}, "
+            f"flood {f['flood_throughput']:.0f}/s at avg batch {f['avg_batch'] or 0:.1f}"
+        )
+
+    v = lanes["lanes"]["p99_ratio"]
+    reason = f"critical client (priority {lanes['critical']['priority']}, c1) vs perf_analyzer c{lanes['flood']['concurrency']}"
+    reason += f" in the default lane, same run. {one('lanes')}; {one('no_lanes')}"
+    return v, v <= k, reason + (f".{busy}" if v > k else ".")
+
+
 def goals(models: dict, budget_ms: float, load: list[float] | None) -> list[dict]:
     """Every goal of perf/goals.yaml: value, met (None: not applicable), reason, threshold and direction."""
     busy = f" The cores are shared with other work (load average {load[0]:.1f} at the end of the run)." if load else ""
@@ -487,6 +529,11 @@ def summarize(run_dir: Path, budget_ms: float = BUDGET_MS) -> dict:
     names = sorted({r["point"]["label"].split(".")[0] for r in records} - {"reservoir_stream"})
     compare = (env.get("run") or {}).get("compare")
     models = {n: model_summary(n, records, baselines, budget_ms, compare) for n in names}
+    for path in sorted((run_dir / "lanes").glob("*.json")):
+        models.setdefault(path.stem, {})["lanes"] = read_json(path)
+    lone = {run: pts[0] for run in ("lone", "lone_streaming") if (pts := series(records, f"reservoir_stream.{run}"))}
+    if lone or (run_dir / "stream_client.json").is_file():
+        models["reservoir_stream"] = {"lone": lone, "stream_client": read_json(run_dir / "stream_client.json", {})}
     load = (env.get("machine_end") or {}).get("loadavg") or (env.get("machine") or {}).get("loadavg")
     summary = {
         **{k: env.get(k, {}) for k in ("run", "machine", "machine_end", "versions", "configs")},

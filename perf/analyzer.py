@@ -67,6 +67,7 @@ class Point:
     input_data: str | None = None  # perf_analyzer --input-data JSON file
     shared_memory: str = "none"
     async_mode: bool = False
+    streaming: bool = False  # gRPC bidirectional streaming (perf_analyzer --streaming)
     sequence_length: int | None = None
     sequence_id_range: tuple[int, int] | None = None
     measurement: Measurement = field(default_factory=Measurement)
@@ -141,7 +142,7 @@ def command(point: Point, url: str, csv_path: Path, key: str | None = None, stab
         cmd += ["--concurrency-range", str(point.concurrency)]
     else:
         raise AnalyzerError(f"{point.stem}: a point needs a concurrency or a request rate")
-    cmd += (["--async"] if point.async_mode else []) + _contents(point)
+    cmd += (["--async"] if point.async_mode else []) + (["--streaming"] if point.streaming else []) + _contents(point)
     if point.sequence_id_range:
         cmd += ["--sequence-id-range", "{}:{}".format(*point.sequence_id_range)]
     if point.shared_memory != "none":

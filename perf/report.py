@@ -291,6 +291,60 @@ def _search_section(search: dict) -> list[str]:
     return out
 
 
+def _trading(summary: dict) -> list[str]:
+    """Priority lanes under a flood and one sequence's tick (perf/trading.py, perf_analyzer's lone runs)."""
+    out = []
+    for name, m in summary["models"].items():
+        lanes = m.get("lanes") or {}
+        if not lanes.get("lanes"):
+            continue
+        if not out:
+            out += ["## Priority lanes: a critical client beside a flood", ""]
+        crit, flood = lanes["critical"], lanes["flood"]
+        out += [
+            f"`{name}`: one `clients.Client` at priority {crit['priority']} (deadline {crit['deadline_ms']:g} ms, "
+            f"concurrency 1) for {lanes['seconds']:g} s alone, then beside perf_analyzer at concurrency "
+            f"{flood['concurrency']} in the default lane; on the committed configs and on a server of the same "
+            "configs without priority lanes.",
+            "",
+        ]
+        rows = []
+        for server in ("lanes", "no_lanes"):
+            r = lanes.get(server) or {}
+            for when in ("alone", "flooded"):
+                f = r.get(when) or {}
+                rows.append(
+                    [server.replace("_", " "), when, f.get("n", 0), lat(f) if f.get("n") else "–"]
+                    + [
+                        num(f.get("max_ms"), 2),
+                        ", ".join(f"{k} {v}" for k, v in (f.get("refused") or {}).items()) or "0",
+                    ]
+                    + [num(f.get("flood_throughput")), num(f.get("avg_batch"))]
+                )
+            rows[-1].append(times(r.get("p99_ratio")))
+            rows[-2].append("")
+        head = ["server", "critical client", "answered", "p50 / p99 ms", "max ms", "refused", "flood /s", "avg batch"]
+        out += [*table([*head, "p99 flooded / alone"], rows), ""]
+    sm = summary["models"].get("reservoir_stream") or {}
+    if sm.get("lone") or sm.get("stream_client"):
+        out += ["## One sequence's tick", ""]
+        rows = [
+            [
+                f"perf_analyzer, {'one gRPC stream' if run == 'lone_streaming' else 'unary gRPC'}",
+                lat(f),
+                num(f["throughput"]),
+            ]
+            for run, f in sm.get("lone", {}).items()
+        ]
+        rows += [
+            [f"clients.stream.StreamClient, {'one gRPC stream' if mode == 'stream' else 'unary gRPC'}", lat(c), "–"]
+            for mode, c in (sm.get("stream_client") or {}).items()
+            if isinstance(c, dict) and c.get("n")
+        ]
+        out += [*table(["client", "p50 / p99 ms", "ticks/s"], rows), ""]
+    return out
+
+
 def _extras(summary: dict) -> list[str]:
     """The shared-memory and 1,000-asset sections."""
     ex, nh, out = summary.get("extras", {}), summary["models"].get("nhits", {}), ["## Shared memory", ""]
@@ -410,7 +464,7 @@ def render(summary: dict, figures: dict[str, str], search: dict | None) -> str:
             for p in stream["points"]
         )
         out += [*table([*head, "stream avg batch", "windowed avg batch"], rows), ""]
-    out += _extras(summary) + (_search_section(search) if search else [])
+    out += _trading(summary) + _extras(summary) + (_search_section(search) if search else [])
     return "\n".join(out) + "\n" + HOW_TO_READ
 
 

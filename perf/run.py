@@ -7,8 +7,11 @@ Two real tritonservers over copies of the repository, response cache off (every 
 `recommend_cached` keeps it on): the committed cpu configs, and the same without dynamic_batching. Every
 scenario of perf/scenarios/ is measured point by point on input files of the project's data. For a model
 with baselines the sweep is followed at once by the batching-off points and the in-process baselines
-(perf/baselines.py), so the two sides of each ratio are minutes, not a whole run, apart. Then the
-shared-memory comparison and the 1,000-asset timing (clients helpers), summary.json and the report.
+(perf/baselines.py), so the two sides of each ratio are minutes, not a whole run, apart. A scenario with
+`lanes` adds a third server without priority lanes and measures a critical client under a flood on both
+(perf/trading.py, lanes/<model>.json); `client_ticks` times one sequence through StreamClient
+(stream_client.json). Then the shared-memory comparison and the 1,000-asset timing (clients helpers),
+summary.json and the report.
 Results go to perf/results/<run id>/ with `perf/results/latest` pointing at the newest.
 """
 
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from models import spec
-from perf import analysis, analyzer, baselines, environment, inputs
+from perf import analysis, analyzer, baselines, environment, inputs, trading
 from perf import repo as repos
 from perf import scenarios as sc
 
@@ -145,6 +148,40 @@ def run_scenarios(scenarios, servers: dict, args, run_dir: Path, key: str, repo:
                 with _phase(phases, "baselines"):
                     baselines_out[s.model] = baseline_for(s, args, run_dir)
                     (run_dir / "baselines.json").write_text(json.dumps(baselines_out, indent=2) + "\n")
+        with _phase(phases, "trading"):
+            trading_path(s, servers, args, run_dir, files)
+
+
+def trading_path(s: sc.Scenario, servers: dict, args, run_dir: Path, files: dict) -> None:
+    """The scenario's `lanes` and `client_ticks` measurements (perf/trading.py); a failure is logged, not fatal."""
+    quick = 0.3 if args.quick else 1.0
+    if s.lanes and "no_lanes" in servers:
+        spec_ = s.lanes
+        data = input_file(s.input_data, args.artifacts, args.repo, run_dir / "inputs", files)
+        rows = inputs.arrays_for(s.input_data["kind"], args.artifacts, args.repo, 64)[spec.WINDOW.name]
+        result = _section(
+            f"{s.model} priority lanes",
+            lambda: trading.lanes(
+                {"lanes": servers["served"], "no_lanes": servers["no_lanes"]},
+                s.model,
+                rows,
+                data,
+                run_dir / "lanes",
+                seconds=float(spec_.get("seconds", 10)) * quick,
+                flood_concurrency=int(spec_.get("flood_concurrency", 16)),
+                priority=int(spec_.get("priority", 1)),
+                deadline_s=float(spec_.get("deadline_ms", 50)) / 1e3,
+            ),
+        )
+        (run_dir / "lanes").mkdir(exist_ok=True)
+        (run_dir / "lanes" / f"{s.model}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if s.client_ticks:
+        from models import data as model_data
+
+        series = model_data.load_series(args.artifacts, "test")[0]
+        ticks = int(int(s.client_ticks.get("ticks", 2000)) * quick)
+        result = _section("StreamClient ticks", lambda: trading.stream_ticks(servers["served"].grpc_url, series, ticks))
+        (run_dir / "stream_client.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _section(what: str, measure_it: Callable[[], dict]) -> dict:
@@ -351,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             servers = {"served": start("served", edit=repos.cache_off, variants=variants)}
             if (off := [s.model for s in scenarios if s.batching_off]) and not args.skip_batching_off:
                 servers["batching_off"] = start("batching-off", models=off, edit=repos.batching_off)
+            if lanes := sorted({m for s in scenarios if s.lanes for m in composing(args.repo, s.model)}):
+                servers["no_lanes"] = start("no-lanes", models=lanes, edit=repos.lanes_off)
             if args.compare:
                 servers["compare"] = start(args.compare, config=args.compare, edit=repos.cache_off)
             env["versions"]["tritonserver"] = repos.server_version(servers["served"].http_url)

@@ -5,7 +5,9 @@ run expands to perf_analyzer points, one per concurrency (closed loop) or reques
 `request_rate_of_peak`: fractions of the first run's peak), per client batch size (`batch_size`). A run may
 measure another model with its own `input_data`. Optional: `batching_off: {concurrency: [...]}` (again on a
 server without dynamic_batching), `baselines: [eager, ort]`, `variants` (models served from a config copy,
-e.g. the cached recommend), `compare` (stream vs windowed runs), `measurement`.
+e.g. the cached recommend), `compare` (stream vs windowed runs), `measurement`, `lanes` (a critical client
+under a flood, with and without priority lanes: perf/trading.py) and `client_ticks` (one sequence through
+clients.stream.StreamClient, streamed and unary).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from perf.inputs import KINDS, TENSORS
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 RUN_KEYS = set(
     "name model protocol concurrency request_rate request_rate_of_peak batch_size shared_memory async "
-    "sequence_length sequence_id_range input_data".split()
+    "sequence_length sequence_id_range input_data streaming".split()
 )
 BASELINES = ("eager", "ort", "sentence_transformers", "search_loops")
 QUICK_KEEP = 16  # the concurrency of the dynamic-batching comparison survives the quick profile
@@ -39,6 +41,8 @@ class Scenario:
     baselines: list[str] = field(default_factory=list)
     variants: dict = field(default_factory=dict)
     compare: dict | None = None
+    lanes: dict | None = None
+    client_ticks: dict | None = None
     measurement: Measurement = field(default_factory=Measurement)
     path: Path | None = None
 
@@ -126,6 +130,7 @@ def _run_problems(s: Scenario, i: int, run: dict, repo: Path) -> list[str]:
         ),
         (sequence != (kind == "tick_streams"), f"tick_streams input is for the sequence model {spec.STREAM.name} only"),
         ("sequence_length" in run and not sequence, f"sequence_length only applies to {spec.STREAM.name}"),
+        (run.get("streaming") and run.get("protocol", "grpc") != "grpc", "streaming needs protocol grpc"),
         (run.get("shared_memory", "none") not in ("none", "system"), "shared_memory must be none or system"),
     ]
     checks += [
@@ -162,6 +167,7 @@ def points(
         "input_data": str(input_file),
         "shared_memory": run.get("shared_memory", "none"),
         "async_mode": bool(run.get("async", False)),
+        "streaming": bool(run.get("streaming", False)),
         "sequence_length": run.get("sequence_length"),
         "sequence_id_range": tuple(run["sequence_id_range"]) if "sequence_id_range" in run else None,
         "measurement": measurement,

@@ -196,9 +196,14 @@ def render_config(text: str, s: dict, comment: str) -> str:
         if n != 1:
             raise ValueError(f"cannot find one line matching {pattern!r} in the config")
     pref = f"  preferred_batch_size: [ {', '.join(map(str, s['preferred']))} ]\n" if s["preferred"] else ""
-    block = "".join(f"{COMMENT}{c}\n" for c in comment.splitlines())
-    block += f"dynamic_batching {{\n{pref}  max_queue_delay_microseconds: {s['delay_us']}\n}}"
-    text, n = re.subn(r"(?:^# [^\n]*\n)*dynamic_batching \{\n.*?\n\}", lambda _: block, text, flags=re.S | re.M)
+    head = "".join(f"{COMMENT}{c}\n" for c in comment.splitlines())
+    searched = re.compile(r"\s*(preferred_batch_size|max_queue_delay_microseconds):")
+
+    def block(m: re.Match) -> str:  # the searched fields replaced, the rest (priority lanes) kept as written
+        rest = "".join(f"{ln}\n" for ln in m.group(1).split("\n") if ln.strip() and not searched.match(ln))
+        return f"{head}dynamic_batching {{\n{pref}  max_queue_delay_microseconds: {s['delay_us']}\n{rest}}}"
+
+    text, n = re.subn(r"(?:^# [^\n]*\n)*dynamic_batching \{\n(.*?)\n\}", block, text, flags=re.S | re.M)
     if n != 1:
         raise ValueError("cannot find one `dynamic_batching { ... }` block")
     return text

@@ -16,6 +16,7 @@ A leaked, stale or lost state is off by 1e-2 and more.
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -24,7 +25,15 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients.errors import InvalidInputError
-from clients.stream import StreamClient, StreamError, model_counts, replay, replay_many
+from clients.stream import (
+    StreamClient,
+    StreamError,
+    TickLostError,
+    model_counts,
+    new_sequence_id,
+    replay,
+    replay_many,
+)
 from models import data, registry, spec
 
 RTOL = 1e-4
@@ -223,3 +232,44 @@ def test_300_concurrent_sequences_are_batched_and_each_equals_its_reference(trit
                 raw_tick(raw, rows[row, 0], first + row)
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["grpc-stream", "grpc-unary"])
+def test_a_lost_answer_is_never_resent_and_resume_replays_the_window_from_start(triton, series, streaming):
+    ticks = series[7, :20]
+    whole, _ = replay(triton.grpc_url, ticks, new_id(), streaming=streaming)
+    with StreamClient(triton.grpc_url, streaming=streaming) as client:
+        client.open(new_id())
+        got = [client.send(t) for t in ticks[:10]]
+        client.timeout = 1e-6  # no answer can come back in time: the tick is sent, its answer lost
+        with pytest.raises(TickLostError, match="answer was lost.*not resent.*resume"):
+            client.send(ticks[10])
+        assert client.lost and client.is_open
+        client.timeout = 30.0
+        time.sleep(0.3)  # whatever the server did with the lost tick, it has done
+        before = model_counts(triton.grpc_url)
+        with pytest.raises(TickLostError):
+            client.send(ticks[11])  # refused by the client: nothing is sent
+        assert model_counts(triton.grpc_url) == before
+        lost_id = client.sequence_id
+        got.append(client.resume())  # a new sequence: ticks 0..10 again from START
+        assert client.sequence_id != lost_id and not client.lost
+        got += [client.send(t, end=t_i == len(ticks) - 1) for t_i, t in enumerate(ticks[11:], start=11)]
+    assert rel_err(np.stack(got), whole) <= RTOL, "resume did not rebuild the state the lost tick left"
+
+
+def test_sequence_ids_default_to_random_63_bit_values(triton, series):
+    with StreamClient(triton.grpc_url) as a, StreamClient(triton.grpc_url) as b:
+        ids = {a.open(), b.open()}
+        assert len(ids) == 2 and all(1 <= i < 2**63 for i in ids)
+        a.send(series[0, 0], end=True)
+        b.send(series[0, 0], end=True)
+    assert len({new_sequence_id() for _ in range(1000)}) == 1000
+
+
+def test_the_stream_client_uses_one_grpc_stream_unless_told_otherwise(triton, series):
+    ticks = series[8, :24]
+    streamed, _ = replay(triton.grpc_url, ticks)
+    unary, _ = replay(triton.grpc_url, ticks, streaming=False)
+    assert StreamClient(triton.grpc_url).streaming and not StreamClient(triton.http_url, protocol="http").streaming
+    assert rel_err(streamed, unary) <= RTOL

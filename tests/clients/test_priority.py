@@ -1,0 +1,148 @@
+"""Priority lanes on the session's real Triton (the committed configs: nhits, reservoir and forecast_blend have
+`priority_levels: 3`, the forecast ensemble passes a request's priority and timeout to its steps).
+
+The instance is kept busy with bulk requests of 256 windows in the default lane: each is one execution of the
+reservoir (~100 ms on two cores), so requests queued behind them wait for each other, which the tests observe
+by the order in which answers come back and by what the server refuses. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from clients import Client, Priority, QueueFullError, QueueTimeoutError, RejectedError
+from clients.errors import DeadlineExceededError, from_triton
+from models import spec
+
+BULK = 256  # rows per bulk request: the reservoir's max_batch_size, one execution each
+BACKGROUND_QUEUE = 32  # max_queue_size of the background lane in the committed configs
+
+
+def windows(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (100 + np.cumsum(rng.standard_normal((n, spec.INPUT_SIZE)), axis=1)).astype(np.float32)
+
+
+def flood(pool: ThreadPoolExecutor, client: Client, n: int, done: dict, model: str = "reservoir") -> list:
+    """n bulk requests in the default lane; done[i] = the time request i's answer came back."""
+
+    def one(i: int) -> None:
+        client.call(model, windows(BULK, seed=i), timeout=60)
+        done[i] = time.monotonic()
+
+    futures = [pool.submit(one, i) for i in range(n)]
+    time.sleep(0.3)  # every bulk request is queued, the first executing
+    return futures
+
+
+def test_queue_refusals_map_to_named_errors_that_are_never_retried():
+    full = from_triton(
+        InferenceServerException("[request id: <id_unknown>] Exceeds maximum queue size", "StatusCode.UNAVAILABLE"), "m"
+    )
+    late = from_triton(InferenceServerException("Request timeout expired", "StatusCode.UNAVAILABLE"), "m")
+    assert isinstance(full, QueueFullError) and isinstance(full, RejectedError)
+    assert isinstance(late, QueueTimeoutError) and isinstance(late, DeadlineExceededError)
+    assert "Exceeds maximum queue size" in str(full) and "request id" not in str(full)
+
+
+def test_a_critical_request_overtakes_queued_bulk_requests(triton):
+    done: dict = {}
+    with Client(triton.grpc_url, timeout=60) as client, ThreadPoolExecutor(12) as pool:
+        bulk = flood(pool, client, 12, done)
+        sent = time.monotonic()
+        got = client.reservoir(windows(1, seed=99), priority=Priority.CRITICAL, timeout=5)
+        critical = time.monotonic()
+        for f in bulk:
+            f.result()
+    assert got.values.shape == (1, spec.HORIZON)
+    before = sorted(i for i, t in done.items() if t < critical)
+    # FIFO would answer it after all 12 (~1.2 s); the lane puts it next, behind what was executing
+    assert len(before) <= 3, (
+        f"{len(before)} bulk requests queued before it were answered first ({critical - sent:.2f} s)"
+    )
+
+
+def test_a_critical_forecast_overtakes_bulk_reservoir_work_through_the_ensemble(triton):
+    done: dict = {}
+    with Client(triton.grpc_url, timeout=60) as client, ThreadPoolExecutor(12) as pool:
+        bulk = flood(pool, client, 12, done)
+        got = client.forecast(windows(1, seed=98), priority=Priority.CRITICAL, timeout=5)
+        critical = time.monotonic()
+        for f in bulk:
+            f.result()
+    assert got.values.shape == (1, spec.HORIZON)
+    before = [i for i, t in done.items() if t < critical]
+    assert len(before) <= 3, f"the ensemble's reservoir step waited behind {len(before)} bulk requests"
+
+
+def test_a_critical_request_queued_past_its_lane_timeout_is_refused_not_answered_late(triton):
+    done: dict = {}
+    with Client(triton.grpc_url, timeout=60) as client, ThreadPoolExecutor(4) as pool:
+        bulk = flood(pool, client, 4, done)
+        start = time.monotonic()
+        # 10 ms is the critical lane's queue timeout; the instance is busy for ~100 ms with a bulk request
+        with pytest.raises(QueueTimeoutError, match="Request timeout expired"):
+            client.reservoir(windows(1, seed=97), priority=Priority.CRITICAL, timeout=5)
+        refused_after = time.monotonic() - start
+        for f in bulk:
+            f.result()
+    assert refused_after < 1.0, f"refused only after {refused_after:.2f} s"
+
+
+def test_a_request_carries_its_deadline_as_the_servers_queue_timeout(triton):
+    """A normal request with a 0.25 s deadline behind ~1 s of queued work: the server refuses it unanswered, or
+    the client's own deadline fires first; either way no answer and no retry."""
+    done: dict = {}
+    with Client(triton.grpc_url, timeout=60) as client, ThreadPoolExecutor(8) as pool:
+        bulk = flood(pool, client, 8, done)
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            client.reservoir(windows(1, seed=96), timeout=0.25)
+        assert time.monotonic() - start < 0.6
+        for f in bulk:
+            f.result()
+    raw = grpcclient.InferenceServerClient(triton.grpc_url)
+    try:  # raw tritonclient: a per-request timeout the lane refuses, reported by the server itself
+        with ThreadPoolExecutor(8) as pool, Client(triton.grpc_url, timeout=60) as client:
+            bulk = flood(pool, client, 8, {})
+            x = grpcclient.InferInput("window", [1, spec.INPUT_SIZE], "FP32")
+            x.set_data_from_numpy(windows(1, seed=95))
+            with pytest.raises(InferenceServerException, match="Request timeout expired"):
+                raw.infer("reservoir", [x], timeout=50_000, client_timeout=30)  # 50 ms in the queue at most
+            for f in bulk:
+                f.result()
+    finally:
+        raw.close()
+
+
+def test_a_full_background_queue_refuses_a_flood_with_a_clear_error(triton):
+    done: dict = {}
+    n = 2 * BACKGROUND_QUEUE
+    outcomes: list = []
+    with Client(triton.grpc_url, timeout=60, retries=2) as client, ThreadPoolExecutor(n) as pool:
+        bulk = flood(pool, client, 6, done)
+
+        def background(i: int) -> object:
+            t0 = time.monotonic()
+            try:
+                client.reservoir(windows(1, seed=1000 + i), priority=Priority.BACKGROUND, timeout=30)
+                return "answered"
+            except QueueFullError as exc:
+                return exc, time.monotonic() - t0
+
+        with ThreadPoolExecutor(n) as burst:
+            outcomes = list(burst.map(background, range(n)))
+        for f in bulk:
+            f.result()
+    refused = [o for o in outcomes if o != "answered"]
+    assert len(refused) >= n - BACKGROUND_QUEUE - 4, f"only {len(refused)} of {n} refused"
+    assert outcomes.count("answered") >= BACKGROUND_QUEUE // 2, "the queued background requests were not served"
+    exc, after = refused[0]
+    assert "Exceeds maximum queue size" in str(exc) and "reservoir" in str(exc)
+    assert max(t for _, t in refused) < 1.0, "a refusal waited for the queue instead of coming at once"
