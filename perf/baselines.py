@@ -130,7 +130,7 @@ def ort(name: str, repo: Path, precision: str, rows: dict, batch: int, seconds: 
 def config_threads(repo: Path, name: str) -> int:
     """intra_op_thread_count of the model's cpu config (0 there means ONNX Runtime's default: the core count)."""
     from common.triton import load_config
-    from perf.search import settings
+    from perf.model_analyzer import settings
 
     threads = settings(load_config(repo / name / "configs" / "cpu.pbtxt"))["threads"]
     return threads if threads > 0 else (os.cpu_count() or 1)

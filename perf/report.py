@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from models import spec  # noqa: E402
-from perf import analysis  # noqa: E402
+from perf import goals  # noqa: E402
 from perf.tables import num, table, times  # noqa: E402
 
 log = logging.getLogger("perf.report")
@@ -127,8 +127,8 @@ def plot_stream(stream: dict, path: Path) -> Path:
     return path
 
 
-def plot_goals(goals: list[dict], path: Path) -> Path:
-    rows = [g for g in goals if g["value"] is not None]
+def plot_goals(judged: list[dict], path: Path) -> Path:
+    rows = [g for g in judged if g["value"] is not None]
     with figure(path, (8, 0.45 * max(len(rows), 2) + 1)) as ax:
         for i, g in enumerate(rows):
             target = g["threshold"]
@@ -155,7 +155,7 @@ def point_table(pts: list[dict], x: str = "concurrency") -> list[str]:
     for f in pts:
         b, y = f["breakdown_us"], f["concurrency"] if x == "concurrency" else f["request_rate"]
         rows.append([y, f["batch_size"], num(f["throughput"]), num(f["p50_ms"], 2), num(f["p99_ms"], 2)])
-        rows[-1] += [num(f["avg_batch"]), num(b.get("queue", 0) / 1000, 2), num(analysis.compute_us(b) / 1000, 2)]
+        rows[-1] += [num(f["avg_batch"]), num(b.get("queue", 0) / 1000, 2), num(goals.compute_us(b) / 1000, 2)]
         rows[-1] += [num(b.get("network", 0) / 1000, 2), "yes" if f["stable"] else "no", num(f.get("load"))]
     return table([*head, "network+send/recv ms", "stable", "load (1 min)"], rows)
 
@@ -199,7 +199,7 @@ def _figures(m: dict, budget: float) -> dict[str, str]:
         value = f"{times(m.get('st_p50_over_served_c1_p50'))}; {times(m.get('served_c16_over_st'))}"
         rows["**encode p50 / served c1 p50; served c16 / encode throughput**"] = value
     for h in m.get("http", []):
-        if g := analysis.at(m["sweep"], h["concurrency"]):
+        if g := goals.at(m["sweep"], h["concurrency"]):
             rows[f"HTTP / gRPC throughput at c{h['concurrency']}"] = times(h["throughput"] / g["throughput"])
     if m.get("dynbatch") is not None:
         rows[f"**dynamic batching on / off** at c{m['dynbatch_concurrency']} (throughput)"] = times(m["dynbatch"])
@@ -469,14 +469,14 @@ def render(summary: dict, figures: dict[str, str], search: dict | None) -> str:
 
 
 def latest_search(run_dir: Path) -> dict | None:
-    return analysis.read_json(Path(run_dir).resolve().parent / "search" / "latest" / "search.json")
+    return goals.read_json(Path(run_dir).resolve().parent / "search" / "latest" / "search.json")
 
 
 def write(run_dir: Path, out_dir: Path = DEFAULT_OUT, search: dict | None = None) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    budget = analysis.read_json(run_dir / "env.json", {}).get("run", {}).get("budget_ms", analysis.BUDGET_MS)
-    summary = analysis.summarize(run_dir, budget)
+    budget = goals.read_json(run_dir / "env.json", {}).get("run", {}).get("budget_ms", goals.BUDGET_MS)
+    summary = goals.summarize(run_dir, budget)
     search = search if search is not None else latest_search(run_dir)
     figures = {
         name: plot_model(name, m, budget, out_dir / f"latency_{name}.png").name

@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 
 from models import spec
-from perf.analyzer import Measurement, Point
 from perf.inputs import KINDS, TENSORS
+from perf.perf_analyzer import Measurement, Point
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 RUN_KEYS = set(

@@ -1,5 +1,5 @@
 """`python -m perf.run --quick` end to end: real tritonservers, perf_analyzer and the in-process baselines
-on one small scenario of the test repository, then the files that perf.analysis and perf.report read."""
+on one small scenario of the test repository, then the files that perf.goals and perf.report read."""
 
 from __future__ import annotations
 

@@ -205,7 +205,9 @@ def test_a_second_writer_waits_for_the_first(repo):
 
 
 def test_commands_under_hold_find_the_lock_theirs_and_others_wait(repo):
-    script = "import sys; from repository import publish; exec('with publish.writer_lock(sys.argv[1], wait=False): pass')"
+    script = (
+        "import sys; from repository import publish; exec('with publish.writer_lock(sys.argv[1], wait=False): pass')"
+    )
     assert publish.hold(repo, [sys.executable, "-c", script, str(repo)]) == 0
     marker = repo.parent / "held"
     waiting = f"import time, pathlib; pathlib.Path({str(marker)!r}).touch(); time.sleep(3)"
