@@ -60,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-batching-off", action="store_true")
     p.add_argument("--skip-baselines", action="store_true")
     p.add_argument("--skip-extras", action="store_true", help="no shared-memory comparison, no 1,000-asset timing")
+    p.add_argument(
+        "--url",
+        metavar="HOST:PORT",
+        help="measure the Triton already running there (gRPC) instead of starting servers: no baselines, no "
+        "batching-off, lanes or --compare servers, no extras (docs/gpu.md)",
+    )
+    p.add_argument("--http-url", metavar="HOST:PORT", help="with --url: its HTTP endpoint (default: port 8000)")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -67,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"model repository {args.repo} does not exist: run `make export` (or `make export-small`)")
     if not (args.artifacts / "data" / "manifest.json").is_file():
         p.error(f"no data under {args.artifacts}/data: run `make export` (or `make export-small`)")
+    if args.url:
+        args.http_url = args.http_url or f"{args.url.rsplit(':', 1)[0]}:8000"
+        args.skip_baselines = args.skip_batching_off = args.skip_extras = True
+        if args.compare:
+            p.error("--compare starts a server of its own: not with --url")
     if args.budget_ms <= 0 or args.baseline_seconds <= 0:
         p.error("--budget-ms and --baseline-seconds must be > 0")
     return args
@@ -290,6 +302,24 @@ def baseline_for(s: sc.Scenario, args, run_dir: Path) -> dict:
     return entry
 
 
+def start_servers(start: Callable, scenarios: list[sc.Scenario], args) -> dict:
+    """The run's servers: the served configs, and where scenarios ask for them batching-off, no-lanes and
+    --compare servers (`start(name, config, **copy)` starts one over an edited copy of the repository)."""
+    variants = {
+        name: (v["of"], servers.cache_on if v.get("response_cache") else servers.cache_off)
+        for s in scenarios
+        for name, v in s.variants.items()
+    }
+    running = {"served": start("served", edit=servers.cache_off, variants=variants)}
+    if (off := [s.model for s in scenarios if s.batching_off]) and not args.skip_batching_off:
+        running["batching_off"] = start("batching-off", models=off, edit=servers.batching_off)
+    if lanes := sorted({m for s in scenarios if s.lanes for m in composing(args.repo, s.model)}):
+        running["no_lanes"] = start("no-lanes", models=lanes, edit=servers.lanes_off)
+    if args.compare:
+        running["compare"] = start(args.compare, config=args.compare, edit=servers.cache_off)
+    return running
+
+
 def check_exported(repo: Path, scenarios: list[sc.Scenario]) -> list[str]:
     paths = {
         spec.version_dir(m, repo) / spec.ONNX_FP32
@@ -359,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "budget_ms": args.budget_ms,
             "compare": args.compare,
+            "url": args.url,
             "scenarios": [s.name for s in scenarios],
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "n_items": _n_items(args.artifacts),
@@ -379,20 +410,13 @@ def main(argv: list[str] | None = None) -> int:
             return stack.enter_context(servers.serve(repo, run_dir / f"server-{name}", config=config))
 
         with _phase(phases, "servers_start"):
-            variants = {
-                name: (v["of"], servers.cache_on if v.get("response_cache") else servers.cache_off)
-                for s in scenarios
-                for name, v in s.variants.items()
-            }
-            running = {"served": start("served", edit=servers.cache_off, variants=variants)}
-            if (off := [s.model for s in scenarios if s.batching_off]) and not args.skip_batching_off:
-                running["batching_off"] = start("batching-off", models=off, edit=servers.batching_off)
-            if lanes := sorted({m for s in scenarios if s.lanes for m in composing(args.repo, s.model)}):
-                running["no_lanes"] = start("no-lanes", models=lanes, edit=servers.lanes_off)
-            if args.compare:
-                running["compare"] = start(args.compare, config=args.compare, edit=servers.cache_off)
+            if args.url:
+                running = {"served": servers.Remote(args.url, args.http_url)}
+            else:
+                running = start_servers(start, scenarios, args)
             env["versions"]["tritonserver"] = servers.server_version(running["served"].http_url)
-        run_scenarios(scenarios, running, args, run_dir, key, repos_dir / "served", phases)
+        served_repo = args.repo if args.url else repos_dir / "served"
+        run_scenarios(scenarios, running, args, run_dir, key, served_repo, phases)
         with _phase(phases, "extras"):
             more = {} if args.skip_extras else extras(running["served"], args, key)
     (run_dir / "extras.json").write_text(json.dumps(more, indent=2) + "\n")

@@ -11,6 +11,7 @@ import shutil
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -127,6 +128,14 @@ def serve(
             server.stop()
         return
     raise ServerError(f"tritonserver did not start in {tries} tries: {last}")
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A server this run did not start (`perf.run --url`): measured where it is, never stopped."""
+
+    grpc_url: str
+    http_url: str
 
 
 def server_version(http_url: str) -> str:

@@ -61,7 +61,7 @@ def critical_loop(url: str, model: str, rows: np.ndarray, seconds: float, priori
 
 
 def _flood(point: perf_analyzer.Point, url: str, out: Path) -> subprocess.Popen:
-    cmd = [str(perf_analyzer.binary()), *perf_analyzer.command(point, url, out / f"{point.stem}.csv")]
+    cmd = [*perf_analyzer.binary(), *perf_analyzer.command(point, url, out / f"{point.stem}.csv")]
     log_file = (out / f"{point.stem}.log").open("w")
     return subprocess.Popen(cmd, env=perf_analyzer.environment(), stdout=log_file, stderr=subprocess.STDOUT)
 
