@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,7 +67,7 @@ def figure(path: Path, figsize: tuple[float, float], ncols: int = 1):
                     axis.set_major_formatter(fmt)
                     axis.set_minor_formatter(NullFormatter())
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # labels and notes outside the axes stay in the picture
     finally:
         plt.close(fig)
 
@@ -136,8 +137,10 @@ def plot_goals(judged: list[dict], path: Path) -> Path:
             ax.barh(i, norm, color={True: "C2", False: "C3", None: "0.6"}[g["met"]])
             ax.text(norm, i, f" {g['value']:.2f} (goal {g['target'].split(' at ')[0]})", va="center", fontsize=7)
         ax.axvline(1.0, color="k", lw=1)
-        ax.set_yticks(range(len(rows)), [f"{g['model']}: {g['goal']}" for g in rows], fontsize=7)
+        labels = [textwrap.fill(f"{g['model']}: {g['goal']}", 44) for g in rows]
+        ax.set_yticks(range(len(rows)), labels, fontsize=7)
         ax.set(xscale="log", xlabel="measured / goal (>= 1 meets it; grey: goal not applicable)")
+        ax.set_xlim(right=ax.get_xlim()[1] * 6)  # room for the value notes right of the longest bar
         ax.set_title("goals on this cpu target")
     return path
 
