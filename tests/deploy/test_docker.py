@@ -199,7 +199,7 @@ def test_serving_image_installs_the_entrypoint_and_verifies_the_baked_repository
 def test_integrity_check_runs_as_a_plain_script_on_the_image_python():
     """The image has no project package (its python3 is 3.12): repository/integrity.py must import only the
     standard library at module level (onnx only inside the --scan helpers); syntax kept to 3.10's."""
-    source = (ROOT / "serving" / "integrity.py").read_text()
+    source = (ROOT / "repository" / "integrity.py").read_text()
     tree = ast.parse(source)
     imported = set()
     for node in tree.body:

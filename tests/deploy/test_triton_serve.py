@@ -55,7 +55,7 @@ class Wrapper:
         # nothing inherited (a developer's own TRITON_ADMIN_KEY must not leak in); python3 = the venv's
         self.env = {
             "PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin",
-            "TRITON_INTEGRITY_PY": str(ROOT / "serving" / "integrity.py"),
+            "TRITON_INTEGRITY_PY": str(ROOT / "repository" / "integrity.py"),
             "FAKE_ARGV": str(self.argv_file),
             "FAKE_ENV": str(self.env_file),
         }

@@ -102,7 +102,7 @@ def test_model_analyzer_profiles_the_cpu_target_and_apply_writes_its_winner(repo
     cmd += ["--artifacts", str(artifacts), "--models", "forecast_blend", "--out", str(out), "--apply"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=spec.ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads((out / "latest" / "model_analyzer.json").read_text())
+    result = json.loads((out / "latest" / "search.json").read_text())
     entry = result["models"]["forecast_blend"]
     assert {p["settings"]["delay_us"] for p in entry["points"]} >= {0, 300}
     assert any(p["committed"] for p in entry["points"])
