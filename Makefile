@@ -11,7 +11,7 @@ MA_VENV ?= .venv-ma
 CHECKOV_VENV ?= .venv-checkov
 # TARGET: cpu = ONNX for Triton's ONNX Runtime backend; gpu = also TensorRT plans
 TARGET ?= cpu
-# SIZE: full = the sizes of DESIGN.md; small = tests and CI
+# SIZE: full = the sizes of the README's model table; small = tests and CI
 SIZE ?= full
 # DATA: synthetic = the project's own series and catalog at the seeds' sizes (the performance benchmark);
 # real = MovieLens embedded by all-MiniLM-L6-v2, hourly electricity demand and four stock indices
@@ -21,7 +21,7 @@ REPO ?= model_repository
 # the configs make export serves: the repository's own, or the committed ones for a new repository
 CONFIGS ?= $(if $(wildcard $(REPO)/*/config.pbtxt),$(REPO),model_repository)
 # Production (images, compose, Kubernetes, TensorRT plans) runs NGC 26.10 (TensorRT 11.4); the local cpu target
-# runs the wheel's Triton 2.51.0, the newest a registry ships (README, Two targets, says why they differ).
+# runs the wheel's Triton 2.51.0, the newest a registry ships (serving/README.md, Two targets, says why they differ).
 TRITONSERVER_IMAGE_VERSION ?= 26.10
 TRITONSERVER_IMAGE ?= nvcr.io/nvidia/tritonserver:$(TRITONSERVER_IMAGE_VERSION)-py3
 TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
@@ -29,7 +29,7 @@ TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
 TEST_ROOT ?= build/test
 TEST_REAL_ROOT ?= build/test-real
 SOURCES := $(shell find common models export calibration repository -name '*.py' 2>/dev/null) pyproject.toml
-# Your data (README "Your data"): SERIES=prices.csv (unique_id, ds, y; .parquet too), CATALOG=items.npy (or
+# Your data (export/README.md, "Your data"): SERIES=prices.csv (unique_id, ds, y; .parquet too), CATALOG=items.npy (or
 # .parquet with an id column), USERS=users.parquet, INPUT_SIZE / HORIZON (168 / 24), RESERVOIR_TRANSFORM=identity
 # for series with values <= 0, DOCS=docs.parquet (integer id + text; .csv / .jsonl too: the search catalog),
 # ENCODER=path/to/folder (a BERT-family sentence-transformers folder instead of all-MiniLM-L6-v2).

@@ -110,8 +110,8 @@ def load(path: Path, trust_pickle: bool = False) -> tuple[Any, dict[str, Any]]:
             raise CliError(
                 f"{path} is a pickle: loading it runs any code it holds, with this process's rights, so it is not "
                 f'loaded; write the weights with `byom.import_reservoirpy.save_weights(esn, "esn.npz")` where the '
-                "model was trained (README, Bring your own model) and import that, or pass --trust-pickle if you "
-                "made this file or trust who did"
+                "model was trained (export/README.md, Bring your own model) and import that, or pass --trust-pickle if "
+                "you made this file or trust who did"
             )
         log.warning("unpickling %s (--trust-pickle): it can run code", path)
         if path.suffix == ".joblib":

@@ -134,7 +134,7 @@ def sentinel_problem(
     if not len(rows):
         return None
     r = int(rows[0])
-    why = f"batch row {r} was answered with the invalid-input sentinel (README: bad values)"
+    why = f"batch row {r} was answered with the invalid-input sentinel (serving/README.md: bad input)"
     ranges = model.extra.get("ranges", {})
     for t in model.inputs:
         a = np.asarray(arrays[t.name])[r]

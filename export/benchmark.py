@@ -7,7 +7,7 @@ latency of single calls, and throughput (samples/s over the timed calls). Every
 runtime gets the same thread count. Results: `<artifacts>/reports/benchmark.json`.
 `--small` times a handful of calls (seconds in total) and is for tests, not for numbers.
 
-One thread by default: on a 2-core machine shared with other work, PyTorch with two
+One thread by default: on a shared 2-core node, PyTorch with two
 threads was measured up to 25x slower under load (its OpenMP regions wait for a
 descheduled thread), and ONNX Runtime slower too. Pass `--threads` on a quiet machine.
 """

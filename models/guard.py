@@ -12,7 +12,7 @@ checks its own rows and answers a bad row with a sentinel that no real answer ha
 - a carried state output (reservoir_stream's `state_out`) keeps the row's incoming state: a bad tick
   answers NaN and leaves its sequence as it was (the state input itself is the server's, not checked).
 
-The clients turn the sentinels into named errors (clients/validate.py); the README states the contract.
+The clients turn the sentinels into named errors (clients/validate.py); serving/README.md states the contract.
 The ONNX ops used (IsNaN, IsInf, Not, And, Where, ReduceMin, comparisons) run in ONNX Runtime and TensorRT 10.
 Every tensor here is (B, D): the (B, 1) row mask broadcasts over it.
 """

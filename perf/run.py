@@ -8,7 +8,7 @@ Two real tritonservers over copies of the repository, response cache off (every 
 scenario of perf/scenarios/ is measured point by point on input files of the project's data. For a model
 with baselines the sweep is followed at once by the batching-off points and the in-process baselines
 (perf/baselines.py), so the two sides of each ratio are minutes, not a whole run, apart. A scenario with
-`lanes` adds a third server without priority lanes and measures a critical client under a flood on both
+`lanes` adds a third server of the `cpu_lanes` configs (priority lanes) and measures a critical client under a flood on both
 (perf/trading.py, lanes/<model>.json); `client_ticks` times one sequence through StreamClient
 (stream_client.json). Then the shared-memory comparison and the 1,000-asset timing (clients helpers),
 summary.json and the report.
@@ -166,14 +166,14 @@ def run_scenarios(scenarios, running: dict, args, run_dir: Path, key: str, repo:
 def trading_path(s: sc.Scenario, running: dict, args, run_dir: Path, files: dict) -> None:
     """The scenario's `lanes` and `client_ticks` measurements (perf/trading.py); a failure is logged, not fatal."""
     quick = 0.3 if args.quick else 1.0
-    if s.lanes and "no_lanes" in running:
+    if s.lanes and "lanes" in running:
         spec_ = s.lanes
         data = input_file(s.input_data, args.artifacts, args.repo, run_dir / "inputs", files)
         rows = inputs.arrays_for(s.input_data["kind"], args.artifacts, args.repo, 64)[spec.WINDOW.name]
         result = _section(
             f"{s.model} priority lanes",
             lambda: trading.lanes(
-                {"lanes": running["served"], "no_lanes": running["no_lanes"]},
+                {"lanes": running["lanes"], "no_lanes": running["served"]},
                 s.model,
                 rows,
                 data,
@@ -303,7 +303,7 @@ def baseline_for(s: sc.Scenario, args, run_dir: Path) -> dict:
 
 
 def start_servers(start: Callable, scenarios: list[sc.Scenario], args) -> dict:
-    """The run's servers: the served configs, and where scenarios ask for them batching-off, no-lanes and
+    """The run's servers: the served configs, and where scenarios ask for them batching-off, priority-lanes (cpu_lanes) and
     --compare servers (`start(name, config, **copy)` starts one over an edited copy of the repository)."""
     variants = {
         name: (v["of"], servers.cache_on if v.get("response_cache") else servers.cache_off)
@@ -314,7 +314,7 @@ def start_servers(start: Callable, scenarios: list[sc.Scenario], args) -> dict:
     if (off := [s.model for s in scenarios if s.batching_off]) and not args.skip_batching_off:
         running["batching_off"] = start("batching-off", models=off, edit=servers.batching_off)
     if lanes := sorted({m for s in scenarios if s.lanes for m in composing(args.repo, s.model)}):
-        running["no_lanes"] = start("no-lanes", models=lanes, edit=servers.lanes_off)
+        running["lanes"] = start("lanes", models=lanes, config="cpu_lanes", edit=servers.cache_off)
     if args.compare:
         running["compare"] = start(args.compare, config=args.compare, edit=servers.cache_off)
     return running

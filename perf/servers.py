@@ -75,15 +75,6 @@ def cache_on(_name: str, cfg: mc.ModelConfig) -> None:
     cfg.response_cache.enable = True
 
 
-def lanes_off(name: str, cfg: mc.ModelConfig) -> None:
-    """The same dynamic batching without priority lanes: one queue, no timeouts, no bound."""
-    cache_off(name, cfg)
-    if cfg.HasField("dynamic_batching"):
-        d = cfg.dynamic_batching
-        d.priority_levels, d.default_priority_level = 0, 0
-        d.ClearField("priority_queue_policy")
-
-
 def batching_off(name: str, cfg: mc.ModelConfig) -> None:
     cache_off(name, cfg)
     cfg.ClearField("dynamic_batching")

@@ -1,8 +1,8 @@
 """The trading path measured with the project's own clients, where perf_analyzer cannot go.
 
 - `lanes`: one critical client (clients.Client, Priority.CRITICAL, concurrency 1) alone, then while
-  perf_analyzer floods the same model at concurrency 16 in the default lane; on the served configs (priority
-  lanes) and on a second server whose configs are the same without lanes. perf_analyzer 2.51 cannot set a
+  perf_analyzer floods the same model at concurrency 16 in the default lane; on a server of the `cpu_lanes`
+  configs (priority lanes) and on the served configs (the same without lanes). perf_analyzer 2.51 cannot set a
   request's priority, so the critical side is Python; both servers see the same client.
 - `stream_ticks`: one sequence's ticks through clients.stream.StreamClient, over a gRPC stream and over
   unary gRPC calls, back to back.
@@ -46,8 +46,11 @@ def critical_loop(url: str, model: str, rows: np.ndarray, seconds: float, priori
 
     latencies, refused = [], {}
     with Client(url, timeout=deadline_s, retries=0, priority=priority) as client:
-        for i in range(WARMUP_REQUESTS):
-            client.call(model, rows[i % len(rows)][None])
+        for i in range(WARMUP_REQUESTS):  # a refusal here is counted with the others, not fatal
+            try:
+                client.call(model, rows[i % len(rows)][None])
+            except ClientError as exc:
+                refused[f"warmup {type(exc).__name__}"] = refused.get(f"warmup {type(exc).__name__}", 0) + 1
         end, i = time.monotonic() + seconds, 0
         while time.monotonic() < end:
             t0 = time.perf_counter()

@@ -230,7 +230,7 @@ def _onnx_strings(path: Path) -> Iterator[tuple[str, str]]:
 
 
 def scan_artifacts(repo: Path, secrets: Iterable[str] = ()) -> list[str]:
-    """Build-machine paths (/root/, /home/, /tmp/ ...) or any of `secrets` inside an artifact or a
+    """Build-machine paths (/root/, /home/, /tmp/, /builds/ ...) or any of `secrets` inside an artifact or a
     record of `repo`: one problem per file and field, naming both and giving the first path found."""
     repo = Path(repo)
     secrets = [s for s in secrets if s]

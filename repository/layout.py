@@ -13,6 +13,7 @@ every variant, written from its base config by `--write-variants` (never edited 
     cpu       configs/cpu.pbtxt        the precision chosen by measurement (its comment says why)
     cpu_fp32  configs/cpu_fp32.pbtxt   cpu.pbtxt serving model.onnx
     cpu_int8  configs/cpu_int8.pbtxt   cpu.pbtxt serving model.int8.onnx
+    cpu_lanes configs/cpu_lanes.pbtxt  cpu.pbtxt with priority lanes on nhits, reservoir, forecast_blend
     gpu       config.pbtxt             TensorRT FP16 model.plan
     gpu_int8  configs/gpu_int8.pbtxt   config.pbtxt serving model.int8.plan
 """
@@ -33,11 +34,29 @@ from models import spec
 VARIANTS = {
     "cpu_fp32": ("configs/cpu.pbtxt", spec.ONNX_FP32),
     "cpu_int8": ("configs/cpu.pbtxt", spec.ONNX_INT8),
+    "cpu_lanes": ("configs/cpu.pbtxt", None),  # None: the file its base serves
     "gpu_int8": ("config.pbtxt", spec.PLAN_INT8),
 }
 BASE_FILES = ("config.pbtxt", "configs/cpu.pbtxt")
 CONFIG_FILES = (*BASE_FILES, *(f"configs/{v}.pbtxt" for v in VARIANTS))
 _FILENAME_LINE = re.compile(r'^default_model_filename: ".*"$', re.M)
+# Priority lanes, the cpu_lanes variant of the models a trading request passes (the forecast ensemble passes a
+# request's priority and timeout to each step). Not in cpu.pbtxt: on Triton 2.51 (the wheel) a model with
+# `priority_levels` now and then leaves a request in its queue until the batcher's 500 ms idle wait ends
+# (serving/README.md, "Priority lanes"), which costs more than the lanes save on two cores.
+LANES_MODELS = ("nhits", "reservoir", "forecast_blend")
+LANES = """\
+  # Priority lanes (clients.Priority): 1 critical, 2 normal (a request without a priority), 3 background.
+  # Triton batches the lowest level first. A request still queued past its timeout is refused unanswered
+  # ("Request timeout expired"): the lane's default, or less when the request asks (clients send what is left
+  # of their deadline; Triton lets a request shorten its lane's timeout, never lengthen it). Critical: 10 ms,
+  # the p99 budget. Background: at most 32 queued requests, more are refused ("Exceeds maximum queue size").
+  priority_levels: 3
+  default_priority_level: 2
+  priority_queue_policy { key: 1 value { timeout_action: REJECT default_timeout_microseconds: 10000 allow_timeout_override: true } }
+  priority_queue_policy { key: 2 value { timeout_action: REJECT default_timeout_microseconds: 10000000 allow_timeout_override: true } }
+  priority_queue_policy { key: 3 value { timeout_action: REJECT default_timeout_microseconds: 60000000 allow_timeout_override: true max_queue_size: 32 } }
+"""
 
 
 def config_files(model: str) -> tuple[str, ...]:
@@ -198,16 +217,26 @@ def check_onnx(repo: Path, filename: str = spec.ONNX_FP32) -> list[str]:
     return problems
 
 
-def variant_text(base: str, base_rel: str, filename: str) -> str:
-    """A variant config: the base config's text serving `filename` (the line's reason comment dropped)."""
-    lines = [line.split("  #")[0] if line.startswith("default_model_filename:") else line for line in base.splitlines()]
+def variant_text(base: str, base_rel: str, filename: str | None, lanes: bool = False) -> str:
+    """A variant config: the base config's text serving `filename` (the line's reason comment dropped), or
+    its own file (None); `lanes` adds LANES at the end of its dynamic_batching block."""
+    lines = base.splitlines()
+    if filename is not None:
+        lines = [line.split("  #")[0] if line.startswith("default_model_filename:") else line for line in lines]
+    if lanes:
+        lines = [line for line in lines if not line.startswith("  # No priority lanes")]
+        start = lines.index("dynamic_batching {")
+        end = lines.index("}", start)
+        lines[end:end] = LANES.rstrip("\n").split("\n")
     body = "\n".join(lines) + "\n"
-    if not _FILENAME_LINE.search(body):
-        raise ValueError(f"{base_rel} has no default_model_filename line to vary")
-    body = _FILENAME_LINE.sub(f'default_model_filename: "{filename}"', body, count=1)
+    if filename is not None:
+        if not _FILENAME_LINE.search(body):
+            raise ValueError(f"{base_rel} has no default_model_filename line to vary")
+        body = _FILENAME_LINE.sub(f'default_model_filename: "{filename}"', body, count=1)
+    what = "with priority lanes" if lanes else f"serving {filename}" if filename else "as it is"
     header = (
         f"# Written from {os.path.relpath(base_rel, 'configs')} by `python -m repository.layout --write-variants`: "
-        f"the same config serving {filename}.\n# Do not edit: edit the base config and write the variants again.\n"
+        f"the same config {what}.\n# Do not edit: edit the base config and write the variants again.\n"
     )
     return header + body
 
@@ -219,7 +248,9 @@ def variants(repo: Path, models: list[str] | None = None) -> dict[Path, str]:
         for variant, (base_rel, filename) in VARIANTS.items():
             base = repo / name / base_rel
             if base.is_file():
-                out[repo / name / "configs" / f"{variant}.pbtxt"] = variant_text(base.read_text(), base_rel, filename)
+                lanes = variant == "cpu_lanes" and name in LANES_MODELS
+                text = variant_text(base.read_text(), base_rel, filename, lanes)
+                out[repo / name / "configs" / f"{variant}.pbtxt"] = text
     return out
 
 

@@ -5,7 +5,7 @@
 The wheel ships `tritonserver` 2.51.0, the python backend and the local response cache, but no ONNX
 Runtime backend: Triton's own is built from source at set-up (`make backend`, serving.ort_backend). This
 module assembles a backend directory (that `onnxruntime` backend; the python backend with the stub for
-the running Python, for models that are Python by nature), sets PATH / LD_LIBRARY_PATH as DESIGN.md
+the running Python, for models that are Python by nature), sets PATH / LD_LIBRARY_PATH as docs/design.md
 requires (without the virtualenv first on PATH a python model silently received all-zero inputs), starts
 the server on 127.0.0.1 with `--model-config-name=cpu` (`--config-name cpu_fp32` / `cpu_int8`: the other
 precision), and waits for readiness with a timeout. A `--host` other than loopback needs `--expose` as well:
@@ -418,7 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--expose",
         action="store_true",
         help="allow a --host other than loopback: Triton 2.51 (this wheel) has unauthenticated remote crashes "
-        "fixed only in later releases (README, RELIABILITY.md); production runs the NGC image",
+        "fixed only in later releases (serving/README.md, RELIABILITY.md); production runs the NGC image",
     )
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)

@@ -1,5 +1,5 @@
-"""Priority lanes on the session's real Triton (the committed configs: nhits, reservoir and forecast_blend have
-`priority_levels: 3`, the forecast ensemble passes a request's priority and timeout to its steps).
+"""Priority lanes on a real Triton serving the `cpu_lanes` configs (nhits, reservoir and forecast_blend with
+`priority_levels: 3`; the forecast ensemble passes a request's priority and timeout to its steps).
 
 The instance is kept busy with bulk requests of 256 windows in the default lane: each is one execution of the
 reservoir (~100 ms on two cores), so requests queued behind them wait for each other, which the tests observe
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +20,26 @@ from tritonclient.utils import InferenceServerException
 from clients import Client, Priority, QueueFullError, QueueTimeoutError, RejectedError
 from clients.errors import DeadlineExceededError, from_triton
 from models import spec
+from serving.server import TritonServer, free_port
 
 BULK = 256  # rows per bulk request: the reservoir's max_batch_size, one execution each
 BACKGROUND_QUEUE = 32  # max_queue_size of the background lane in the committed configs
+
+
+@pytest.fixture(scope="module")
+def lanes(repo: Path, tmp_path_factory):
+    """A second server of the same repository with `--model-config-name=cpu_lanes`."""
+    server = TritonServer(
+        repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        run_dir=tmp_path_factory.mktemp("triton-lanes"),
+        config_name="cpu_lanes",
+    )
+    server.start(timeout=180)
+    yield server
+    server.stop()
 
 
 def windows(n: int, seed: int = 0) -> np.ndarray:
@@ -51,9 +69,9 @@ def test_queue_refusals_map_to_named_errors_that_are_never_retried():
     assert "Exceeds maximum queue size" in str(full) and "request id" not in str(full)
 
 
-def test_a_critical_request_overtakes_queued_bulk_requests(triton):
+def test_a_critical_request_overtakes_queued_bulk_requests(lanes):
     done: dict = {}
-    with Client(triton.grpc_url, timeout=60) as client, ThreadPoolExecutor(12) as pool:
+    with Client(lanes.grpc_url, timeout=60) as client, ThreadPoolExecutor(12) as pool:
         bulk = flood(pool, client, 12, done)
         sent = time.monotonic()
         got = client.reservoir(windows(1, seed=99), priority=Priority.CRITICAL, timeout=5)
@@ -68,9 +86,9 @@ def test_a_critical_request_overtakes_queued_bulk_requests(triton):
     )
 
 
-def test_a_critical_forecast_overtakes_bulk_reservoir_work_through_the_ensemble(triton):
+def test_a_critical_forecast_overtakes_bulk_reservoir_work_through_the_ensemble(lanes):
     done: dict = {}
-    with Client(triton.grpc_url, timeout=60) as client, ThreadPoolExecutor(12) as pool:
+    with Client(lanes.grpc_url, timeout=60) as client, ThreadPoolExecutor(12) as pool:
         bulk = flood(pool, client, 12, done)
         got = client.forecast(windows(1, seed=98), priority=Priority.CRITICAL, timeout=5)
         critical = time.monotonic()
@@ -81,9 +99,9 @@ def test_a_critical_forecast_overtakes_bulk_reservoir_work_through_the_ensemble(
     assert len(before) <= 3, f"the ensemble's reservoir step waited behind {len(before)} bulk requests"
 
 
-def test_a_critical_request_queued_past_its_lane_timeout_is_refused_not_answered_late(triton):
+def test_a_critical_request_queued_past_its_lane_timeout_is_refused_not_answered_late(lanes):
     done: dict = {}
-    with Client(triton.grpc_url, timeout=60) as client, ThreadPoolExecutor(4) as pool:
+    with Client(lanes.grpc_url, timeout=60) as client, ThreadPoolExecutor(4) as pool:
         bulk = flood(pool, client, 4, done)
         start = time.monotonic()
         # 10 ms is the critical lane's queue timeout; the instance is busy for ~100 ms with a bulk request
@@ -95,11 +113,11 @@ def test_a_critical_request_queued_past_its_lane_timeout_is_refused_not_answered
     assert refused_after < 1.0, f"refused only after {refused_after:.2f} s"
 
 
-def test_a_request_carries_its_deadline_as_the_servers_queue_timeout(triton):
+def test_a_request_carries_its_deadline_as_the_servers_queue_timeout(lanes):
     """A normal request with a 0.25 s deadline behind ~1 s of queued work: the server refuses it unanswered, or
     the client's own deadline fires first; either way no answer and no retry."""
     done: dict = {}
-    with Client(triton.grpc_url, timeout=60) as client, ThreadPoolExecutor(8) as pool:
+    with Client(lanes.grpc_url, timeout=60) as client, ThreadPoolExecutor(8) as pool:
         bulk = flood(pool, client, 8, done)
         start = time.monotonic()
         with pytest.raises(DeadlineExceededError):
@@ -107,9 +125,9 @@ def test_a_request_carries_its_deadline_as_the_servers_queue_timeout(triton):
         assert time.monotonic() - start < 0.6
         for f in bulk:
             f.result()
-    raw = grpcclient.InferenceServerClient(triton.grpc_url)
+    raw = grpcclient.InferenceServerClient(lanes.grpc_url)
     try:  # raw tritonclient: a per-request timeout the lane refuses, reported by the server itself
-        with ThreadPoolExecutor(8) as pool, Client(triton.grpc_url, timeout=60) as client:
+        with ThreadPoolExecutor(8) as pool, Client(lanes.grpc_url, timeout=60) as client:
             bulk = flood(pool, client, 8, {})
             x = grpcclient.InferInput("window", [1, spec.INPUT_SIZE], "FP32")
             x.set_data_from_numpy(windows(1, seed=95))
@@ -121,11 +139,11 @@ def test_a_request_carries_its_deadline_as_the_servers_queue_timeout(triton):
         raw.close()
 
 
-def test_a_full_background_queue_refuses_a_flood_with_a_clear_error(triton):
+def test_a_full_background_queue_refuses_a_flood_with_a_clear_error(lanes):
     done: dict = {}
     n = 2 * BACKGROUND_QUEUE
     outcomes: list = []
-    with Client(triton.grpc_url, timeout=60, retries=2) as client, ThreadPoolExecutor(n) as pool:
+    with Client(lanes.grpc_url, timeout=60, retries=2) as client, ThreadPoolExecutor(n) as pool:
         bulk = flood(pool, client, 6, done)
 
         def background(i: int) -> object:

@@ -103,7 +103,7 @@ def test_export_image_pins_the_versions_of_pyproject():
     assert args["MODELOPT_VERSION"] == pins["nvidia-modelopt"]
     assert args["GRAPHSURGEON_VERSION"] == pins["onnx-graphsurgeon"]
     assert args["POLYGRAPHY_VERSION"] == pins["polygraphy"]
-    assert args["TENSORRT_VERSION"].startswith("11.4."), "NGC 26.10 ships TensorRT 11.4 (README, Two targets)"
+    assert args["TENSORRT_VERSION"].startswith("11.4."), "NGC 26.10 ships TensorRT 11.4 (serving/README.md)"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

@@ -185,7 +185,7 @@ def test_cpu_overlay_tolerates_more_queue_time_than_gpu():
 
 def test_admin_key_comes_from_a_secret_that_is_not_committed(rendered):
     """triton-serve refuses to start without a key; both overlays mount the Secret triton-admin-key (created with
-    kubectl, README), whose name nameSuffix must not rewrite, as a file: the key is in no environment."""
+    kubectl, deploy/README.md), whose name nameSuffix must not rewrite, as a file: the key is in no environment."""
     _, objs = rendered
     env = {e["name"]: e for e in container(objs).get("env", [])}
     assert "TRITON_ADMIN_KEY" not in env
@@ -197,7 +197,7 @@ def test_admin_key_comes_from_a_secret_that_is_not_committed(rendered):
     assert not [e for e in env.values() if "KEY" in e["name"] and e.get("value") != path], "a key in the manifest"
     assert "Secret" not in objs
     assert container(objs)["args"][0] == ENTRYPOINT
-    readme = (K8S.parents[1] / "README.md").read_text()
+    readme = (K8S.parent / "README.md").read_text()  # deploy/README.md
     assert 'kubectl create secret generic triton-admin-key --from-literal=key="$(openssl rand' in readme
 
 

@@ -1,4 +1,4 @@
-"""`make export SERIES=... CATALOG=... USERS=...` on a user's own files (the README's "Your data"): another window
+"""`make export SERIES=... CATALOG=... USERS=...` on a user's own files (export/README.md, "Your data"): another window
 and horizon (48 -> 12), a catalog and users of dimension 32 with ids of their own. The repository it writes into
 already serves the project's models: a run killed in the middle leaves it byte-identical; the next run replaces
 them, and a real Triton answers with the user's ids (exactly the top-10 numpy computes from the user's files).
@@ -165,8 +165,8 @@ def test_the_forecasters_serve_the_chosen_window_and_horizon(files, your_server,
     assert "synthetic hourly" not in report  # the data is named as what it is
 
 
-def test_the_readme_shows_the_command(files):
-    readme = (spec.ROOT / "README.md").read_text()
+def test_the_export_readme_shows_the_command(files):
+    readme = (spec.ROOT / "export" / "README.md").read_text()
     assert "## Your data" in readme
     for var in ("SERIES=", "CATALOG=", "USERS=", "INPUT_SIZE=", "HORIZON="):
         assert var in readme.split("## Your data", 1)[1].split("\n## ", 1)[0], var

@@ -5,7 +5,7 @@ raw gRPC messages whose declared shapes, sizes and types disagree with their dat
 Every fuzzed request must come back within the client timeout as a well-formed error (an HTTP 4xx with
 a JSON error body, a gRPC status with a message) or, when Triton accepts it (names, dtypes, shapes and
 batch size right), as the ONNX Runtime answer: for a row with NaN / Inf or an id outside the table that
-is the in-graph sentinel (NaN / ids -1, README "Bad values"), for every other row its real answer; a
+is the in-graph sentinel (NaN / ids -1, serving/README.md "Bad input"), for every other row its real answer; a
 known-good request sent beside each one must still get its exact answer. The number of
 inputs tried per kind goes to build/reliability/fuzz.json.
 """

@@ -351,12 +351,10 @@ def test_the_scan_finds_a_build_machine_path_and_the_key_in_onnx_metadata(repo_c
 
     path = spec.version_dir("forecast_blend", repo_copy) / spec.ONNX_FP32
     model = onnx.load(str(path))
-    onnx.helper.set_model_props(
-        model, {"source": "/home/builder/project/artifacts/checkpoints/blend.pt", "k": "s3cr3t-key"}
-    )
+    onnx.helper.set_model_props(model, {"source": "/home/ci/src/artifacts/checkpoints/blend.pt", "k": "s3cr3t-key"})
     onnx.save(model, str(path))
     problems = integrity.scan_artifacts(repo_copy, ["s3cr3t-key"])
-    assert any("metadata_props[source]" in p and "/home/builder" in p for p in problems), problems
+    assert any("metadata_props[source]" in p and "/home/ci" in p for p in problems), problems
     assert any("secret" in p for p in problems)
 
 

@@ -222,7 +222,7 @@ def test_each_bad_request_gets_an_error_naming_the_problem_while_a_good_one_succ
     assert client(triton, protocol).is_server_ready()
 
 
-# Values no native backend can refuse per request (README "Bad values"): the graph answers the row with
+# Values no native backend can refuse per request (serving/README.md "Bad input"): the graph answers the row with
 # NaN in every float output and -1 in every id output; its batch-mates get what they get without it.
 BAD_ROW = 1
 
