@@ -28,7 +28,7 @@ TENSORRT_IMAGE ?= nvcr.io/nvidia/tensorrt:$(TRITONSERVER_IMAGE_VERSION)-py3
 
 TEST_ROOT ?= build/test
 TEST_REAL_ROOT ?= build/test-real
-SOURCES := $(shell find models export calibration -name '*.py' 2>/dev/null) serving/publish.py serving/repository.py pyproject.toml
+SOURCES := $(shell find common models export calibration repository -name '*.py' 2>/dev/null) pyproject.toml
 # Your data (export/README.md, "Your data"): SERIES=prices.csv (unique_id, ds, y; .parquet too), CATALOG=items.npy (or
 # .parquet with an id column), USERS=users.parquet, INPUT_SIZE / HORIZON (168 / 24), RESERVOIR_TRANSFORM=identity
 # for series with values <= 0, DOCS=docs.parquet (integer id + text; .csv / .jsonl too: the search catalog),
@@ -78,28 +78,28 @@ export: $(VENV)/.installed backend ## train, export ONNX, calibrate INT8, build 
 	@$(MAKE) --no-print-directory $(STAMP)
 
 # Atomic: every stage after training writes into $(STAGE), a copy of the repository's model folders beside it;
-# the last one verifies the stage (hashes, layout) and moves each model folder into $(REPO) (serving/publish.py).
+# the last one verifies the stage (hashes, layout) and moves each model folder into $(REPO) (repository/publish.py).
 # A failed or interrupted run leaves $(REPO) byte-identical, and the stage for inspection.
 $(STAMP): $(SOURCES) $(shell find $(CONFIGS) -name '*.pbtxt' 2>/dev/null) $(wildcard $(CONFIGS)/*/1/model.py) $(SERIES) $(CATALOG) $(USERS) $(DOCS) \
 		$(if $(ENCODER),$(shell find $(ENCODER) -type f 2>/dev/null))
 	@test "$(DATA)" = synthetic -o "$(DATA)" = real || { echo "DATA must be synthetic or real, got '$(DATA)'" >&2; exit 2; }
 	@rm -f $(ARTIFACTS)/.export-*.stamp  # another profile's stamp no longer describes these artifacts
-	$(PY) -m serving.repository --repo $(CONFIGS) --check-layout --any-dims
+	$(PY) -m repository.layout --repo $(CONFIGS) --check-layout --any-dims
 	$(PY) -m models.train --out $(ARTIFACTS) $(size_flag) $(data_flag) $(data_flags)
-	@# from the stage to the commit under the repository's writer lock: one writer at a time (serving/publish.py)
-	$(PY) -m serving.publish --repo $(REPO) --hold -- $(MAKE) --no-print-directory export-stage CONFIGS=$(CONFIGS)
+	@# from the stage to the commit under the repository's writer lock: one writer at a time (repository/publish.py)
+	$(PY) -m repository.publish --repo $(REPO) --hold -- $(MAKE) --no-print-directory export-stage CONFIGS=$(CONFIGS)
 	@touch $@
 
 # The stage steps of make export; run by it under the writer lock, not by hand.
 export-stage:
-	$(PY) -m serving.publish --repo $(REPO) --prepare $(STAGE) --configs-from $(CONFIGS) --artifacts $(ARTIFACTS)
+	$(PY) -m repository.publish --repo $(REPO) --prepare $(STAGE) --configs-from $(CONFIGS) --artifacts $(ARTIFACTS)
 	$(PY) -m export.onnx_export --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m calibration.calibrate --artifacts $(ARTIFACTS) --repo $(STAGE)
 	$(PY) -m export.build_engine --artifacts $(ARTIFACTS) --repo $(STAGE) --target $(strip $(TARGET))
 	$(PY) -m export.benchmark --artifacts $(ARTIFACTS) --repo $(STAGE) $(size_flag)
 	$(PY) -m export.summary --artifacts $(ARTIFACTS) --repo $(STAGE)
-	$(PY) -m serving.integrity --repo $(STAGE) --write --scan
-	$(PY) -m serving.publish --repo $(REPO) --commit $(STAGE) --check-layout --artifacts $(ARTIFACTS)
+	$(PY) -m repository.integrity --repo $(STAGE) --write --scan
+	$(PY) -m repository.publish --repo $(REPO) --commit $(STAGE) --check-layout --artifacts $(ARTIFACTS)
 
 export-small: $(VENV)/.installed ## the same pipeline at test sizes into $(TEST_ROOT)
 	@$(MAKE) --no-print-directory export SIZE=small DATA=synthetic ARTIFACTS=$(TEST_ROOT)/artifacts REPO=$(TEST_ROOT)/model_repository \
@@ -132,12 +132,13 @@ demo: $(VENV)/.installed backend ## export the real profile into build/demo, sta
 system-deps: ## install the Debian packages of .ci/apt-packages.txt that are missing
 	@scripts/install-system-deps.sh
 
-test: system-deps backend $(MA_VENV)/.installed $(CHECKOV_VENV)/.installed export-small export-small-real ## run the test suite against a real Triton (installs what it needs)
+test: lint system-deps backend $(MA_VENV)/.installed $(CHECKOV_VENV)/.installed export-small export-small-real ## lint, then the test suite against a real Triton (installs what it needs)
 	$(PY) -m pytest -q
 
-lint: $(VENV)/.installed ## ruff lint and format check
+lint: $(VENV)/.installed ## ruff lint and format check, the import contracts of the stages (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 clean: ## remove generated artifacts (not the virtualenv)
 	rm -rf $(ARTIFACTS) build perf/results $(STAGE)

@@ -33,8 +33,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from export import common
-from export.common import CliError
+from common.cli import CliError, OneLineParser, require_dir, run_main, setup_logging
+from common.files import read_json, sha256_file, write_json
+from common.ort import ort_session
+from export import graphs
 from models import spec
 
 log = logging.getLogger("calibration.calibrate")
@@ -270,7 +272,7 @@ def make_calibration_set(name: str, artifacts: Path, count: int, seed: int = SEE
 
     pool = registry.example_inputs(name, artifacts, SPLIT, POOL_FACTOR * count)
     pick = np.sort(np.random.default_rng(seed).choice(len(pool[0]), size=count, replace=False))
-    names, _ = common.io_names(name)
+    names, _ = graphs.io_names(name)
     return {n: np.ascontiguousarray(t.detach().cpu().numpy()[pick]) for n, t in zip(names, pool, strict=True)}
 
 
@@ -305,7 +307,7 @@ def write_calibration_sets(artifacts: Path, names: Sequence[str], seed: int) -> 
     out = calibration_dir(artifacts)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
-    manifest = common.read_json(manifest_path) if manifest_path.is_file() else {}
+    manifest = read_json(manifest_path) if manifest_path.is_file() else {}
     manifest.update({"split": SPLIT, "seed": seed})
     sets = manifest.setdefault("sets", {})
     for name in names:
@@ -322,10 +324,10 @@ def write_calibration_sets(artifacts: Path, names: Sequence[str], seed: int) -> 
             "seed": seed,
             "count": int(len(next(iter(arrays.values())))),
             "inputs": {k: list(v.shape[1:]) for k, v in arrays.items()},
-            "sha256": common.sha256_file(path),
+            "sha256": sha256_file(path),
         }
         log.info("%s: %d calibration samples from the %s split -> %s", name, sets[name]["count"], SPLIT, path)
-    common.write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     return manifest
 
 
@@ -455,7 +457,7 @@ def finish_int8(name: str, fp32_path: Path, int8_path: Path, extra_meta: dict[st
     onnx.save(model, str(int8_path), save_as_external_data=False)
     onnx.checker.check_model(str(int8_path))
     scan = scan_qdq(model)
-    want_in, want_out = common.io_names(name)
+    want_in, want_out = graphs.io_names(name)
     got_in, got_out = [i.name for i in model.graph.input], [o.name for o in model.graph.output]
     if (got_in, got_out) != (want_in, want_out):
         raise CliError(f"{name}: INT8 graph tensors {got_in} -> {got_out} differ from {want_in} -> {want_out}")
@@ -466,14 +468,14 @@ def finish_int8(name: str, fp32_path: Path, int8_path: Path, extra_meta: dict[st
         )
     if scan["per_tensor_weights"]:
         raise CliError(f"{name}: weights quantized per tensor, expected per channel: {scan['per_tensor_weights'][:3]}")
-    # Provenance record beside the file, like export.onnx_export's model.onnx.json: serving.integrity checks
+    # Provenance record beside the file, like export.onnx_export's model.onnx.json: repository.integrity checks
     # the file against `onnx_sha256` before a server starts.
-    common.write_json(
+    write_json(
         int8_path.with_name(int8_path.name + ".json"),
         {
             "model": name,
             "onnx": int8_path.name,
-            "onnx_sha256": common.sha256_file(int8_path),
+            "onnx_sha256": sha256_file(int8_path),
             "onnx_bytes": int8_path.stat().st_size,
             "source_onnx": fp32_path.name,
             "metadata": meta,
@@ -504,7 +506,7 @@ def _eval_windows(artifacts: Path) -> tuple[np.ndarray, np.ndarray]:
 def _mae_entry(pred32: np.ndarray, pred8: np.ndarray, y: np.ndarray, what: str) -> dict[str, Any]:
     mae32 = float(np.mean(np.abs(pred32.astype(np.float64) - y)))
     mae8 = float(np.mean(np.abs(pred8.astype(np.float64) - y)))
-    change = (mae8 - mae32) / max(mae32, common.TINY)
+    change = (mae8 - mae32) / max(mae32, graphs.TINY)
     met = change <= MAE_GOAL
     return {
         "metric": "MAE vs true future, test split",
@@ -513,7 +515,7 @@ def _mae_entry(pred32: np.ndarray, pred8: np.ndarray, y: np.ndarray, what: str) 
         "mae_fp32": mae32,
         "mae_int8": mae8,
         "mae_rel_change": change,
-        "int8_vs_fp32_rel_err": common.relative_error(pred8, pred32),
+        "int8_vs_fp32_rel_err": graphs.relative_error(pred8, pred32),
         "goal": f"mae_rel_change <= {MAE_GOAL:g}",
         "met": bool(met),
         "reason": "" if met else f"INT8 MAE is {100 * change:.2f} % above FP32 (goal {100 * MAE_GOAL:g} %)",
@@ -553,7 +555,7 @@ class Evaluator:
             precision = "fp32"
         k = (f"{name}:{key}", precision)
         if k not in self._cache:
-            sess = common.ort_session(self.path(name, precision))
+            sess = ort_session(self.path(name, precision))
             self._cache[k] = _run(sess, feeds_)
         return self._cache[k]
 
@@ -569,11 +571,11 @@ class Evaluator:
         k = (f"{name}:stream", precision)
         if k not in self._cache:
             xs = self.windows()[0][:n]
-            sess = common.ort_session(self.path(name, precision))
+            sess = ort_session(self.path(name, precision))
             state = np.zeros((len(xs), spec.RESERVOIR_UNITS), np.float32)
             forecast = None
             for t in range(xs.shape[1]):
-                forecast, state = sess.run(None, {"tick": xs[:, t : t + 1], common.STREAM_STATE_IN: state})
+                forecast, state = sess.run(None, {"tick": xs[:, t : t + 1], graphs.STREAM_STATE_IN: state})
             self._cache[k] = [forecast]
         return self._cache[k][0]
 
@@ -615,7 +617,7 @@ def evaluate(names: Sequence[str], artifacts: Path, repo: Path, ev: Evaluator | 
         results["text_encoder"] = _text_entry(ev, artifacts)
     if "user_embedding" in names:
         ids = data.load_user_ids(artifacts, "test", 1024)[:, None]  # ids that have a user (a user's own ids too)
-        err = common.relative_error(
+        err = graphs.relative_error(
             ev.predict("user_embedding", "int8", {"user_id": ids})[0],
             ev.predict("user_embedding", "fp32", {"user_id": ids})[0],
         )
@@ -652,17 +654,17 @@ def finish_cpu_file(name: str, fp32_path: Path, choice: dict[str, Any], artifact
     model = onnx.load(str(path))
     meta = {p.key: p.value for p in src.metadata_props} | {
         "cpu.candidate": choice["chosen"],
-        "int8.source_onnx_sha256": common.sha256_file(fp32_path),
+        "int8.source_onnx_sha256": sha256_file(fp32_path),
     }
     onnx.helper.set_model_props(model, meta)
     onnx.save(model, str(path), save_as_external_data=False)
     onnx.checker.check_model(str(path))
-    common.write_json(
+    write_json(
         path.with_name(path.name + ".json"),
         {
             "model": name,
             "onnx": path.name,
-            "onnx_sha256": common.sha256_file(path),
+            "onnx_sha256": sha256_file(path),
             "onnx_bytes": path.stat().st_size,
             "source_onnx": fp32_path.name,
             "candidate": choice["chosen"],
@@ -746,7 +748,7 @@ def _timing(sessions: dict[str, Any], feeds: list[dict], seconds: float) -> dict
 
 def length_buckets(repo: Path) -> list[int]:
     """The served tokenizer's length_buckets (tokenizer/config.pbtxt of `repo`)."""
-    from serving.repository import load_config
+    from common.triton import load_config
 
     params = load_config(repo / "tokenizer" / "config.pbtxt").parameters
     return sorted(int(b) for b in params["length_buckets"].string_value.split(",") if b.strip())
@@ -793,7 +795,7 @@ def encoder_candidates(artifacts: Path, repo: Path, work: Path, seconds: float =
     reference = real_data.sentence_transformer(artifacts).encode(
         held_out, batch_size=64, convert_to_numpy=True, show_progress_bar=False
     )
-    sessions = {name: common.ort_session(p) for name, p in paths.items()}
+    sessions = {name: ort_session(p) for name, p in paths.items()}
     q32 = _encode(sessions["fp32"], tok, held_out)
     catalog = _encode(sessions["fp32"], tok, catalog_texts)
     k = spec.TOP_K
@@ -811,14 +813,14 @@ def encoder_candidates(artifacts: Path, repo: Path, work: Path, seconds: float =
         together = _encode(sess, tok, batch_texts, batch=len(batch_texts))
         batch_effect = float(np.abs(alone - together).max())
         met = cos.mean() >= TEXT_COSINE_MEAN_GOAL and cos.min() >= TEXT_COSINE_MIN_GOAL and recall >= TEXT_RECALL_GOAL
-        met = met and batch_effect <= common.GUARD_BOUND
+        met = met and batch_effect <= graphs.GUARD_BOUND
         out[name] = {
             "file": paths[name].name if paths[name].parent == vdir else None,
             "cosine_fp32_mean": float(cos.mean()),
             "cosine_fp32_min": float(cos.min()),
             "cosine_sentence_transformers_mean": float(cos_st.mean()),
             "cosine_sentence_transformers_min": float(cos_st.min()),
-            "rel_err_sentence_transformers": common.relative_error(q, reference),
+            "rel_err_sentence_transformers": graphs.relative_error(q, reference),
             "recall_at_k": recall,
             "batch_effect_max_abs": batch_effect,
             "meets_gates": bool(met),
@@ -843,7 +845,7 @@ def encoder_candidates(artifacts: Path, repo: Path, work: Path, seconds: float =
             "cosine_fp32_mean": f">= {TEXT_COSINE_MEAN_GOAL:g}",
             "cosine_fp32_min": f">= {TEXT_COSINE_MIN_GOAL:g}",
             "recall_at_k": f">= {TEXT_RECALL_GOAL:g} (top-{k} against the exact FP32 search)",
-            "batch_effect_max_abs": f"<= {common.GUARD_BOUND:g}: a text's embedding alone and in a batch of 8 (the "
+            "batch_effect_max_abs": f"<= {graphs.GUARD_BOUND:g}: a text's embedding alone and in a batch of 8 (the "
             "project's contract for every model: a batch-mate never moves an answer by more than FP32 rounding)",
         },
         "held_out": f"{len(held_out)} texts (test-split movie texts and free-text queries; calibration saw none)",
@@ -866,8 +868,8 @@ def _text_entry(ev: Evaluator, artifacts: Path) -> dict[str, Any]:
     tok = real_data.load_tokenizer(real_data.tokenizer_json(artifacts))
     held_out = data.load_texts(artifacts, "test") + list(real_data.QUERIES)
     catalog_texts = [t for s in ("train", "validation", "test") for t in data.load_texts(artifacts, s)]
-    fp32 = common.ort_session(ev.path("text_encoder", "fp32"))
-    int8 = fp32 if ev.is_copy("text_encoder") else common.ort_session(ev.path("text_encoder", "int8"))
+    fp32 = ort_session(ev.path("text_encoder", "fp32"))
+    int8 = fp32 if ev.is_copy("text_encoder") else ort_session(ev.path("text_encoder", "int8"))
     q32, q8 = _encode(fp32, tok, held_out), _encode(int8, tok, held_out)
     cos = np.sum(q32 * q8, axis=1) / (np.linalg.norm(q32, axis=1) * np.linalg.norm(q8, axis=1))
     catalog = _encode(fp32, tok, catalog_texts)
@@ -917,8 +919,8 @@ def _int8_only_accuracy(name: str, fp32: Path, int8_only: Path, artifacts: Path)
     if name != "similarity":
         return {}
     q = data.load_queries(artifacts, "test", N_EVAL_QUERIES)
-    ids32 = _run(common.ort_session(fp32), {"query": q})[1]
-    ids8 = _run(common.ort_session(int8_only), {"query": q})[1]
+    ids32 = _run(ort_session(fp32), {"query": q})[1]
+    ids8 = _run(ort_session(int8_only), {"query": q})[1]
     return _recall_entry(ids32, ids8)
 
 
@@ -928,17 +930,17 @@ def onnx_metadata(path: Path) -> dict[str, str]:
 
 
 def int8_guard(name: str, int8: Path, artifacts: Path) -> dict[str, Any]:
-    """common.guard_check on the INT8 file with test-split rows; CliError when a sentinel or a good row is off."""
+    """graphs.guard_check on the INT8 file with test-split rows; CliError when a sentinel or a good row is off."""
     from models import registry
 
-    names, _ = common.io_names(name)
+    names, _ = graphs.io_names(name)
     feeds = {n: t.numpy() for n, t in zip(names, registry.example_inputs(name, artifacts, "test", 16), strict=True)}
     ranges = {
         k.removeprefix("valid_range."): tuple(int(x) for x in v.split(","))
         for k, v in onnx_metadata(int8).items()
         if k.startswith("valid_range.")
     }
-    result = common.guard_check(common.ort_session(int8), feeds, ranges)
+    result = graphs.guard_check(ort_session(int8), feeds, ranges)
     if not result["passed"]:
         raise CliError(f"{name}: the value guard of {int8} failed: {result['problems'][0]}")
     return result
@@ -947,11 +949,11 @@ def int8_guard(name: str, int8: Path, artifacts: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> common.OneLineParser:
-    p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--artifacts", type=Path, required=True, help="training artifacts (data/, checkpoints/)")
     p.add_argument("--repo", type=Path, required=True, help="model repository holding <model>/1/model.onnx")
-    p.add_argument("--models", help=f"comma-separated subset of {','.join(common.ALL_MODELS)} (default: all)")
+    p.add_argument("--models", help=f"comma-separated subset of {','.join(graphs.ALL_MODELS)} (default: all)")
     p.add_argument("--seed", type=int, default=SEED, help="calibration sampling seed (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="short timings of the encoder candidates (tests)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -960,11 +962,9 @@ def build_parser() -> common.OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    names = common.parse_models(args.models)
-    common.require_dir(
-        args.artifacts, "artifacts directory", f"train with `python -m models.train --out {args.artifacts}`"
-    )
-    common.require_dir(args.repo, "model repository")
+    names = graphs.parse_models(args.models)
+    require_dir(args.artifacts, "artifacts directory", f"train with `python -m models.train --out {args.artifacts}`")
+    require_dir(args.repo, "model repository")
     spec.use_dims_of(args.artifacts)  # the window, horizon and embedding sizes training used
     needed = set(names) | ({"nhits", "reservoir"} if "forecast_blend" in names else set())
     for name in sorted(needed):
@@ -974,7 +974,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{name}: {path} is missing; "
                 f"run `python -m export.onnx_export --artifacts {args.artifacts} --repo {args.repo}` first"
             )
-    common.setup_logging(args.verbose)
+    setup_logging(args.verbose)
 
     import torch
 
@@ -982,9 +982,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     manifest = write_calibration_sets(args.artifacts, names, args.seed)
     manifest_path = calibration_dir(args.artifacts) / "manifest.json"
-    manifest_sha = common.sha256_file(manifest_path)
-    report_path = common.reports_dir(args.artifacts) / "calibration.json"
-    report = common.read_json(report_path) if report_path.is_file() else {}
+    manifest_sha = sha256_file(manifest_path)
+    report_path = graphs.reports_dir(args.artifacts) / "calibration.json"
+    report = read_json(report_path) if report_path.is_file() else {}
     report.update(
         {
             "calibration_manifest": str(manifest_path),
@@ -1008,7 +1008,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fp32 = spec.version_dir(name, args.repo) / spec.ONNX_FP32
             int8 = fp32.with_name(spec.ONNX_INT8)
             entry: dict[str, Any] = {"quantized": policy.quantize, "why": policy.why}
-            meta = {"int8.source_onnx_sha256": common.sha256_file(fp32)}
+            meta = {"int8.source_onnx_sha256": sha256_file(fp32)}
             if policy.quantize:
                 calib = calibration_dir(args.artifacts) / manifest["sets"][name]["file"]
                 entry.update(quantize(name, fp32, int8, calib, Path(tmp)))
@@ -1055,7 +1055,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not acc["met"]:
             log.warning("%s: INT8 accuracy goal missed: %s", name, acc["reason"])
     report["seconds"] = {"calibration_sets": round(calib_s, 3), "evaluate": round(time.perf_counter() - t2, 3)}
-    common.write_json(report_path, report)
+    write_json(report_path, report)
     missed = [n for n, a in accuracy.items() if not a["met"]]
     quantized = [n for n in names if models_report[n]["quantized"]]
     copies = [n for n in names if not models_report[n]["quantized"]]
@@ -1069,4 +1069,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.run_main(PROG, main)
+    run_main(PROG, main)

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import numpy as np
 from clients.client import Client, op_for, ranges_from_repository
 from clients.errors import ClientError
 from clients.results import Answer, Embedding, EnsembleForecast, Forecast, Tokens, TopK
+from common.cli import CliError
 from models import spec
 
 log = logging.getLogger("clients.cli")
@@ -37,10 +39,6 @@ DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 WINDOW_MODELS = ("nhits", "reservoir", "forecast")
 ID_MODELS = ("user_embedding", "recommend")
 MAX_COLUMNS = 6  # batch rows shown side by side in a forecast table (--json prints everything)
-
-
-class CliError(Exception):
-    """A problem with the command line's input: printed as one line, exit 1."""
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -291,14 +289,6 @@ def run_health(args: argparse.Namespace) -> int:
     return 0 if all(status.values()) else 1
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from clients.demo import demo
-
-    if not args.repo:
-        raise CliError("demo needs --repo: the model repository to serve")
-    return demo(args.repo, args.artifacts, rows=args.rows)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -349,7 +339,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, run_demo: Callable[[argparse.Namespace], int] | None = None) -> int:
+    """The command line. `run_demo` (clients.demo.run_demo, passed by `python -m clients`) runs the demo: it
+    starts a server, which the client library never does itself."""
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
@@ -358,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "health":
             return run_health(args)
         if args.command == "demo":
+            if run_demo is None:
+                raise CliError("the demo starts a server: run it as `python -m clients demo`")
             return run_demo(args)
         return run_model(args)
     except (CliError, ClientError, OSError) as exc:

@@ -10,6 +10,7 @@ titles and the forecasters' and the recommender's real-data scores from the trai
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 
 from clients.cli import catalog_items, forecast_table, render_search
 from clients.client import Client, ranges_from_repository
+from common.cli import CliError
 from models import data, real_data, spec
 from serving.server import ServerError, TritonServer, free_port
 
@@ -179,3 +181,10 @@ def demo(repo: Path, artifacts: Path, rows: int = 3) -> int:
         server.stop()
         print("\nTriton stopped")
     return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """`python -m clients demo`: the command line's parsed arguments -> demo()."""
+    if not args.repo:
+        raise CliError("demo needs --repo: the model repository to serve")
+    return demo(args.repo, args.artifacts, rows=args.rows)

@@ -9,7 +9,7 @@ that restarted has forgotten every registration: a call that the server answers 
 memory region" registers this client's regions again, once, and is sent again; the endpoint answered, so that is
 not counted against its circuit breaker.
 Registration goes through Triton's restricted shared-memory API: the admin key travels in the header
-`serving.server.ADMIN_HEADER` (over gRPC Triton expects it as `triton-grpc-protocol-<header>`). Calls on one
+`common.triton.ADMIN_HEADER` (over gRPC Triton expects it as `triton-grpc-protocol-<header>`). Calls on one
 model are serialised (they share its regions); validation, deadlines and retries are those of `Client`.
 
     python -m clients.shm --url 127.0.0.1:8001 --key-file build/triton-run/admin.key --iters 20
@@ -40,8 +40,8 @@ from clients.client import Client, Endpoint
 from clients.errors import ClientError, InferenceServerError
 from clients.op import Op
 from clients.transport import server_timeout_us
+from common.triton import admin_headers
 from models import spec
-from serving.server import ADMIN_HEADER
 
 log = logging.getLogger("clients.shm")
 
@@ -67,12 +67,6 @@ def _shared_memory_module():
 
 
 shm = _shared_memory_module()
-
-
-def admin_headers(protocol: str, key: str) -> dict[str, str]:
-    if protocol == "grpc":
-        return {f"triton-grpc-protocol-{ADMIN_HEADER}": key}
-    return {ADMIN_HEADER: key}
 
 
 @dataclass
@@ -124,7 +118,7 @@ class SharedMemoryClient(Client):
 
     @property
     def headers(self) -> dict[str, str]:
-        return admin_headers(self.endpoints[0].protocol, self.key)
+        return admin_headers(self.key, self.endpoints[0].protocol)
 
     def region_names(self) -> list[str]:
         return [r.name for rs in self._regions.values() for r in (rs.inputs, rs.outputs)]

@@ -10,7 +10,8 @@ TRITONSERVER_SDK_IMAGE ?= $(TRITONSERVER_IMAGE)-sdk
 K8S_OVERLAY ?= gpu
 SMOKE_CONTAINER ?= triton-latency-models-smoke
 # perf_analyzer from the SDK image of the same release; PERF_ANALYZER=.venv/bin/perf_analyzer (2.51) works too
-PERF_ANALYZER ?= $(DOCKER) run --rm --network host -v $(CURDIR):$(CURDIR) -w $(CURDIR) $(TRITONSERVER_SDK_IMAGE) perf_analyzer
+PERF_ANALYZER ?= $(DOCKER) run --rm --network host --user $$(id -u):$$(id -g) -v $(CURDIR):$(CURDIR) -w $(CURDIR) \
+	$(TRITONSERVER_SDK_IMAGE) perf_analyzer
 PERF_URL ?= localhost:8001
 PERF_MODELS ?= nhits reservoir similarity forecast recommend
 PERF_SMOKE_DIR ?= perf/results/smoke
@@ -25,7 +26,7 @@ $(CHECKOV_VENV)/.installed: deploy/checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install -q -r deploy/checkov.txt
 	@touch $@
 
-.PHONY: export-image docker-export gpu-check docker-build docker-run compose-up compose-down k8s-render k8s-apply perf-smoke gpu-smoke check-deploy
+.PHONY: export-image docker-export gpu-check docker-build docker-run compose-up compose-down k8s-render k8s-apply perf-smoke gpu-smoke gpu-perf check-deploy
 
 export-image: ## build the export image (EXPORT_IMAGE) on NVIDIA's TensorRT image (TENSORRT_IMAGE)
 	$(DOCKER) build -f docker/Dockerfile.export --build-arg TENSORRT_IMAGE=$(TENSORRT_IMAGE) -t $(EXPORT_IMAGE) .
@@ -90,6 +91,12 @@ gpu-smoke: ## docker-build, start the server on the GPU, wait until ready, perf-
 		done; \
 		$(MAKE) --no-print-directory perf-smoke; \
 		curl -fsS http://localhost:8002/metrics | grep -E '^nv_(inference_count|gpu_utilization)' 
+
+# perf.run against the running server (docker-run / compose-up): make perf's scenarios, goals and report, each
+# perf_analyzer call run in the SDK image of the release (TRITON_ADMIN_KEY: the server's key, for shared memory).
+GPU_PERF_ARGS ?=
+gpu-perf: $(VENV)/.installed ## make perf's scenarios and report against the running server (PERF_URL), perf_analyzer from the SDK image
+	PERF_ANALYZER="$(PERF_ANALYZER)" $(PY) -m perf.run --url $(PERF_URL) --repo $(REPO) --artifacts $(ARTIFACTS) $(GPU_PERF_ARGS)
 
 check-deploy: system-deps export-small $(CHECKOV_VENV)/.installed ## the deployment checks: checkov, hadolint, promtool, kustomize + schemas, live Prometheus scrape
 	$(PY) -m pytest -q tests/deploy

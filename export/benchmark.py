@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from export import common
-from export.common import CliError
+from common.cli import CliError, OneLineParser, require_dir, run_main, setup_logging
+from common.files import write_json
+from common.ort import ort_session
+from export import graphs
 from models import spec
 
 log = logging.getLogger("export.benchmark")
@@ -70,10 +72,10 @@ def bench_model(
             raise CliError(f"{name}: {vdir / f} is missing; run export.onnx_export and calibration.calibrate first")
     model = registry.load_model(name, artifacts)
     inputs = tuple(registry.example_inputs(name, artifacts, "test", max(BATCHES)))
-    input_names, _ = common.io_names(name)
+    input_names, _ = graphs.io_names(name)
     sessions = {
-        "ort_fp32": common.ort_session(vdir / spec.ONNX_FP32, threads),
-        "ort_int8": common.ort_session(vdir / spec.ONNX_INT8, threads),
+        "ort_fp32": ort_session(vdir / spec.ONNX_FP32, threads),
+        "ort_int8": ort_session(vdir / spec.ONNX_INT8, threads),
     }
     meta = sessions["ort_int8"].get_modelmeta().custom_metadata_map
     result: dict[str, Any] = {"int8_scheme": meta.get("int8.scheme", "unknown")}
@@ -108,11 +110,11 @@ def bench_model(
     return result
 
 
-def build_parser() -> common.OneLineParser:
-    p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--artifacts", type=Path, required=True, help="artifacts directory (data/, checkpoints/, reports/)")
     p.add_argument("--repo", type=Path, required=True, help="model repository holding <model>/1/model*.onnx")
-    p.add_argument("--models", help=f"comma-separated subset of {','.join(common.ALL_MODELS)} (default: all)")
+    p.add_argument("--models", help=f"comma-separated subset of {','.join(graphs.ALL_MODELS)} (default: all)")
     p.add_argument("--small", action="store_true", help="a few calls per measurement (tests), not for numbers")
     p.add_argument(
         "--threads", type=int, default=1, help="threads for PyTorch and ONNX Runtime alike (default %(default)s)"
@@ -123,13 +125,13 @@ def build_parser() -> common.OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    names = common.parse_models(args.models)
-    common.require_dir(args.artifacts, "artifacts directory")
-    common.require_dir(args.repo, "model repository")
+    names = graphs.parse_models(args.models)
+    require_dir(args.artifacts, "artifacts directory")
+    require_dir(args.repo, "model repository")
     spec.use_dims_of(args.artifacts)  # the window, horizon and embedding sizes training used
     if args.threads < 1:
         raise CliError(f"--threads must be at least 1, got {args.threads}")
-    common.setup_logging(args.verbose)
+    setup_logging(args.verbose)
 
     import onnxruntime
     import torch
@@ -150,11 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
         "models": models,
     }
-    path = common.reports_dir(args.artifacts) / "benchmark.json"
-    common.write_json(path, report)
+    path = graphs.reports_dir(args.artifacts) / "benchmark.json"
+    write_json(path, report)
     print(f"benchmarked {', '.join(names)} in {report['seconds']:.0f}s ({args.threads} threads); report {path}")
     return 0
 
 
 if __name__ == "__main__":
-    common.run_main(PROG, main)
+    run_main(PROG, main)

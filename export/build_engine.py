@@ -49,8 +49,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from export import common
-from export.common import CliError
+from common.cli import CliError, OneLineParser, require_dir, run_main, setup_logging
+from common.files import sha256_file, write_json
+from export import graphs
 from models import spec
 
 log = logging.getLogger("export.build_engine")
@@ -173,9 +174,9 @@ def check_plan_provenance(plan_path: Path) -> list[str]:
             f"this GPU is {gpu['compute_capability']} ({gpu['name']})"
         )
     onnx_path = plan_path.with_name(prov.get("onnx", ""))
-    if prov.get("onnx") and onnx_path.is_file() and common.sha256_file(onnx_path) != prov.get("onnx_sha256"):
+    if prov.get("onnx") and onnx_path.is_file() and sha256_file(onnx_path) != prov.get("onnx_sha256"):
         problems.append(f"{onnx_path.name} changed since the plan was built: rebuild the plan")
-    if prov.get("plan_sha256") and common.sha256_file(plan_path) != prov["plan_sha256"]:
+    if prov.get("plan_sha256") and sha256_file(plan_path) != prov["plan_sha256"]:
         problems.append(f"{plan_path.name} does not match the hash recorded at build time")
     return problems
 
@@ -318,9 +319,9 @@ def build_model(
         info = builder.build(built_from, plan_path, batches, int8, spec.MODELS[model].extra.get("sequence"))
         prov = {
             "plan": plan_name,
-            "plan_sha256": common.sha256_file(plan_path),
+            "plan_sha256": sha256_file(plan_path),
             "onnx": onnx_name,
-            "onnx_sha256": common.sha256_file(onnx_path),
+            "onnx_sha256": sha256_file(onnx_path),
             "built_from": "the Q/DQ file as typed" if int8 else "ModelOpt AutoCast FP16 of the file",
             "fp32_kept": fp32_kept,
             "calibration_manifest_sha256": manifest_sha if int8 else None,
@@ -331,7 +332,7 @@ def build_model(
             "driver": gpu["driver"],
             **info,
         }
-        common.write_json(provenance_path(plan_path), prov)
+        write_json(provenance_path(plan_path), prov)
         results[plan_name] = prov
     return results
 
@@ -339,12 +340,12 @@ def build_model(
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> common.OneLineParser:
-    p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--artifacts", type=Path, required=True, help="artifacts directory (timing cache, reports)")
     p.add_argument("--repo", type=Path, required=True, help="model repository holding <model>/1/model*.onnx")
     p.add_argument("--target", choices=("cpu", "gpu"), required=True, help="cpu: skip quietly without TensorRT")
-    p.add_argument("--models", help=f"comma-separated subset of {','.join(common.ALL_MODELS)} (default: all)")
+    p.add_argument("--models", help=f"comma-separated subset of {','.join(graphs.ALL_MODELS)} (default: all)")
     p.add_argument("--workspace-gib", type=float, default=WORKSPACE_BYTES / 2**30, help="builder workspace limit")
     p.add_argument("-v", "--verbose", action="store_true", help="TensorRT verbose log")
     return p
@@ -352,13 +353,13 @@ def build_parser() -> common.OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    names = common.parse_models(args.models)
-    common.require_dir(args.artifacts, "artifacts directory")
-    common.require_dir(args.repo, "model repository")
+    names = graphs.parse_models(args.models)
+    require_dir(args.artifacts, "artifacts directory")
+    require_dir(args.repo, "model repository")
     spec.use_dims_of(args.artifacts)  # the window, horizon and embedding sizes training used
     if args.workspace_gib <= 0:
         raise CliError(f"--workspace-gib must be positive, got {args.workspace_gib}")
-    common.setup_logging(args.verbose)
+    setup_logging(args.verbose)
 
     reason = unavailable_reason()
     if reason is not None:
@@ -368,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpu = gpu_info()
     assert gpu is not None
     manifest = args.artifacts / "calibration" / "manifest.json"
-    manifest_sha = common.sha256_file(manifest) if manifest.is_file() else None
+    manifest_sha = sha256_file(manifest) if manifest.is_file() else None
     builder = EngineBuilder(args.artifacts / "tensorrt" / TIMING_CACHE, int(args.workspace_gib * 2**30), args.verbose)
     log.info(
         "TensorRT %s on %s (compute capability %s)", builder.trt.__version__, gpu["name"], gpu["compute_capability"]
@@ -379,10 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for plan in (spec.PLAN_FP16, spec.PLAN_INT8):
             for problem in check_plan_provenance(spec.version_dir(name, args.repo) / plan):
                 raise CliError(f"{name}: {problem}")
-    common.write_json(common.reports_dir(args.artifacts) / "engines.json", report)
+    write_json(graphs.reports_dir(args.artifacts) / "engines.json", report)
     print(f"built {2 * len(names)} TensorRT plans with TensorRT {builder.trt.__version__} on {gpu['name']}")
     return 0
 
 
 if __name__ == "__main__":
-    common.run_main(PROG, main)
+    run_main(PROG, main)

@@ -25,8 +25,9 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from export import build_engine, common
-from export.common import CliError
+from common.cli import CliError, OneLineParser, require_dir, run_main, setup_logging
+from common.files import read_json
+from export import build_engine, graphs
 from models import spec
 
 log = logging.getLogger("export.check_plans")
@@ -56,7 +57,7 @@ def shapes(model: str, profile: dict) -> dict[str, tuple[int, ...]]:
     }
     state = spec.MODELS[model].extra.get("state")
     if state is not None:
-        out[common.STREAM_STATE_IN] = (profile["opt"], *state.dims)
+        out[graphs.STREAM_STATE_IN] = (profile["opt"], *state.dims)
     return out
 
 
@@ -69,7 +70,7 @@ def value_ranges(model: str) -> dict[str, tuple[float, float]]:
 
 def commands(model: str, plan: Path, work: Path) -> list[list[str]]:
     """trtexec and the two Polygraphy runs for one plan (see the module docstring)."""
-    prov = common.read_json(build_engine.provenance_path(plan))
+    prov = read_json(build_engine.provenance_path(plan))
     dims = shapes(model, prov["profile"])
     trt_shapes = ",".join(f"{n}:{'x'.join(map(str, s))}" for n, s in dims.items())
     poly_shapes = [f"{n}:[{','.join(map(str, s))}]" for n, s in dims.items()]
@@ -114,10 +115,10 @@ def commands(model: str, plan: Path, work: Path) -> list[list[str]]:
     ]
 
 
-def build_parser() -> common.OneLineParser:
-    p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", type=Path, required=True, help="model repository holding <model>/1/model*.plan")
-    p.add_argument("--models", help=f"comma-separated subset of {','.join(common.ALL_MODELS)} (default: all)")
+    p.add_argument("--models", help=f"comma-separated subset of {','.join(graphs.ALL_MODELS)} (default: all)")
     p.add_argument("--work", type=Path, default=Path("build/plan-check"), help="Polygraphy's inputs and outputs")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return p
@@ -125,11 +126,11 @@ def build_parser() -> common.OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    common.require_dir(args.repo, "model repository")
-    common.setup_logging()
+    require_dir(args.repo, "model repository")
+    setup_logging()
     plans = [
         (name, spec.version_dir(name, args.repo) / plan)
-        for name in common.parse_models(args.models)
+        for name in graphs.parse_models(args.models)
         for plan in (spec.PLAN_FP16, spec.PLAN_INT8)
     ]
     plans = [(n, p) for n, p in plans if p.is_file()]
@@ -150,4 +151,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.run_main(PROG, main)
+    run_main(PROG, main)

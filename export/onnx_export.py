@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from export import common
-from export.common import CliError
+from common.cli import CliError, OneLineParser, require_dir, run_main, setup_logging
+from common.files import read_json, sha256_file, sha256_files, write_json
+from common.ort import ort_session
+from export import graphs
 from models import spec
 
 if TYPE_CHECKING:  # torch is imported where it is used: a bad command line fails in a second, not ten
@@ -62,9 +64,9 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 def exporter_source_hash() -> str:
     """Hash of the code that decides what the ONNX graph looks like: this exporter and the model definitions."""
-    files = [_ROOT / "export" / "onnx_export.py", _ROOT / "export" / "common.py"]
+    files = [_ROOT / "export" / "onnx_export.py", _ROOT / "export" / "graphs.py"]
     files += sorted((_ROOT / "models").glob("*.py"))
-    return common.sha256_files(files)
+    return sha256_files(files)
 
 
 def checkpoint_files(name: str, artifacts: Path) -> list[Path]:
@@ -98,7 +100,7 @@ def valid_ranges(name: str, model: torch.nn.Module) -> dict[str, tuple[int, int]
     """Integer inputs and the half-open range of ids the model can look up (from its embedding table)."""
     import torch
 
-    inputs, _ = common.io_tensors(name)
+    inputs, _ = graphs.io_tensors(name)
     int_inputs = [t.name for t in inputs if t.dtype.startswith("int")]
     if not int_inputs:
         return {}
@@ -128,15 +130,15 @@ def guarded(
     from models.guard import Guarded
 
     carry = {}
-    if common.STREAM_STATE_OUT in outputs and common.STREAM_STATE_IN in inputs:
-        carry = {outputs.index(common.STREAM_STATE_OUT): inputs.index(common.STREAM_STATE_IN)}
+    if graphs.STREAM_STATE_OUT in outputs and graphs.STREAM_STATE_IN in inputs:
+        carry = {outputs.index(graphs.STREAM_STATE_OUT): inputs.index(graphs.STREAM_STATE_IN)}
     return Guarded(model, {inputs.index(k): v for k, v in ranges.items()}, carry).eval()
 
 
 def _model_of(inputs: list[str], outputs: list[str]) -> str:
     """The spec model whose ONNX tensors these are (torch_export is called with names only)."""
-    for name in common.ALL_MODELS:
-        if common.io_names(name) == (list(inputs), list(outputs)):
+    for name in graphs.ALL_MODELS:
+        if graphs.io_names(name) == (list(inputs), list(outputs)):
             return name
     raise CliError(f"no model in models.spec has inputs {inputs} and outputs {outputs}")
 
@@ -153,7 +155,7 @@ def torch_export(
     import torch
 
     dynamic_axes = {n: {0: "batch"} for n in (*inputs, *outputs)}
-    for t in (t for ts in common.io_tensors(_model_of(inputs, outputs)) for t in ts):
+    for t in (t for ts in graphs.io_tensors(_model_of(inputs, outputs)) for t in ts):
         for axis, d in enumerate(t.dims, start=1):
             if d == spec.SEQUENCE:
                 dynamic_axes[t.name][axis] = "sequence"
@@ -204,7 +206,7 @@ def torch_export(
 def pin_io_shapes(name: str, model_proto: onnx.ModelProto) -> None:
     """Declare every graph input/output as ('batch', *spec dims). The tracer leaves some per-sample dims
     symbolic (e.g. after interpolation); strict shape inference afterwards proves the declared dims right."""
-    want_in, want_out = common.io_tensors(name)
+    want_in, want_out = graphs.io_tensors(name)
     for got, want in ((model_proto.graph.input, want_in), (model_proto.graph.output, want_out)):
         by_name = {t.name: t for t in want}
         for v in got:
@@ -227,7 +229,7 @@ def pin_io_shapes(name: str, model_proto: onnx.ModelProto) -> None:
 def check_graph(name: str, model_proto: onnx.ModelProto) -> list[str]:
     """Names, dtypes and shapes of the graph's inputs/outputs against the spec: a list of problems."""
     problems = []
-    want_in, want_out = common.io_tensors(name)
+    want_in, want_out = graphs.io_tensors(name)
     for kind, got, want in (
         ("input", model_proto.graph.input, want_in),
         ("output", model_proto.graph.output, want_out),
@@ -262,7 +264,7 @@ def random_inputs(
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    names, _ = common.io_names(name)
+    names, _ = graphs.io_names(name)
     out = []
     for n, r in zip(names, real, strict=True):
         shape = (batch, *r.shape[1:])
@@ -297,7 +299,7 @@ def compare(
     by_name = dict(zip(output_names, zip(ort_out, torch_out, strict=True), strict=True))
     for out_name, (o, t) in by_name.items():
         if np.issubdtype(t.dtype, np.floating):
-            result[out_name] = {"rel_err": common.relative_error(o, t)}
+            result[out_name] = {"rel_err": graphs.relative_error(o, t)}
             continue
         entry: dict[str, Any] = {"mismatches": 0, "ties": 0}
         if o.shape != t.shape:
@@ -308,7 +310,7 @@ def compare(
         scores = by_name.get("scores")
         if scores is not None and diff.any():
             so, st = scores
-            tol = FP32_BOUND * max(float(np.max(np.abs(st))), common.TINY)
+            tol = FP32_BOUND * max(float(np.max(np.abs(st))), graphs.TINY)
             tie = np.abs(so.astype(np.float64) - st.astype(np.float64)) <= tol
             entry["ties"] = int((diff & tie).sum())
             diff = diff & ~tie
@@ -321,11 +323,11 @@ def verify(
     name: str, model: torch.nn.Module, onnx_path: Path, artifacts: Path, ranges: dict[str, tuple[int, int]]
 ) -> dict[str, Any]:
     """ONNX Runtime vs PyTorch on random inputs (batch 7), real test inputs (batch 64) and batch 1; and the
-    value guard on the test batch with two rows spoiled ("guard", common.guard_check)."""
+    value guard on the test batch with two rows spoiled ("guard", graphs.guard_check)."""
     from models import registry
 
-    input_names, output_names = common.io_names(name)
-    sess = common.ort_session(onnx_path)
+    input_names, output_names = graphs.io_names(name)
+    sess = ort_session(onnx_path)
     test = tuple(registry.example_inputs(name, artifacts, "test", TEST_BATCH))
     cases = {
         "random": random_inputs(name, test, ranges, RANDOM_BATCH, RANDOM_SEED, present_ids(model)),
@@ -340,7 +342,7 @@ def verify(
             "batch": int(inputs[0].shape[0]),
             **compare(name, ort_out, _outputs(model, inputs), output_names),
         }
-    results["guard"] = common.guard_check(
+    results["guard"] = graphs.guard_check(
         sess, {n: _to_numpy(t) for n, t in zip(input_names, test, strict=True)}, ranges
     )
     if name == "text_encoder":
@@ -367,7 +369,7 @@ def verify_sentence_transformers(sess: Any, artifacts: Path) -> dict[str, Any]:
         ]
     )
     return {
-        "embedding": {"rel_err": max(common.relative_error(batch, ref), common.relative_error(alone, ref))},
+        "embedding": {"rel_err": max(graphs.relative_error(batch, ref), graphs.relative_error(alone, ref))},
         "texts": len(texts),
         "reference": "sentence_transformers.SentenceTransformer.encode (the packaged all-MiniLM-L6-v2)",
     }
@@ -395,22 +397,22 @@ def export_one(name: str, artifacts: Path, repo: Path, force: bool, source_hash:
     from models import registry
 
     ckpts = checkpoint_files(name, artifacts)
-    ckpt_hash = common.sha256_files(ckpts)
+    ckpt_hash = sha256_files(ckpts)
     out_dir = spec.version_dir(name, repo)
     onnx_path = out_dir / spec.ONNX_FP32
     record_path = onnx_path.with_name(onnx_path.name + RECORD_SUFFIX)
     if not force and onnx_path.is_file() and record_path.is_file():
-        record = common.read_json(record_path)
+        record = read_json(record_path)
         if (
             record.get("checkpoint_sha256") == ckpt_hash
             and record.get("exporter_source_sha256") == source_hash
-            and record.get("onnx_sha256") == common.sha256_file(onnx_path)
+            and record.get("onnx_sha256") == sha256_file(onnx_path)
         ):
             log.info("%s: checkpoint and exporter unchanged, keeping %s", name, onnx_path)
             return {**record, "skipped": True}
 
     t0 = time.perf_counter()
-    input_names, output_names = common.io_names(name)
+    input_names, output_names = graphs.io_names(name)
     trained = registry.load_model(name, artifacts).eval()
     ranges = valid_ranges(name, trained)
     model = guarded(trained, input_names, output_names, ranges)
@@ -436,7 +438,7 @@ def export_one(name: str, artifacts: Path, repo: Path, force: bool, source_hash:
         meta[VALID_RANGE_KEY.format(input=input_name)] = f"{lo},{hi}"
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **meta})
     proto.producer_name = "export.onnx_export"
-    stripped = common.strip_node_metadata(proto)
+    stripped = graphs.strip_node_metadata(proto)
     log.debug("%s: dropped doc strings / metadata (stack traces) of %d nodes", name, stripped)
     onnx.save(proto, str(onnx_path), save_as_external_data=False)
     del proto
@@ -450,7 +452,7 @@ def export_one(name: str, artifacts: Path, repo: Path, force: bool, source_hash:
     record = {
         "model": name,
         "onnx": onnx_path.name,
-        "onnx_sha256": common.sha256_file(onnx_path),
+        "onnx_sha256": sha256_file(onnx_path),
         "onnx_bytes": onnx_path.stat().st_size,
         "checkpoint_sha256": ckpt_hash,
         "exporter_source_sha256": source_hash,
@@ -471,7 +473,7 @@ def export_one(name: str, artifacts: Path, repo: Path, force: bool, source_hash:
     record["passed"] = not bad
     record["failures"] = bad
     if not bad:
-        common.write_json(record_path, record)
+        write_json(record_path, record)
     log.info("%s: exported in %.1fs, verified in %.1fs -> %s", name, export_s, verify_s, onnx_path)
     return record
 
@@ -499,13 +501,13 @@ def install_tokenizer(artifacts: Path, repo: Path) -> Path:
     return dst
 
 
-def build_parser() -> common.OneLineParser:
-    p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--artifacts", type=Path, required=True, help="training artifacts (checkpoints/, data/)")
     p.add_argument(
         "--repo", type=Path, required=True, help="Triton model repository to write <model>/1/model.onnx into"
     )
-    p.add_argument("--models", help=f"comma-separated subset of {','.join(common.ALL_MODELS)} (default: all)")
+    p.add_argument("--models", help=f"comma-separated subset of {','.join(graphs.ALL_MODELS)} (default: all)")
     p.add_argument("--force", action="store_true", help="export even when nothing changed")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -513,13 +515,11 @@ def build_parser() -> common.OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    names = common.parse_models(args.models)
-    common.require_dir(
-        args.artifacts, "artifacts directory", f"train with `python -m models.train --out {args.artifacts}`"
-    )
-    common.require_dir(args.repo, "model repository")
+    names = graphs.parse_models(args.models)
+    require_dir(args.artifacts, "artifacts directory", f"train with `python -m models.train --out {args.artifacts}`")
+    require_dir(args.repo, "model repository")
     spec.use_dims_of(args.artifacts)  # the window, horizon and embedding sizes training used
-    common.setup_logging(args.verbose)
+    setup_logging(args.verbose)
     import torch
 
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
@@ -529,8 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # shared 2-core machines: PyTorch's OpenMP regions stall under load with 2
     source_hash = exporter_source_hash()
-    report_path = common.reports_dir(args.artifacts) / "export.json"
-    report = common.read_json(report_path) if report_path.is_file() else {}
+    report_path = graphs.reports_dir(args.artifacts) / "export.json"
+    report = read_json(report_path) if report_path.is_file() else {}
     report.update(
         {
             "bound": {
@@ -548,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad += results[name].get("failures", [])
     if "text_encoder" in names:
         install_tokenizer(args.artifacts, args.repo)
-    common.write_json(report_path, report)
+    write_json(report_path, report)
     if bad:
         failed = sorted({b.split("/")[0] for b in bad})
         raise CliError(f"ONNX verification failed for {', '.join(failed)}: {bad[0]} (details in {report_path})")
@@ -563,4 +563,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.run_main(PROG, main)
+    run_main(PROG, main)

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from export import build_engine, common
+from common.cli import OneLineParser, require_dir, run_main
+from common.files import read_json
+from export import build_engine, graphs
 from models import spec
 
 log = logging.getLogger("export.summary")
@@ -23,7 +25,7 @@ PROG = "export.summary"
 
 def _load(reports: Path, name: str) -> dict[str, Any] | None:
     path = reports / name
-    return common.read_json(path) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def _mb(path: Path) -> str:
@@ -143,7 +145,7 @@ def encoder_section(rep: dict[str, Any] | None) -> list[str]:
 def files_section(repo: Path) -> list[str]:
     rows = []
     problems = []
-    for name in common.ALL_MODELS:
+    for name in graphs.ALL_MODELS:
         vdir = spec.version_dir(name, repo)
         files = [vdir / f for f in (spec.ONNX_FP32, spec.ONNX_INT8, spec.PLAN_FP16, spec.PLAN_INT8)]
         rows.append([name, *(_mb(f) for f in files)])
@@ -199,8 +201,8 @@ def render(artifacts: Path, repo: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def build_parser() -> common.OneLineParser:
-    p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--artifacts", type=Path, required=True, help="artifacts directory holding reports/")
     p.add_argument("--repo", type=Path, required=True, help="model repository (file sizes, plan provenance)")
     return p
@@ -208,15 +210,15 @@ def build_parser() -> common.OneLineParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    common.require_dir(args.artifacts, "artifacts directory")
-    common.require_dir(args.repo, "model repository")
+    require_dir(args.artifacts, "artifacts directory")
+    require_dir(args.repo, "model repository")
     spec.use_dims_of(args.artifacts)  # the window, horizon and embedding sizes training used
     text = render(args.artifacts, args.repo)
-    path = common.reports_dir(args.artifacts) / "export.md"
+    path = graphs.reports_dir(args.artifacts) / "export.md"
     path.write_text(text)
     print(text, end="")
     return 0
 
 
 if __name__ == "__main__":
-    common.run_main(PROG, main)
+    run_main(PROG, main)

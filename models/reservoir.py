@@ -10,7 +10,7 @@ states of zero-start windows. The transform is per tick and stateless, so a serv
 tick at a time and keep only x (`ReservoirStream`), and get the same forecast as the windowed model.
 
 The project's reservoir (topology "blocks", the default) is built for a 168-step window in about a
-millisecond at batch 1 (`python -m perf.reservoir_graphs` times the candidates; README "Performance"):
+millisecond at batch 1 (`python -m export.reservoir_graphs` times the candidates; README "Performance"):
 
 - W is block-diagonal, `units / block_size` copies of one dense random block (block_size x block_size,
   at the configured spectral radius), so one step is a single small GEMM over the state laid out as
@@ -24,7 +24,7 @@ millisecond at batch 1 (`python -m perf.reservoir_graphs` times the candidates; 
   under the float32 bound of models.train.
 
 Topology "random" is the former reservoir (a Bernoulli(density) N x N W); an imported ESN
-(export/import_reservoirpy.py) brings its own dense W and gets either the "fused" graph or, where that
+(byom/import_reservoirpy.py) brings its own dense W and gets either the "fused" graph or, where that
 misses its import bound, the "stepwise" graph: the equations above node by node.
 """
 

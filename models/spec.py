@@ -125,7 +125,7 @@ def _models(d: Dims) -> dict[str, ModelSpec]:
 
 
 # Models a repository serves only with some dims (`search` needs a catalog of the encoder's dimension): make
-# export retires their folders when the dims it serves leave them out (serving.publish).
+# export retires their folders when the dims it serves leave them out (repository.publish).
 OPTIONAL_MODELS = ("search",)
 MODELS: dict[str, ModelSpec] = _models(DEFAULT_DIMS)
 DIMS = DEFAULT_DIMS

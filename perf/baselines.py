@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import ort as common_ort
 from models import spec
 
 log = logging.getLogger(__name__)
@@ -104,18 +105,7 @@ def eager(name: str, artifacts: Path, rows: dict[str, np.ndarray], seconds: floa
 
 
 def ort_session(name: str, repo: Path, precision: str, threads: int, profile_prefix: str | None = None):
-    """An ONNX Runtime CPU session with the serving backend's options (`profile_prefix`: ORT's profiler on)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if profile_prefix:
-        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
-    path = spec.version_dir(name, repo) / FILES[precision]
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return common_ort.ort_session(spec.version_dir(name, repo) / FILES[precision], threads, profile_prefix)
 
 
 def _run(sess, name: str) -> Callable[[dict], object]:
@@ -129,8 +119,8 @@ def ort(name: str, repo: Path, precision: str, rows: dict, batch: int, seconds: 
 
 def config_threads(repo: Path, name: str) -> int:
     """intra_op_thread_count of the model's cpu config (0 there means ONNX Runtime's default: the core count)."""
-    from perf.search import settings
-    from serving.repository import load_config
+    from common.triton import load_config
+    from perf.model_analyzer import settings
 
     threads = settings(load_config(repo / name / "configs" / "cpu.pbtxt"))["threads"]
     return threads if threads > 0 else (os.cpu_count() or 1)

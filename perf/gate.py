@@ -4,7 +4,7 @@
     python -m perf.gate --run perf/results/<id> --tolerance 0.3
     python -m perf.gate --update                          # write the latest run's ratios as the new baseline
 
-Only same-run ratios are compared (perf.analysis.GATED and stream / windowed throughput), never absolute
+Only same-run ratios are compared (perf.goals.GATED and stream / windowed throughput), never absolute
 times: a slower or busier machine moves them far less than it moves the times. All are "higher is better":
 one fails when it falls below baseline x (1 - tolerance) or was not measured.
 Exit status 0: no regression; 1: regression; 2: bad input.
@@ -32,9 +32,9 @@ def load_ratios(run: Path) -> tuple[dict[str, float], dict]:
     if path.is_file():
         summary = json.loads(path.read_text())
     elif (run / "runs").is_dir():
-        from perf import analysis
+        from perf import goals
 
-        summary = analysis.summarize(run)
+        summary = goals.summarize(run)
     else:
         raise FileNotFoundError(f"{run} is neither a run directory nor a summary.json: run `make perf` first")
     return summary["ratios"], summary

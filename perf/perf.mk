@@ -21,7 +21,7 @@ $(MA_VENV)/.installed: perf/model-analyzer.txt
 	@touch $@
 
 perf-search: system-deps backend $(MA_VENV)/.installed ## Model Analyzer searches the cpu configs under a p99 budget (APPLY=1 writes the winners)
-	MA_VENV=$(MA_VENV) $(PY) -m perf.search --repo $(REPO) --artifacts $(ARTIFACTS) --budget-ms $(strip $(BUDGET_MS)) $(if $(strip $(APPLY)),--apply,) $(SEARCH_ARGS)
+	MA_VENV=$(MA_VENV) $(PY) -m perf.model_analyzer --repo $(REPO) --artifacts $(ARTIFACTS) --budget-ms $(strip $(BUDGET_MS)) $(if $(strip $(APPLY)),--apply,) $(SEARCH_ARGS)
 
 perf-report: ## rebuild perf/report.md and every figure (and the config-search section) from perf/results, no measuring
 	$(PY) -m perf.report

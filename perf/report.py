@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from models import spec  # noqa: E402
-from perf import analysis  # noqa: E402
+from perf import goals  # noqa: E402
 from perf.tables import num, table, times  # noqa: E402
 
 log = logging.getLogger("perf.report")
@@ -66,7 +67,7 @@ def figure(path: Path, figsize: tuple[float, float], ncols: int = 1):
                     axis.set_major_formatter(fmt)
                     axis.set_minor_formatter(NullFormatter())
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # labels and notes outside the axes stay in the picture
     finally:
         plt.close(fig)
 
@@ -127,8 +128,8 @@ def plot_stream(stream: dict, path: Path) -> Path:
     return path
 
 
-def plot_goals(goals: list[dict], path: Path) -> Path:
-    rows = [g for g in goals if g["value"] is not None]
+def plot_goals(judged: list[dict], path: Path) -> Path:
+    rows = [g for g in judged if g["value"] is not None]
     with figure(path, (8, 0.45 * max(len(rows), 2) + 1)) as ax:
         for i, g in enumerate(rows):
             target = g["threshold"]
@@ -136,8 +137,10 @@ def plot_goals(goals: list[dict], path: Path) -> Path:
             ax.barh(i, norm, color={True: "C2", False: "C3", None: "0.6"}[g["met"]])
             ax.text(norm, i, f" {g['value']:.2f} (goal {g['target'].split(' at ')[0]})", va="center", fontsize=7)
         ax.axvline(1.0, color="k", lw=1)
-        ax.set_yticks(range(len(rows)), [f"{g['model']}: {g['goal']}" for g in rows], fontsize=7)
+        labels = [textwrap.fill(f"{g['model']}: {g['goal']}", 44) for g in rows]
+        ax.set_yticks(range(len(rows)), labels, fontsize=7)
         ax.set(xscale="log", xlabel="measured / goal (>= 1 meets it; grey: goal not applicable)")
+        ax.set_xlim(right=ax.get_xlim()[1] * 6)  # room for the value notes right of the longest bar
         ax.set_title("goals on this cpu target")
     return path
 
@@ -155,7 +158,7 @@ def point_table(pts: list[dict], x: str = "concurrency") -> list[str]:
     for f in pts:
         b, y = f["breakdown_us"], f["concurrency"] if x == "concurrency" else f["request_rate"]
         rows.append([y, f["batch_size"], num(f["throughput"]), num(f["p50_ms"], 2), num(f["p99_ms"], 2)])
-        rows[-1] += [num(f["avg_batch"]), num(b.get("queue", 0) / 1000, 2), num(analysis.compute_us(b) / 1000, 2)]
+        rows[-1] += [num(f["avg_batch"]), num(b.get("queue", 0) / 1000, 2), num(goals.compute_us(b) / 1000, 2)]
         rows[-1] += [num(b.get("network", 0) / 1000, 2), "yes" if f["stable"] else "no", num(f.get("load"))]
     return table([*head, "network+send/recv ms", "stable", "load (1 min)"], rows)
 
@@ -199,7 +202,7 @@ def _figures(m: dict, budget: float) -> dict[str, str]:
         value = f"{times(m.get('st_p50_over_served_c1_p50'))}; {times(m.get('served_c16_over_st'))}"
         rows["**encode p50 / served c1 p50; served c16 / encode throughput**"] = value
     for h in m.get("http", []):
-        if g := analysis.at(m["sweep"], h["concurrency"]):
+        if g := goals.at(m["sweep"], h["concurrency"]):
             rows[f"HTTP / gRPC throughput at c{h['concurrency']}"] = times(h["throughput"] / g["throughput"])
     if m.get("dynbatch") is not None:
         rows[f"**dynamic batching on / off** at c{m['dynbatch_concurrency']} (throughput)"] = times(m["dynbatch"])
@@ -469,14 +472,14 @@ def render(summary: dict, figures: dict[str, str], search: dict | None) -> str:
 
 
 def latest_search(run_dir: Path) -> dict | None:
-    return analysis.read_json(Path(run_dir).resolve().parent / "search" / "latest" / "search.json")
+    return goals.read_json(Path(run_dir).resolve().parent / "search" / "latest" / "search.json")
 
 
 def write(run_dir: Path, out_dir: Path = DEFAULT_OUT, search: dict | None = None) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    budget = analysis.read_json(run_dir / "env.json", {}).get("run", {}).get("budget_ms", analysis.BUDGET_MS)
-    summary = analysis.summarize(run_dir, budget)
+    budget = goals.read_json(run_dir / "env.json", {}).get("run", {}).get("budget_ms", goals.BUDGET_MS)
+    summary = goals.summarize(run_dir, budget)
     search = search if search is not None else latest_search(run_dir)
     figures = {
         name: plot_model(name, m, budget, out_dir / f"latency_{name}.png").name

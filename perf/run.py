@@ -33,14 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from models import spec
-from perf import analysis, analyzer, baselines, environment, inputs, trading
-from perf import repo as repos
+from perf import baselines, environment, goals, inputs, perf_analyzer, servers, trading
 from perf import scenarios as sc
 
 log = logging.getLogger("perf.run")
 
 DEFAULT_OUT = spec.ROOT / "perf" / "results"
-QUICK = analyzer.Measurement(interval_ms=500, stability=50, max_trials=3)
+QUICK = perf_analyzer.Measurement(interval_ms=500, stability=50, max_trials=3)
 ASSETS = 1000
 
 
@@ -52,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", help="comma-separated scenario or model names (default: all scenarios)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root (default perf/results)")
     p.add_argument("--report-dir", type=Path, default=spec.ROOT / "perf", help="where report.md and PNGs go")
-    p.add_argument("--budget-ms", type=float, default=analysis.BUDGET_MS, help="p99 budget for the chosen point")
+    p.add_argument("--budget-ms", type=float, default=goals.BUDGET_MS, help="p99 budget for the chosen point")
     p.add_argument("--quick", action="store_true", help="short windows, two points per sweep (tests, smoke runs)")
     p.add_argument("--baseline-seconds", type=float, default=3.0, help="wall time per in-process baseline")
     p.add_argument(
@@ -61,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-batching-off", action="store_true")
     p.add_argument("--skip-baselines", action="store_true")
     p.add_argument("--skip-extras", action="store_true", help="no shared-memory comparison, no 1,000-asset timing")
+    p.add_argument(
+        "--url",
+        metavar="HOST:PORT",
+        help="measure the Triton already running there (gRPC) instead of starting servers: no baselines, no "
+        "batching-off, lanes or --compare servers, no extras (docs/gpu.md)",
+    )
+    p.add_argument("--http-url", metavar="HOST:PORT", help="with --url: its HTTP endpoint (default: port 8000)")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -68,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"model repository {args.repo} does not exist: run `make export` (or `make export-small`)")
     if not (args.artifacts / "data" / "manifest.json").is_file():
         p.error(f"no data under {args.artifacts}/data: run `make export` (or `make export-small`)")
+    if args.url:
+        args.http_url = args.http_url or f"{args.url.rsplit(':', 1)[0]}:8000"
+        args.skip_baselines = args.skip_batching_off = args.skip_extras = True
+        if args.compare:
+            p.error("--compare starts a server of its own: not with --url")
     if args.budget_ms <= 0 or args.baseline_seconds <= 0:
         p.error("--budget-ms and --baseline-seconds must be > 0")
     return args
@@ -90,17 +101,17 @@ def input_file(spec_: dict, artifacts: Path, repo: Path, out: Path, cache: dict)
     return cache[kind, n, length]
 
 
-def measure(pts: list[analyzer.Point], server, out: Path, key: str, stats, warmup: int) -> list[dict | None]:
+def measure(pts: list[perf_analyzer.Point], server, out: Path, key: str, stats, warmup: int) -> list[dict | None]:
     """Warm the model up, then each point on `server` (stats: the models whose statistics are recorded).
     A failed point is logged and recorded (errors/) without ending the run."""
     urls = {"grpc": server.grpc_url, "http": server.http_url}
     if pts and warmup:
-        analyzer.warmup(pts[0], urls, warmup)
+        perf_analyzer.warmup(pts[0], urls, warmup)
     records = []
     for p in pts:
         try:
-            records.append(analyzer.run_point(p, urls, out, key=key, stats_models=stats or (p.model,)))
-        except analyzer.AnalyzerError as exc:
+            records.append(perf_analyzer.run_point(p, urls, out, key=key, stats_models=stats or (p.model,)))
+        except perf_analyzer.AnalyzerError as exc:
             log.error("%s", exc)
             (out.parent.parent / "errors").mkdir(exist_ok=True)
             (out.parent.parent / "errors" / f"{p.stem}.txt").write_text(f"{exc}\n")
@@ -115,7 +126,7 @@ def _phase(phases: dict[str, float], name: str):
     phases[name] = phases.get(name, 0.0) + time.monotonic() - t0
 
 
-def run_scenarios(scenarios, servers: dict, args, run_dir: Path, key: str, repo: Path, phases: dict) -> None:
+def run_scenarios(scenarios, running: dict, args, run_dir: Path, key: str, repo: Path, phases: dict) -> None:
     """Each scenario in turn; a model's sweep, batching-off points and baselines back to back (see the top)."""
     files: dict = {}
     baselines_out: dict = {}
@@ -130,39 +141,39 @@ def run_scenarios(scenarios, servers: dict, args, run_dir: Path, key: str, repo:
             stats = composing(repo, model)
             pts = sc.points(s, run, data, m, peak, args.quick)
             with _phase(phases, "served"):
-                records = measure(pts, servers["served"], out, key, stats, 0 if model in warm else n_warm)
+                records = measure(pts, running["served"], out, key, stats, 0 if model in warm else n_warm)
             warm |= {model} if pts else set()
             if i:
                 continue
             peak = max((r["row"]["throughput"] for r in records if r), default=None)
-            if "compare" in servers:  # the same points on the --compare config, right after
+            if "compare" in running:  # the same points on the --compare config, right after
                 with _phase(phases, "compare"):
                     other = [replace(p, label=f"{p.label}@{args.compare}") for p in pts]
-                    measure(other, servers["compare"], out, key, stats, n_warm)
-            if "batching_off" in servers and s.batching_off:
+                    measure(other, running["compare"], out, key, stats, n_warm)
+            if "batching_off" in running and s.batching_off:
                 run_off = {"name": "batching_off", "protocol": "grpc", "concurrency": s.batching_off["concurrency"]}
                 with _phase(phases, "batching_off"):
                     pts_off = sc.points(s, run_off, data, m, None, args.quick)
-                    measure(pts_off, servers["batching_off"], out, key, None, n_warm)
+                    measure(pts_off, running["batching_off"], out, key, None, n_warm)
             if s.baselines and not args.skip_baselines:
                 with _phase(phases, "baselines"):
                     baselines_out[s.model] = baseline_for(s, args, run_dir)
                     (run_dir / "baselines.json").write_text(json.dumps(baselines_out, indent=2) + "\n")
         with _phase(phases, "trading"):
-            trading_path(s, servers, args, run_dir, files)
+            trading_path(s, running, args, run_dir, files)
 
 
-def trading_path(s: sc.Scenario, servers: dict, args, run_dir: Path, files: dict) -> None:
+def trading_path(s: sc.Scenario, running: dict, args, run_dir: Path, files: dict) -> None:
     """The scenario's `lanes` and `client_ticks` measurements (perf/trading.py); a failure is logged, not fatal."""
     quick = 0.3 if args.quick else 1.0
-    if s.lanes and "lanes" in servers:
+    if s.lanes and "lanes" in running:
         spec_ = s.lanes
         data = input_file(s.input_data, args.artifacts, args.repo, run_dir / "inputs", files)
         rows = inputs.arrays_for(s.input_data["kind"], args.artifacts, args.repo, 64)[spec.WINDOW.name]
         result = _section(
             f"{s.model} priority lanes",
             lambda: trading.lanes(
-                {"lanes": servers["lanes"], "no_lanes": servers["served"]},
+                {"lanes": running["lanes"], "no_lanes": running["served"]},
                 s.model,
                 rows,
                 data,
@@ -180,7 +191,7 @@ def trading_path(s: sc.Scenario, servers: dict, args, run_dir: Path, files: dict
 
         series = model_data.load_series(args.artifacts, "test")[0]
         ticks = int(int(s.client_ticks.get("ticks", 2000)) * quick)
-        result = _section("StreamClient ticks", lambda: trading.stream_ticks(servers["served"].grpc_url, series, ticks))
+        result = _section("StreamClient ticks", lambda: trading.stream_ticks(running["served"].grpc_url, series, ticks))
         (run_dir / "stream_client.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
@@ -233,10 +244,10 @@ def extras(server, args, key: str) -> dict:
 
 
 def served_batch(run_dir: Path, name: str, budget_ms: float) -> int:
-    sweep = analysis.series(analysis.load_records(run_dir), f"{name}.sweep")
+    sweep = goals.series(goals.load_records(run_dir), f"{name}.sweep")
     if not sweep:
         return 1
-    ref = analysis.chosen(sweep, budget_ms) or max(sweep, key=lambda f: f["throughput"])
+    ref = goals.chosen(sweep, budget_ms) or max(sweep, key=lambda f: f["throughput"])
     return max(1, int(round(ref["avg_batch"] or 1)))
 
 
@@ -250,7 +261,7 @@ def int8_accuracy(artifacts: Path, name: str) -> dict | None:
 
 def baseline_for(s: sc.Scenario, args, run_dir: Path) -> dict:
     """In-process baselines of one scenario's model on the scenario's input data."""
-    from serving.repository import served_file
+    from repository.layout import served_file
 
     secs, n = 0.5 if args.quick else args.baseline_seconds, int(s.input_data.get("n", 512))
     name, repo = s.model, args.repo
@@ -278,17 +289,35 @@ def baseline_for(s: sc.Scenario, args, run_dir: Path) -> dict:
             continue
         entry["ort"][precision] = {
             str(batch): baselines.ort(name, repo, precision, rows, batch, secs, threads)
-            for batch in sorted({1, b, analysis.INT8_BATCH})
+            for batch in sorted({1, b, goals.INT8_BATCH})
         }
     if set(entry["ort"]) == set(baselines.FILES):
         entry["int8_paired"] = {
-            str(batch): baselines.paired(name, repo, rows, batch, secs, threads) for batch in (1, analysis.INT8_BATCH)
+            str(batch): baselines.paired(name, repo, rows, batch, secs, threads) for batch in (1, goals.INT8_BATCH)
         }
         entry["op_profile"] = {
-            p: baselines.op_profile(name, repo, p, rows, analysis.INT8_BATCH, threads, 3 if args.quick else 10)
+            p: baselines.op_profile(name, repo, p, rows, goals.INT8_BATCH, threads, 3 if args.quick else 10)
             for p in baselines.FILES
         }
     return entry
+
+
+def start_servers(start: Callable, scenarios: list[sc.Scenario], args) -> dict:
+    """The run's servers: the served configs, and where scenarios ask for them batching-off, priority-lanes (cpu_lanes) and
+    --compare servers (`start(name, config, **copy)` starts one over an edited copy of the repository)."""
+    variants = {
+        name: (v["of"], servers.cache_on if v.get("response_cache") else servers.cache_off)
+        for s in scenarios
+        for name, v in s.variants.items()
+    }
+    running = {"served": start("served", edit=servers.cache_off, variants=variants)}
+    if (off := [s.model for s in scenarios if s.batching_off]) and not args.skip_batching_off:
+        running["batching_off"] = start("batching-off", models=off, edit=servers.batching_off)
+    if lanes := sorted({m for s in scenarios if s.lanes for m in composing(args.repo, s.model)}):
+        running["lanes"] = start("lanes", models=lanes, config="cpu_lanes", edit=servers.cache_off)
+    if args.compare:
+        running["compare"] = start(args.compare, config=args.compare, edit=servers.cache_off)
+    return running
 
 
 def check_exported(repo: Path, scenarios: list[sc.Scenario]) -> list[str]:
@@ -304,8 +333,8 @@ def check_exported(repo: Path, scenarios: list[sc.Scenario]) -> list[str]:
 
 def served_configs(repo: Path, scenarios: list[sc.Scenario]) -> dict:
     """The committed cpu-config settings each measured model was served with."""
-    from perf.search import settings
-    from serving.repository import load_config
+    from common.triton import load_config
+    from perf.model_analyzer import settings
 
     paths = {s.model: repo / s.model / "configs" / "cpu.pbtxt" for s in scenarios}
     return {model: settings(load_config(path)) for model, path in paths.items() if path.is_file()}
@@ -336,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {missing[0]} (and {len(missing) - 1} more) missing: run `make export` first", file=sys.stderr)
         return 2
     try:
-        pa_version = analyzer.version()
-    except analyzer.AnalyzerError as exc:
+        pa_version = perf_analyzer.version()
+    except perf_analyzer.AnalyzerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -360,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "budget_ms": args.budget_ms,
             "compare": args.compare,
+            "url": args.url,
             "scenarios": [s.name for s in scenarios],
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "n_items": _n_items(args.artifacts),
@@ -376,26 +406,19 @@ def main(argv: list[str] | None = None) -> int:
 
         def start(name: str, config: str = "cpu", **copy):
             """A server over repos/<name>, a copy of the repository edited by `copy`'s arguments."""
-            repo = repos.copy_repository(args.repo, repos_dir / name, config=config, **copy)
-            return stack.enter_context(repos.serve(repo, run_dir / f"server-{name}", config=config))
+            repo = servers.copy_repository(args.repo, repos_dir / name, config=config, **copy)
+            return stack.enter_context(servers.serve(repo, run_dir / f"server-{name}", config=config))
 
         with _phase(phases, "servers_start"):
-            variants = {
-                name: (v["of"], repos.cache_on if v.get("response_cache") else repos.cache_off)
-                for s in scenarios
-                for name, v in s.variants.items()
-            }
-            servers = {"served": start("served", edit=repos.cache_off, variants=variants)}
-            if (off := [s.model for s in scenarios if s.batching_off]) and not args.skip_batching_off:
-                servers["batching_off"] = start("batching-off", models=off, edit=repos.batching_off)
-            if lanes := sorted({m for s in scenarios if s.lanes for m in composing(args.repo, s.model)}):
-                servers["lanes"] = start("lanes", models=lanes, config="cpu_lanes", edit=repos.cache_off)
-            if args.compare:
-                servers["compare"] = start(args.compare, config=args.compare, edit=repos.cache_off)
-            env["versions"]["tritonserver"] = repos.server_version(servers["served"].http_url)
-        run_scenarios(scenarios, servers, args, run_dir, key, repos_dir / "served", phases)
+            if args.url:
+                running = {"served": servers.Remote(args.url, args.http_url)}
+            else:
+                running = start_servers(start, scenarios, args)
+            env["versions"]["tritonserver"] = servers.server_version(running["served"].http_url)
+        served_repo = args.repo if args.url else repos_dir / "served"
+        run_scenarios(scenarios, running, args, run_dir, key, served_repo, phases)
         with _phase(phases, "extras"):
-            more = {} if args.skip_extras else extras(servers["served"], args, key)
+            more = {} if args.skip_extras else extras(running["served"], args, key)
     (run_dir / "extras.json").write_text(json.dumps(more, indent=2) + "\n")
     env["run"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     env["run"]["phases_s"] = {k: round(v, 1) for k, v in phases.items()}
@@ -403,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     shutil.rmtree(repos_dir, ignore_errors=True)  # links and edited configs only
 
-    summary = analysis.summarize(run_dir, args.budget_ms)
+    summary = goals.summarize(run_dir, args.budget_ms)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"results: {run_dir} ({time.monotonic() - t0:.0f} s)")
     if not args.no_report:

@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 
 from models import spec
-from perf.analyzer import Measurement, Point
 from perf.inputs import KINDS, TENSORS
+from perf.perf_analyzer import Measurement, Point
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 RUN_KEYS = set(
@@ -100,7 +100,7 @@ def validate(s: Scenario, repo: Path = spec.MODEL_REPOSITORY) -> list[str]:
 
 
 def _run_problems(s: Scenario, i: int, run: dict, repo: Path) -> list[str]:
-    from serving.repository import load_config
+    from common.triton import load_config
 
     unknown = set(run) - RUN_KEYS
     checks = [(unknown, f"unknown keys {sorted(unknown)}"), ("name" not in run, "`name` is required")]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perf import analyzer
+from perf import perf_analyzer
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,10 @@ def critical_loop(url: str, model: str, rows: np.ndarray, seconds: float, priori
     return {**summarize_ms(latencies), "refused": refused, "sent": i}
 
 
-def _flood(point: analyzer.Point, url: str, out: Path) -> subprocess.Popen:
-    cmd = [str(analyzer.binary()), *analyzer.command(point, url, out / f"{point.stem}.csv")]
+def _flood(point: perf_analyzer.Point, url: str, out: Path) -> subprocess.Popen:
+    cmd = [*perf_analyzer.binary(), *perf_analyzer.command(point, url, out / f"{point.stem}.csv")]
     log_file = (out / f"{point.stem}.log").open("w")
-    return subprocess.Popen(cmd, env=analyzer.environment(), stdout=log_file, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, env=perf_analyzer.environment(), stdout=log_file, stderr=subprocess.STDOUT)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -110,8 +110,8 @@ def lanes(
     for name, server in servers.items():
         alone = critical_loop(server.grpc_url, model, rows, seconds, priority, deadline_s)
         # one long measurement window: perf_analyzer only has to keep 16 requests in flight until stopped
-        long = analyzer.Measurement(interval_ms=int(1000 * (seconds + RAMP_S) * 4), stability=1000, max_trials=1)
-        point = analyzer.Point(
+        long = perf_analyzer.Measurement(interval_ms=int(1000 * (seconds + RAMP_S) * 4), stability=1000, max_trials=1)
+        point = perf_analyzer.Point(
             model=model,
             label=f"{model}.lanes-flood-{name}",
             concurrency=flood_concurrency,
@@ -121,10 +121,10 @@ def lanes(
         proc = _flood(point, server.grpc_url, out)
         try:
             time.sleep(RAMP_S)
-            before = analyzer.model_stats(server.http_url, model)
+            before = perf_analyzer.model_stats(server.http_url, model)
             t0 = time.monotonic()
             flooded = critical_loop(server.grpc_url, model, rows, seconds, priority, deadline_s)
-            stats = analyzer.stats_delta(before, analyzer.model_stats(server.http_url, model))
+            stats = perf_analyzer.stats_delta(before, perf_analyzer.model_stats(server.http_url, model))
             wall = time.monotonic() - t0
         finally:
             _stop(proc)

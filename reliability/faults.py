@@ -14,13 +14,13 @@
 - `bad_artifacts`: a repository copy where one model's ONNX file is missing and another's is corrupt;
   the server still starts, serves the healthy model correctly, reports the broken ones (and the
   ensemble that needs them) through `unavailable_models()` with Triton's reason naming the file, and
-  `serving.integrity.verify_repository` names both files.
+  `repository.integrity.verify_repository` names both files.
 
 - `rollout_killed`: `python -m serving.rollout` of a new nhits version, SIGKILLed while its canary answers,
   under load on the served models; the load must see only correct answers, version N+1 must not be in the
   repository, and the next server start must clear the dead writer's stage and serve version N.
 - `concurrent_writers`: two processes commit into one repository at once, round after round (an importer's
-  `serving.publish.Staging` and make export's prepare / commit): every commit must be whole and the
+  `repository.publish.Staging` and make export's prepare / commit): every commit must be whole and the
   manifest must name every file with its hash (no lost hash, no replayed commit).
 
 The tests in tests/reliability/test_faults.py and tests/serving/ run these with short durations; the CLI
@@ -40,6 +40,7 @@ import threading
 import time
 from pathlib import Path
 
+from common.files import sha256_file
 from models import spec
 from reliability.load import ERROR, OK, Endpoint, Mix, Record, run_load, summarize
 from reliability.reference import Workload, build_workload
@@ -76,7 +77,7 @@ def make_server(repo: Path, run_dir: Path, extra_args: list[str] | None = None, 
 def copy_repo(src: Path, dest: Path, models: tuple[str, ...]) -> Path:
     """A repository with only `models` (configs and artifacts) copied from `src`, with its own integrity
     manifest (so a server that verifies artifacts before starting accepts it)."""
-    from serving import integrity
+    from repository import integrity
 
     dest.mkdir(parents=True, exist_ok=True)
     for m in models:
@@ -185,7 +186,7 @@ def bad_artifacts(
     workload: Workload | None = None,
 ) -> dict:
     """Start a server over a copy of `src_repo` with `missing`'s ONNX deleted and `corrupt`'s truncated."""
-    from serving import integrity
+    from repository import integrity
 
     repo = copy_repo(src_repo, work / "repo", (missing, corrupt, healthy, "forecast"))  # with its manifest
     missing_file = spec.version_dir(missing, repo) / spec.ONNX_FP32
@@ -231,7 +232,8 @@ def rollout_killed(src_repo: Path, work: Path, workload: Workload, workers: int 
     """Kill a rollout of nhits during its canary while clients load nhits and forecast; start the server again."""
     import subprocess
 
-    from serving import integrity, rollout
+    from repository import integrity
+    from serving import rollout
     from serving.server import TritonServer, free_port
 
     repo = copy_repo(src_repo, work / "repo", tuple(ENSEMBLE_STEPS["forecast"]) + ("forecast",))
@@ -294,7 +296,7 @@ def rollout_killed(src_repo: Path, work: Path, workload: Workload, workers: int 
 
 def _writer(repo: str, name: str, rounds: int, how: str) -> None:
     """One writer of `concurrent_writers`: `rounds` whole versions of model folder `name`."""
-    from serving import integrity, publish
+    from repository import integrity, publish
 
     def model(root: Path, payload: bytes) -> None:
         version = root / name / "1"
@@ -302,7 +304,7 @@ def _writer(repo: str, name: str, rounds: int, how: str) -> None:
         (root / name / "config.pbtxt").write_text(f'name: "{name}"\n')
         artifact = version / spec.ONNX_FP32
         artifact.write_bytes(payload)
-        integrity.record_path(artifact).write_text(json.dumps({"onnx_sha256": integrity.sha256_file(artifact)}))
+        integrity.record_path(artifact).write_text(json.dumps({"onnx_sha256": sha256_file(artifact)}))
 
     for i in range(rounds):
         payload = f"{name} round {i} ".encode() * 50_000
@@ -321,7 +323,7 @@ def concurrent_writers(work: Path, rounds: int = 20) -> dict:
     """Two writers into one repository at once (an importer and make export's way), `rounds` commits each."""
     import multiprocessing
 
-    from serving import integrity
+    from repository import integrity
 
     repo = work / "writers" / "model_repository"
     repo.mkdir(parents=True)

@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 
 from models import spec
+from repository.layout import served_file
 from serving.answers import RTOL, RTOL_BY_TARGET, check, max_rel_err  # noqa: F401 - the checks, re-exported
-from serving.repository import served_file
 
 log = logging.getLogger(__name__)
 

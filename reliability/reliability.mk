@@ -25,7 +25,7 @@ reliability-test: export-small ## only the reliability and security tests (fuzz,
 	$(PY) -m pytest -q tests/reliability
 
 integrity-manifest: ## record the sha256 of every artifact of REPO in REPO/integrity.json
-	$(PY) -m serving.integrity --repo $(REPO) --write
+	$(PY) -m repository.integrity --repo $(REPO) --write
 
 integrity-check: ## verify REPO against its hashes and scan artifacts for build-machine paths
-	$(PY) -m serving.integrity --repo $(REPO) --scan
+	$(PY) -m repository.integrity --repo $(REPO) --scan

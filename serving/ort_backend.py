@@ -27,7 +27,6 @@ this file. The backend binds the exact ONNX Runtime it was linked against (`VERS
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -40,6 +39,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -105,29 +106,21 @@ def vendor_header(vendor: Path) -> Path | None:
     return headers[-1].parent if headers else None
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_key(w: Wheel, vendor: Path | None) -> dict:
     """Everything the built library depends on; a rebuild happens when any of it changes."""
     if vendor is not None:
-        sources = {r: sha256(vendor / f"triton-{TRITON_BRANCH}" / f"{r}.tar.gz") for r in REPOS}
-        sources["onnxruntime_c_api.h"] = sha256(vendor_header(vendor) / "onnxruntime_c_api.h")
+        sources = {r: sha256_file(vendor / f"triton-{TRITON_BRANCH}" / f"{r}.tar.gz") for r in REPOS}
+        sources["onnxruntime_c_api.h"] = sha256_file(vendor_header(vendor) / "onnxruntime_c_api.h")
     else:
         sources = {r: f"{UPSTREAM}/{r}@{TRITON_BRANCH}" for r in REPOS}
         sources["onnxruntime_c_api.h"] = ORT_RELEASE.format(v=w.version)
     return {
         "triton_branch": TRITON_BRANCH,
         "onnxruntime": w.version,
-        "onnxruntime_library_sha256": sha256(w.library),
+        "onnxruntime_library_sha256": sha256_file(w.library),
         "server_library": w.server_library.name,
         "sources": sources,
-        "builder_sha256": sha256(Path(__file__)),
+        "builder_sha256": sha256_file(Path(__file__)),
     }
 
 

@@ -48,9 +48,12 @@ from typing import Any
 
 import numpy as np
 
-from serving import integrity, publish
+from common.files import sha256_file
+from common.ort import ort_session
+from common.triton import admin_headers
+from repository import integrity, publish
 from serving.answers import check
-from serving.server import DEFAULT_RUN_DIR, admin_headers
+from serving.server import DEFAULT_RUN_DIR
 
 log = logging.getLogger("serving.rollout")
 
@@ -208,7 +211,7 @@ def onnx_signature(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 
 def config_signature(config: Any) -> dict[str, tuple[str, tuple[int, ...]]]:
-    from serving.repository import DTYPES
+    from common.triton import DTYPES
 
     return {t.name: (DTYPES.get(t.data_type, str(t.data_type)), tuple(t.dims)) for t in (*config.input, *config.output)}
 
@@ -228,7 +231,7 @@ def check_export(version_dir: Path, current: Served) -> list[Path]:
             want = json.loads(record.read_text()).get(key)
         if not want:
             raise RolloutError(f"{f}: no recorded hash ({record.name}): roll out only what an export verified")
-        if integrity.sha256_file(f) != want:
+        if sha256_file(f) != want:
             raise RolloutError(f"{f}: sha256 differs from {record.name}: the export was modified after it was made")
     want = config_signature(current.config)
     for f in artifacts:
@@ -263,7 +266,7 @@ def canary_inputs(
 ) -> dict[str, np.ndarray]:
     """Rows in the served signature: float inputs a positive random walk around 100 (prices, forecasts; a
     query is normalised in the graph), integer inputs uniform over the range version N serves."""
-    from serving.repository import DTYPES
+    from common.triton import DTYPES
 
     rng = np.random.default_rng(seed)
     out = {}
@@ -291,8 +294,6 @@ def read_canary(path: Path, config: Any) -> dict[str, np.ndarray]:
 
 
 def ort_answers(path: Path, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-    from export.common import ort_session
-
     sess = ort_session(path)
     return dict(zip(outputs, sess.run(outputs, inputs), strict=True))
 
@@ -371,7 +372,7 @@ def stage_version(stage: publish.Staging, model: str, version: int, files: list[
 def move_in(stage: publish.Staging, repo: Path, model: str, version: int) -> Path:
     """Step 5a: the checked version into the repository (one rename) with its hashes, marked pending in the stage
     until the swap confirms it: a rollout killed from here on leaves a marker that the next writer or server start
-    acts on (serving.publish.recover takes the version out again)."""
+    acts on (repository.publish.recover takes the version out again)."""
     target = repo / model / str(version)
     if target.exists():
         raise RolloutError(f"{target} exists but is not loaded: remove it (a failed rollout by hand?) and retry")
@@ -585,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         key = args.admin_key_file.read_text().strip()
     control = Control(args.url, key)
     try:
-        with publish.writer_lock(args.repo):  # one writer of the repository at a time (serving.publish)
+        with publish.writer_lock(args.repo):  # one writer of the repository at a time (repository.publish)
             outcome = rollout(control, args.repo, args.model, args.source, args.canary, args.canary_rows)
     except RolloutError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -11,9 +11,9 @@ the server on 127.0.0.1 with `--model-config-name=cpu` (`--config-name cpu_fp32`
 precision), and waits for readiness with a timeout. A `--host` other than loopback needs `--expose` as well:
 this wheel's Triton 2.51 can be stopped by one unauthenticated request (RELIABILITY.md); production runs NGC.
 
-Before starting, what a killed writer left beside the repository is finished or removed (serving.publish.recover,
+Before starting, what a killed writer left beside the repository is finished or removed (repository.publish.recover,
 under the repository's writer lock), then every file a model loads is checked against the SHA-256 recorded at export
-(serving.integrity: the provenance record beside each file and `<repo>/integrity.json`); a file that
+(repository.integrity: the provenance record beside each file and `<repo>/integrity.json`); a file that
 does not match, has no record, or is missing refuses the start with one line per file; with
 `--exclude-unverified` the server starts instead with every other model (explicit model-control mode,
 the refused models and the ensembles that use them left unloaded and named with their files in
@@ -24,7 +24,7 @@ at start and then accepts load / unload through the restricted model-repository 
 
 The model-repository (load/unload), shared-memory, logging and trace APIs are restricted behind a key: clients
 send the header `triton-admin-key: <key>` over HTTP and `triton-grpc-protocol-triton-admin-key`
-over gRPC (`admin_headers()` builds either). The key comes from `--admin-key-file` or the
+over gRPC (`common.triton.admin_headers()` builds either). The key comes from `--admin-key-file` or the
 TRITON_ADMIN_KEY environment variable, else a random one is written into the run directory (created with mode
 0600 in one call); it is never logged, and tritonserver (with every backend it starts) gets an environment
 without TRITON_ADMIN_KEY / TRITON_ADMIN_KEY_FILE.
@@ -48,9 +48,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.triton import ADMIN_HEADER
+
 log = logging.getLogger(__name__)
 
-ADMIN_HEADER = "triton-admin-key"
 # Only health, metadata, statistics and inference stay open: anyone reaching the port could otherwise load or
 # unload models, map shared memory, raise the log verbosity (log flooding) or turn tracing on.
 RESTRICTED = "model-repository,shared-memory,logging,trace"
@@ -64,14 +65,14 @@ RESTART_WINDOW_S = 60.0
 
 def model_names(repo: Path) -> list[str]:
     """Folders of `repo` that hold a model (a config.pbtxt or configs/)."""
-    from serving.integrity import model_dirs
+    from repository.integrity import model_dirs
 
     return [d.name for d in model_dirs(Path(repo))]
 
 
 def ensemble_steps(repo: Path) -> dict[str, list[str]]:
     """Ensemble name -> the models its steps call, read from each ensemble's config.pbtxt."""
-    from serving.repository import load_config
+    from common.triton import load_config
 
     out = {}
     for name in model_names(repo):
@@ -81,12 +82,6 @@ def ensemble_steps(repo: Path) -> dict[str, list[str]]:
             if config.platform == "ensemble":
                 out[name] = [step.model_name for step in config.ensemble_scheduling.step]
     return out
-
-
-def admin_headers(key: str, protocol: str = "http") -> dict[str, str]:
-    """Headers that unlock the restricted APIs. gRPC metadata carries Triton's protocol prefix."""
-    name = ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"
-    return {name: key}
 
 
 class ServerError(RuntimeError):
@@ -207,9 +202,9 @@ def admin_key(run_dir: Path, key_file: Path | None) -> str:
 
 def recover_repository(repo: Path) -> None:
     """What a killed writer left beside `repo` (a cut commit, an unchecked rollout version) is finished or
-    removed before Triton reads the repository (serving.publish.recover, under the writer lock; skipped while
+    removed before Triton reads the repository (repository.publish.recover, under the writer lock; skipped while
     a live writer holds it, since it is then that writer's to finish)."""
-    from serving import publish
+    from repository import publish
 
     try:
         with publish.writer_lock(repo, wait=False):
@@ -330,7 +325,7 @@ class TritonServer:
     def verify_artifacts(self) -> None:
         """Raise ServerError naming every artifact that does not match its recorded hash; with
         `exclude_unverified`, record those models (and the ensembles using them) in `refused` instead."""
-        from serving import integrity
+        from repository import integrity
 
         self.refused = {}
         problems = integrity.verify_repository(self.repo)

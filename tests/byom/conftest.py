@@ -115,7 +115,7 @@ def save_esn(root: Path, name: str, hyper: dict, horizon: int = spec.HORIZON):
 
     series = mackey_glass(MG_LENGTH, tau=17, seed=0)[:, 0]
     x, y = mackey_glass_targets(series[:MG_TRAIN], horizon)
-    from export.import_reservoirpy import save_weights
+    from byom.import_reservoirpy import save_weights
 
     esn = ESN(**hyper)
     esn.fit(x, y, warmup=100)
@@ -126,8 +126,8 @@ def save_esn(root: Path, name: str, hyper: dict, horizon: int = spec.HORIZON):
 
 
 def import_esn(path: Path, repo: Path, artifacts: Path, name: str, *extra) -> int:
-    """`python -m export.import_reservoirpy` with default bounds on the held-out series beside `path`."""
-    from export import import_reservoirpy
+    """`python -m byom.import_reservoirpy` with default bounds on the held-out series beside `path`."""
+    from byom import import_reservoirpy
 
     args = ["--model", path, "--out-repo", repo, "--artifacts", artifacts, "--name", name]
     args += ["--series", path.parent / "heldout.npy", "--calib-count", CALIB_COUNT, *extra]
@@ -186,7 +186,7 @@ def fit_nf(df, freq: str = "MS", local_scaler_type: str | None = None, **config)
 @pytest.fixture(scope="session")
 def nf_cases(byom_root: Path, byom_repo: Path, air_passengers) -> dict[str, NfCase]:
     """Each NF_CONFIGS entry trained, its nf.predict() kept, saved, and imported into the BYOM repository."""
-    from export import import_neuralforecast
+    from byom import import_neuralforecast
 
     cases = {}
     for key, config in NF_CONFIGS.items():

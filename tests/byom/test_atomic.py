@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from common.cli import CliError
 from models import spec
-from serving import integrity
+from repository import integrity
 from tests.conftest import snapshot
 
 from .conftest import HAS_RESERVOIRPY, import_esn, save_esn
@@ -54,8 +55,6 @@ def test_a_refused_option_leaves_the_repository_byte_identical(tiny, repo, tmp_p
     import reservoirpy
     from reservoirpy import ESN
 
-    from export.common import CliError
-
     before = snapshot(repo)
     path = Path(reservoirpy.save(ESN(units=20, feedback=True, seed=1), tmp_path / "fb"))
     shutil.copyfile(tiny[0].parent / "heldout.npy", tmp_path / "heldout.npy")
@@ -66,8 +65,6 @@ def test_a_refused_option_leaves_the_repository_byte_identical(tiny, repo, tmp_p
 
 @pytest.mark.skipif(not HAS_RESERVOIRPY, reason="optional extra not installed: pip install -e '.[reservoirpy]'")
 def test_a_failed_bound_leaves_the_repository_byte_identical_and_reports_why(tiny, repo, tmp_path):
-    from export.common import CliError
-
     before = snapshot(repo)
     with pytest.raises(CliError, match=r"verification failed, .* is unchanged: served: ONNX vs esn.run"):
         import_esn(tiny[0], repo, tmp_path / "a", "served", "--window", WINDOW, "--bound", "1e-12")
@@ -79,7 +76,7 @@ def test_a_failed_bound_leaves_the_repository_byte_identical_and_reports_why(tin
 @pytest.mark.skipif(not HAS_RESERVOIRPY, reason="optional extra not installed: pip install -e '.[reservoirpy]'")
 def test_a_killed_import_leaves_the_repository_byte_identical_and_the_next_import_cleans_up(tiny, repo, tmp_path):
     before = snapshot(repo)
-    argv = [sys.executable, "-m", "export.import_reservoirpy", "--model", str(tiny[0]), "--out-repo", str(repo)]
+    argv = [sys.executable, "-m", "byom.import_reservoirpy", "--model", str(tiny[0]), "--out-repo", str(repo)]
     argv += ["--artifacts", str(tmp_path / "a"), "--name", "served", "--window", WINDOW, "--calib-count", "8"]
     argv += ["--series", str(tiny[0].parent / "heldout.npy")]
     proc = subprocess.Popen(argv, cwd=spec.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,4 +1,4 @@
-"""neuralforecast NHITS models imported with `python -m export.import_neuralforecast`: ONNX and Triton
+"""neuralforecast NHITS models imported with `python -m byom.import_neuralforecast`: ONNX and Triton
 reproduce `nf.predict()` for every series, in two configurations (max vs average pooling, linear vs
 nearest interpolation, default vs custom downsampling and blocks, standard vs robust scaler); options
 the project's nhits cannot express are refused naming the option.
@@ -15,9 +15,10 @@ import re
 import numpy as np
 import pytest
 
-from export.byom.common import relative_errors
+from byom.importer import relative_errors
+from common.cli import CliError, run_main
+from common.triton import load_config
 from models import spec
-from serving.repository import load_config
 
 from .conftest import HAS_NEURALFORECAST, NF_CONFIGS, fit_nf, infer
 
@@ -37,7 +38,7 @@ def stacked(case) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("key", KEYS)
 def test_onnx_reproduces_nf_predict_for_every_series(nf_cases, byom_repo, key):
-    from export.byom.common import run_onnx
+    from byom.importer import run_onnx
 
     case = nf_cases[key]
     uids, windows, want = stacked(case)
@@ -87,9 +88,8 @@ def test_an_nhits_that_float32_cannot_hold_is_refused_saying_why_and_what_to_cha
     units: sinh(100) ~ 1e43 is beyond float32's range. Checked on the module the importer builds."""
     import torch
 
-    from export.byom.common import derive_bound
-    from export.common import CliError
-    from export.import_neuralforecast import WindowScaled, float32_error
+    from byom.import_neuralforecast import WindowScaled, float32_error
+    from byom.importer import derive_bound
     from models.nhits import NHITS, NHITSConfig
 
     torch.manual_seed(0)
@@ -147,8 +147,8 @@ REFUSALS = {  # the option the error must name -> NHITS / NeuralForecast argumen
 
 @pytest.mark.parametrize("option", list(REFUSALS))
 def test_an_option_the_project_cannot_express_is_refused_naming_it(air_passengers, option):
-    from export import import_neuralforecast
-    from export.byom.common import Unsupported
+    from byom import import_neuralforecast
+    from byom.importer import Unsupported
 
     nf, model = _unfitted(**REFUSALS[option]())
     with pytest.raises(Unsupported, match=re.escape(option)):
@@ -156,8 +156,7 @@ def test_an_option_the_project_cannot_express_is_refused_naming_it(air_passenger
 
 
 def test_the_command_line_refuses_a_saved_model_with_one_line_naming_the_option(air_passengers, tmp_path, capsys):
-    from export import import_neuralforecast
-    from export.common import run_main
+    from byom import import_neuralforecast
 
     nf = fit_nf(air_passengers, local_scaler_type="standard", input_size=24, max_steps=1)
     nf.save(str(tmp_path / "scaled"), overwrite=True)
@@ -186,8 +185,7 @@ class _Payload:
 def test_a_legacy_directory_with_a_hostile_pickle_is_refused_and_its_payload_never_runs(tmp_path):
     import pickle
 
-    from export import import_neuralforecast
-    from export.common import CliError
+    from byom import import_neuralforecast
 
     marker = tmp_path / "payload-ran"
     saved = tmp_path / "nf_model"
@@ -205,7 +203,7 @@ def test_the_import_asks_neuralforecast_for_no_pickles_explicitly(nf_cases, monk
     the default, as 3.x once read pickles)."""
     from neuralforecast import NeuralForecast
 
-    from export import import_neuralforecast
+    from byom import import_neuralforecast
 
     seen = {}
     real = NeuralForecast.load

@@ -1,4 +1,4 @@
-"""A ReservoirPy ESN imported with `python -m export.import_reservoirpy`: ONNX, Triton and the stream client
+"""A ReservoirPy ESN imported with `python -m byom.import_reservoirpy`: ONNX, Triton and the stream client
 reproduce `esn.run` on held-out Mackey-Glass; options the project's reservoir cannot express are refused.
 
 Tolerance: per answer (a window's or a tick's 24 outputs), max|ours - esn| / max|esn| <= 1e-5. ReservoirPy
@@ -15,9 +15,10 @@ import re
 import numpy as np
 import pytest
 
-from export.byom.common import relative_errors
+from byom.importer import relative_errors
+from common.cli import CliError, run_main
+from common.triton import load_config
 from models import spec
-from serving.repository import load_config
 
 from .conftest import (
     ESN_HYPER,
@@ -75,7 +76,7 @@ def test_the_esn_is_trained_with_non_default_hyperparameters(esn_case):
 
 
 def test_onnx_reproduces_esn_run_on_heldout_windows(esn_case, byom_repo, heldout):
-    from export.byom.common import run_onnx
+    from byom.importer import run_onnx
 
     windows = windows_of(heldout, 24)
     want = esn_last(esn_case.esn, windows)
@@ -141,8 +142,6 @@ def test_the_wide_esn_streams_within_1e_4_of_esn_run(wide_esn_case, byom_server)
 
 
 def test_an_esn_that_float32_cannot_hold_is_refused_before_export_saying_why_and_what_to_change(tmp_path):
-    from export.common import CliError
-
     _, path, _ = save_esn(tmp_path, "tiny_ridge", {**WIDE_ESN_HYPER, "ridge": 1e-9})
     with pytest.raises(CliError) as info:
         import_esn(path, tmp_path / "repo", tmp_path / "a", "tiny_ridge")
@@ -173,8 +172,8 @@ def test_configs_are_the_projects_with_the_esn_dims(esn_case, byom_repo):
 def test_a_one_step_esn_without_input_to_readout_is_served_with_one_output(tmp_path, esn_case):
     from reservoirpy import ESN
 
-    from export import import_reservoirpy
-    from export.byom.common import run_onnx, run_stream
+    from byom import import_reservoirpy
+    from byom.importer import run_onnx, run_stream
 
     series = esn_case.heldout
     x, y = mackey_glass_targets(series[:600], 1)
@@ -270,8 +269,8 @@ REFUSALS = {  # the option the error must name -> a ReservoirPy object that uses
 
 @pytest.mark.parametrize("option", list(REFUSALS))
 def test_an_option_the_project_cannot_express_is_refused_naming_it(option):
-    from export import import_reservoirpy
-    from export.byom.common import Unsupported
+    from byom import import_reservoirpy
+    from byom.importer import Unsupported
 
     with pytest.raises(Unsupported, match=re.escape(option)):
         import_reservoirpy.analyse(REFUSALS[option]())
@@ -281,8 +280,7 @@ def test_the_command_line_refuses_with_one_line_naming_the_option(tmp_path, caps
     import reservoirpy
     from reservoirpy import ESN
 
-    from export import import_reservoirpy
-    from export.common import run_main
+    from byom import import_reservoirpy
 
     path = reservoirpy.save(ESN(units=20, feedback=True, seed=1), tmp_path / "fb")  # a pickle we made: trusted
     argv = ["--model", path, "--out-repo", str(tmp_path / "r"), "--artifacts", str(tmp_path / "a"), "--trust-pickle"]
@@ -313,8 +311,7 @@ class _Payload:
 def test_a_hostile_pickle_is_refused_and_its_payload_never_runs(tmp_path, capsys, suffix):
     import pickle
 
-    from export import import_reservoirpy
-    from export.common import run_main
+    from byom import import_reservoirpy
 
     marker = tmp_path / "payload-ran"
     path = tmp_path / f"esn{suffix}"
@@ -329,8 +326,7 @@ def test_a_hostile_pickle_is_refused_and_its_payload_never_runs(tmp_path, capsys
 
 
 def test_a_weights_file_hiding_a_pickle_in_an_array_is_refused_without_running_it(tmp_path):
-    from export import import_reservoirpy
-    from export.common import CliError
+    from byom import import_reservoirpy
 
     marker = tmp_path / "payload-ran"
     hostile = np.empty(1, dtype=object)
@@ -345,7 +341,7 @@ def test_a_weights_file_hiding_a_pickle_in_an_array_is_refused_without_running_i
 
 
 def test_the_weights_file_rebuilds_the_same_esn_and_a_trusted_pickle_still_loads(esn_case):
-    from export import import_reservoirpy
+    from byom import import_reservoirpy
 
     rebuilt, recorded = import_reservoirpy.load(esn_case.path)
     pickled, nothing = import_reservoirpy.load(esn_case.path.with_suffix(".rpy"), trust_pickle=True)

@@ -12,11 +12,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration import calibrate
-from export import common, onnx_export, summary
+from common.files import sha256_file
+from common.ort import ort_session
+from export import graphs, onnx_export, summary
 from models import spec
 from models.similarity import Similarity
 
-MODELS = common.ALL_MODELS
+MODELS = graphs.ALL_MODELS
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,9 @@ def test_manifest_says_train_split_with_a_fixed_seed_and_hashes_that_match(artif
     for name, entry in manifest["sets"].items():
         path = cdir / entry["file"]
         assert entry["split"] == "train"
-        assert common.sha256_file(path) == entry["sha256"], name
+        assert sha256_file(path) == entry["sha256"], name
         with np.load(path) as data:
-            assert data.files == common.io_names(name)[0]
+            assert data.files == graphs.io_names(name)[0]
             assert all(len(data[k]) == entry["count"] for k in data.files)
 
 
@@ -82,7 +84,7 @@ def test_int8_files_keep_names_and_metadata_and_say_what_they_are(repo: Path, na
     assert onnx_export.check_graph(name, model) == []
     meta = {p.key: p.value for p in model.metadata_props}
     fp32 = spec.version_dir(name, repo) / spec.ONNX_FP32
-    assert meta["int8.source_onnx_sha256"] == common.sha256_file(fp32)
+    assert meta["int8.source_onnx_sha256"] == sha256_file(fp32)
     quantized = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     assert meta["int8.scheme"] == ("qdq-symmetric-int8" if quantized else "fp32-copy")
     if name == "user_embedding":
@@ -150,8 +152,8 @@ def test_similarity_int8_recall_is_at_least_the_goal_on_fresh_queries(
     assert report["models"]["similarity"]["accuracy"]["met"]
     q = data.load_queries(artifacts, "test", 64)
     vdir = spec.version_dir("similarity", repo)
-    ids32 = common.ort_session(vdir / spec.ONNX_FP32).run(["ids"], {"query": q})[0]
-    ids8 = common.ort_session(vdir / spec.ONNX_INT8).run(["ids"], {"query": q})[0]
+    ids32 = ort_session(vdir / spec.ONNX_FP32).run(["ids"], {"query": q})[0]
+    ids8 = ort_session(vdir / spec.ONNX_INT8).run(["ids"], {"query": q})[0]
     assert calibrate._recall_entry(ids32, ids8)["recall_at_k"] >= calibrate.RECALL_GOAL
 
 
@@ -194,7 +196,7 @@ def test_quantized_top_k_with_fp32_rerank_matches_exact_search(tmp_path: Path) -
     assert scan["zero_points_all_zero"] and scan["per_channel_weights"] == 1
 
     q = rng.standard_normal((32, 16)).astype(np.float32)
-    s32, i32 = common.ort_session(fp32).run(None, {"query": q})
-    s8, i8 = common.ort_session(int8).run(None, {"query": q})
+    s32, i32 = ort_session(fp32).run(None, {"query": q})
+    s8, i8 = ort_session(int8).run(None, {"query": q})
     assert np.array_equal(i8, i32)
-    assert common.relative_error(s8, s32) <= onnx_export.FP32_BOUND
+    assert graphs.relative_error(s8, s32) <= onnx_export.FP32_BOUND

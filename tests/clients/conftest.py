@@ -11,7 +11,7 @@ import pytest
 
 from clients import ranges_from_repository
 from models import data, spec
-from serving.repository import served_file
+from repository.layout import served_file
 from serving.server import free_port
 
 PROTOCOLS = ("grpc", "http")

@@ -7,13 +7,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from clients import Client
-from clients.shm import SharedMemoryClient, admin_headers, compare
+from clients.shm import SharedMemoryClient, compare
+from common.triton import admin_headers
 from models import spec
 
 
 def server_regions(triton) -> list[str]:
     client = grpcclient.InferenceServerClient(triton.grpc_url)
-    status = client.get_system_shared_memory_status(headers=admin_headers("grpc", triton.key), as_json=True)
+    status = client.get_system_shared_memory_status(headers=admin_headers(triton.key, "grpc"), as_json=True)
     client.close()
     return sorted(status.get("regions", {}))
 

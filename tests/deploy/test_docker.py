@@ -10,8 +10,8 @@ import tomllib
 
 import pytest
 
+from common.triton import load_config
 from serving import server
-from serving.repository import load_config
 from tests.deploy.support import (
     COMPOSE,
     DEPLOY,
@@ -186,7 +186,7 @@ def test_entrypoint_restricts_the_same_apis_behind_the_same_header_as_the_local_
 def test_serving_image_installs_the_entrypoint_and_verifies_the_baked_repository():
     instructions = dockerfile_instructions(DOCKERFILES[0])
     integrity_py = shell_assignment(ENTRYPOINT_SCRIPT, "INTEGRITY_PY")  # ${TRITON_INTEGRITY_PY:-...} default
-    assert ("COPY", f"serving/integrity.py {integrity_py}") in instructions
+    assert ("COPY", f"repository/integrity.py {integrity_py}") in instructions
     # on PATH and executable whatever mode the checkout gave the file
     assert ("COPY", f"--chmod=0755 docker/{ENTRYPOINT} /usr/local/bin/{ENTRYPOINT}") in instructions
     assert os.access(ENTRYPOINT_SCRIPT, os.X_OK), "git should record docker/triton-serve as executable"
@@ -197,9 +197,9 @@ def test_serving_image_installs_the_entrypoint_and_verifies_the_baked_repository
 
 
 def test_integrity_check_runs_as_a_plain_script_on_the_image_python():
-    """The image has no project package (its python3 is 3.12): serving/integrity.py must import only the
+    """The image has no project package (its python3 is 3.12): repository/integrity.py must import only the
     standard library at module level (onnx only inside the --scan helpers); syntax kept to 3.10's."""
-    source = (ROOT / "serving" / "integrity.py").read_text()
+    source = (ROOT / "repository" / "integrity.py").read_text()
     tree = ast.parse(source)
     imported = set()
     for node in tree.body:

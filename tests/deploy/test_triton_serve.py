@@ -2,7 +2,7 @@
 
 `tritonserver` is a tiny stand-in on PATH that records its arguments and environment: what is under
 test is the wrapper's logic (which repository it verifies, when it refuses, what it execs), not Triton,
-which the rest of the suite starts for real. The wrapper runs the repository's serving/integrity.py
+which the rest of the suite starts for real. The wrapper runs the repository's repository/integrity.py
 (TRITON_INTEGRITY_PY) with the virtualenv's python3, over a copy of one model of the test repository.
 """
 
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from serving import integrity, server
+from repository import integrity
+from serving import server
 from tests.deploy.support import ENTRYPOINT_SCRIPT, PRODUCTION_FLAGS, ROOT
 
 KEY = "k3y-for-the-wrapper-test_0123456789"
@@ -54,7 +55,7 @@ class Wrapper:
         # nothing inherited (a developer's own TRITON_ADMIN_KEY must not leak in); python3 = the venv's
         self.env = {
             "PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin",
-            "TRITON_INTEGRITY_PY": str(ROOT / "serving" / "integrity.py"),
+            "TRITON_INTEGRITY_PY": str(ROOT / "repository" / "integrity.py"),
             "FAKE_ARGV": str(self.argv_file),
             "FAKE_ENV": str(self.env_file),
         }

@@ -35,7 +35,7 @@ def run_module(module: str, *args: str | Path, timeout: float = 600) -> subproce
 def _stages() -> list[tuple[str, ...]]:
     a, r = str(ARTIFACTS), str(REPO)
     return [
-        ("serving.repository", "--repo", str(spec.MODEL_REPOSITORY), "--copy-configs-to", r),
+        ("repository.layout", "--repo", str(spec.MODEL_REPOSITORY), "--copy-configs-to", r),
         ("models.train", "--out", a, "--small"),
         ("export.onnx_export", "--artifacts", a, "--repo", r),
         ("calibration.calibrate", "--artifacts", a, "--repo", r),
@@ -48,7 +48,7 @@ def _complete() -> bool:
     reports = ARTIFACTS / "reports"
     files = [reports / f for f in ("export.json", "calibration.json", "benchmark.json")]
     files += [ARTIFACTS / "calibration" / "manifest.json"]
-    from export.common import ALL_MODELS
+    from export.graphs import ALL_MODELS
 
     files += [spec.version_dir(m, REPO) / f for m in ALL_MODELS for f in (spec.ONNX_FP32, spec.ONNX_INT8)]
     return all(f.is_file() for f in files)

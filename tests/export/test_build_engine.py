@@ -12,8 +12,9 @@ from unittest import mock
 
 import pytest
 
-from export import build_engine, common
-from export.common import CliError
+from common.cli import CliError
+from common.files import sha256_file
+from export import build_engine
 from models import spec
 
 
@@ -47,8 +48,8 @@ def test_provenance_problems_are_listed_before_triton_sees_the_plan(tmp_path: Pa
     onnx_file.write_bytes(b"onnx")
     prov = {
         "onnx": spec.ONNX_FP32,
-        "onnx_sha256": common.sha256_file(onnx_file),
-        "plan_sha256": common.sha256_file(plan),
+        "onnx_sha256": sha256_file(onnx_file),
+        "plan_sha256": sha256_file(plan),
         "tensorrt_version": "10.5.0",
         "compute_capability": "8.0",
     }
@@ -127,7 +128,7 @@ def test_plans_and_provenance_are_written_with_the_documented_calls(repo: Path, 
     int8 = json.loads(build_engine.provenance_path(vdir / spec.PLAN_INT8).read_text())
     assert int8["precision"] == "int8 (Q/DQ) + fp32"
     assert int8["calibration_manifest_sha256"] == "abc"
-    assert int8["onnx_sha256"] == common.sha256_file(vdir / spec.ONNX_INT8)
+    assert int8["onnx_sha256"] == sha256_file(vdir / spec.ONNX_INT8)
     assert result[spec.PLAN_FP16]["tensorrt_version"] == "11.4.0.106"
     assert result[spec.PLAN_FP16]["precision"] == "fp16 + fp32 (AutoCast)"
     monkeypatch.setattr(build_engine, "gpu_info", lambda: gpu)

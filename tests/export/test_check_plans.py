@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from export import build_engine, check_plans, common
+from common.files import write_json
+from export import build_engine, check_plans
 from models import spec
 
 
@@ -18,7 +19,7 @@ def fake_plans(repo: Path, model: str, profile: dict) -> None:
     vdir.mkdir(parents=True)
     for plan in (spec.PLAN_FP16, spec.PLAN_INT8):
         (vdir / plan).write_bytes(b"not a plan")
-        common.write_json(build_engine.provenance_path(vdir / plan), {"profile": profile})
+        write_json(build_engine.provenance_path(vdir / plan), {"profile": profile})
 
 
 def test_each_plan_is_loaded_at_its_opt_shape_and_compared_with_the_file_it_was_built_from(tmp_path: Path) -> None:

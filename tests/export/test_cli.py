@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from common.cli import CliError
 from export import onnx_export
-from export.common import CliError
 from tests.export.conftest import run_module
 
 STAGES = ("export.onnx_export", "calibration.calibrate", "export.build_engine", "export.benchmark", "export.summary")

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from export import common
+from common.ort import ort_session
 from models import real_data, spec, userdata
 from models.text_encoder import EncoderConfig, EncoderError
-from serving.repository import served_file
+from repository.layout import served_file
 
 WORDS = "space robot adventure comedy romance crime thriller war horror ghost music nature hero western time".split()
 DOC_IDS = 1_000 + 11 * np.arange(48)
@@ -185,7 +185,7 @@ def test_make_export_docs_with_your_encoder_into_a_new_folder_serves_your_ids(en
     queries = ["space robot adventure", "ghost horror music", list(frame.text)[5]]
     tok = real_data.load_tokenizer(real_data.tokenizer_json(artifacts))
     ids, mask = real_data.tokenize(tok, queries)
-    q = common.ort_session(served_file(repo, "text_encoder")).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    q = ort_session(served_file(repo, "text_encoder")).run(None, {"input_ids": ids, "attention_mask": mask})[0]
     want = DOC_IDS[np.argsort(-(q @ catalog.T), axis=1, kind="stable")[:, : spec.TOP_K]]
     server = TritonServer(
         repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), run_dir=tmp_path / "run"

@@ -10,10 +10,11 @@ import onnx
 import pytest
 import torch
 
-from export import common, onnx_export
+from common.ort import ort_session
+from export import graphs, onnx_export
 from models import registry, spec
 
-MODELS = common.ALL_MODELS
+MODELS = graphs.ALL_MODELS
 
 
 def load(repo: Path, name: str) -> onnx.ModelProto:
@@ -40,8 +41,8 @@ def test_onnx_runtime_matches_pytorch_on_real_test_inputs(artifacts: Path, repo:
     torch.set_num_threads(1)
     model = registry.load_model(name, artifacts)
     inputs = tuple(registry.example_inputs(name, artifacts, "test", 3))
-    input_names, output_names = common.io_names(name)
-    sess = common.ort_session(spec.version_dir(name, repo) / spec.ONNX_FP32)
+    input_names, output_names = graphs.io_names(name)
+    sess = ort_session(spec.version_dir(name, repo) / spec.ONNX_FP32)
     ort_out = sess.run(output_names, {n: t.numpy() for n, t in zip(input_names, inputs, strict=True)})
     with torch.inference_mode():
         ref = model(*inputs)
@@ -64,7 +65,7 @@ def test_report_says_every_model_passed_within_the_fp32_bound(artifacts: Path) -
 
 
 def test_user_embedding_states_its_valid_id_range_in_metadata(artifacts: Path, repo: Path) -> None:
-    sess = common.ort_session(spec.version_dir("user_embedding", repo) / spec.ONNX_FP32)
+    sess = ort_session(spec.version_dir("user_embedding", repo) / spec.ONNX_FP32)
     meta = sess.get_modelmeta().custom_metadata_map
     n_users = registry.load_model("user_embedding", artifacts).table.shape[0]
     assert meta["valid_range.user_id"] == f"0,{n_users}"
@@ -73,9 +74,9 @@ def test_user_embedding_states_its_valid_id_range_in_metadata(artifacts: Path, r
 
 def test_relative_error_is_max_abs_difference_over_max_abs_reference() -> None:
     ref = np.array([[1.0, -4.0], [2.0, 0.5]])
-    assert common.relative_error(ref + 0.01, ref) == pytest.approx(0.01 / 4.0)
-    assert common.relative_error(np.zeros(2), np.zeros(2)) == 0.0
-    assert common.relative_error(np.zeros(3), np.zeros(2)) == float("inf")
+    assert graphs.relative_error(ref + 0.01, ref) == pytest.approx(0.01 / 4.0)
+    assert graphs.relative_error(np.zeros(2), np.zeros(2)) == 0.0
+    assert graphs.relative_error(np.zeros(3), np.zeros(2)) == float("inf")
 
 
 def test_ids_may_differ_only_where_the_scores_tie() -> None:

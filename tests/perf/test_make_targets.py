@@ -18,7 +18,7 @@ def test_perf_mk_has_the_targets_with_help_text():
 
 def test_each_target_runs_a_perf_module():
     text = PERF_MK.read_text()
-    for module in ("perf.run", "perf.search", "perf.report", "perf.gate"):
+    for module in ("perf.run", "perf.model_analyzer", "perf.report", "perf.gate"):
         assert f"-m {module}" in text
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from perf import analysis, report
+from perf import goals, report
 
 DATA = Path(__file__).parent / "data"
 RUN = DATA / "run"
@@ -44,20 +44,20 @@ def test_the_report_names_the_machine_the_versions_and_the_commands(written: Pat
 
 
 def test_the_report_states_every_goal_with_a_verdict_and_a_reason(written: Path):
-    summary = analysis.summarize(RUN)
+    summary = goals.summarize(RUN)
     text = written.read_text()
-    assert len(summary["goals"]) == sum(map(len, analysis.GOALS.values()))  # every goal of perf/goals.yaml
+    assert len(summary["goals"]) == sum(map(len, goals.GOALS.values()))  # every goal of perf/goals.yaml
     for g in summary["goals"]:
         assert g["reason"], g
         assert g["reason"].split(";")[0][:40] in text
 
 
 def test_ratios_come_from_the_same_run(written: Path):
-    summary = analysis.summarize(RUN)
+    summary = goals.summarize(RUN)
     m = summary["models"]["nhits"]
     assert m["peak_over_eager"] == pytest.approx(m["peak"]["throughput"] / m["eager"]["throughput"])
-    on = analysis.at(m["sweep"], m["dynbatch_concurrency"])
-    off = analysis.at(m["batching_off"], m["dynbatch_concurrency"])
+    on = goals.at(m["sweep"], m["dynbatch_concurrency"])
+    off = goals.at(m["batching_off"], m["dynbatch_concurrency"])
     assert m["dynbatch"] == pytest.approx(on["throughput"] / off["throughput"])
     assert summary["ratios"]["nhits.peak_over_eager"] == pytest.approx(m["peak_over_eager"], rel=1e-3)
     assert f"{m['peak_over_eager']:.2f}x" in written.read_text()
@@ -69,9 +69,9 @@ def test_knee_and_chosen_point_follow_their_definitions():
         {"concurrency": 4, "throughput": 380.0, "p99_ms": 6.0},
         {"concurrency": 8, "throughput": 400.0, "p99_ms": 15.0},
     ]
-    assert analysis.knee(sweep)["concurrency"] == 4  # first point at >= 90 % of the peak
-    assert analysis.chosen(sweep, 10.0)["concurrency"] == 4
-    assert analysis.chosen(sweep, 1.0) is None
+    assert goals.knee(sweep)["concurrency"] == 4  # first point at >= 90 % of the peak
+    assert goals.chosen(sweep, 10.0)["concurrency"] == 4
+    assert goals.chosen(sweep, 1.0) is None
 
 
 @pytest.mark.slow

@@ -1,9 +1,10 @@
 """`python -m perf.run --quick` end to end: real tritonservers, perf_analyzer and the in-process baselines
-on one small scenario of the test repository, then the files that perf.analysis and perf.report read."""
+on one small scenario of the test repository, then the files that perf.goals and perf.report read."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,32 @@ def test_a_quick_run_writes_records_baselines_environment_and_a_summary_with_goa
     )
     assert summary["ratios"]["nhits.dynbatch"] > 0 and summary["models"]["nhits"]["served_batch"] == b["served_batch"]
     assert "results:" in proc.stdout and "dynamic batching on / off" in proc.stdout
+
+
+@pytest.mark.slow
+def test_url_measures_a_running_server_through_the_perf_analyzer_command(triton, repo, artifacts, tmp_path: Path):
+    """`perf.run --url` (make gpu-perf): no server of its own, perf_analyzer as $PERF_ANALYZER says."""
+    from perf import perf_analyzer
+
+    # user_embedding: a model without priority lanes, which no other test floods on the shared server
+    scenario = {"model": "user_embedding", "about": "--url test", "input_data": {"kind": "user_ids", "n": 64}}
+    scenario["runs"] = [{"name": "sweep", "protocol": "grpc", "concurrency": [1]}]
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "user_embedding.yaml").write_text(yaml.safe_dump(scenario))
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "perf.run", "--repo", str(repo), "--artifacts", str(artifacts), "--quick"]
+    cmd += ["--scenarios", str(tmp_path / "scenarios"), "--out", str(out), "--no-report"]
+    cmd += ["--url", triton.grpc_url, "--http-url", triton.http_url]
+    wrapper = tmp_path / "pa"  # a command of its own, as `docker run ... perf_analyzer` is
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\nexec {" ".join(perf_analyzer.binary())} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PERF_ANALYZER": f"{wrapper}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=spec.ROOT, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    run = (out / "latest").resolve()
+    rec = json.loads((run / "runs" / "user_embedding" / "user_embedding.sweep-grpc-b1-c1.json").read_text())
+    assert rec["row"]["throughput"] > 0 and rec["server"]["user_embedding"]["inference_count"] > 0
+    env_json = json.loads((run / "env.json").read_text())
+    assert env_json["run"]["url"] == triton.grpc_url and not (run / "repos").exists()
+    assert not (run / "baselines.json").exists() and not list(run.glob("server-*"))
+    assert f"-u {triton.grpc_url}" in (tmp_path / "calls").read_text()

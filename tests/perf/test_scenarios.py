@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from models import spec
-from perf import analyzer, inputs, scenarios
+from perf import inputs, perf_analyzer, scenarios
 
 ALL = scenarios.load_all()
 
@@ -29,12 +29,12 @@ def test_scenario_is_valid_against_the_spec_and_the_committed_configs(scenario: 
 @pytest.mark.parametrize("scenario", ALL, ids=lambda s: s.name)
 def test_every_run_expands_to_perf_analyzer_commands(scenario: scenarios.Scenario, tmp_path: Path):
     for run in scenario.runs:
-        points = scenarios.points(scenario, run, tmp_path / "data.json", analyzer.Measurement(), peak=1000.0)
+        points = scenarios.points(scenario, run, tmp_path / "data.json", perf_analyzer.Measurement(), peak=1000.0)
         assert points, run
         for p in points:
-            cmd = analyzer.command(p, "127.0.0.1:8001", tmp_path / "out.csv", key="secret")
+            cmd = perf_analyzer.command(p, "127.0.0.1:8001", tmp_path / "out.csv", key="secret")
             assert cmd[cmd.index("-m") + 1] == p.model
-            assert "secret" not in " ".join(analyzer.redact(cmd))
+            assert "secret" not in " ".join(perf_analyzer.redact(cmd))
 
 
 def test_the_stream_scenario_uses_sequences_and_compares_with_the_windowed_reservoir():

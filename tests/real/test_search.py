@@ -12,7 +12,7 @@ import pytest
 from calibration.calibrate import TEXT_COSINE_MIN_GOAL
 from clients import Client
 from models import data, real_data, spec
-from serving.repository import served_file
+from repository.layout import served_file
 
 PROTOCOLS = ("http", "grpc")
 

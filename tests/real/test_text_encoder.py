@@ -11,7 +11,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from clients import Client, InvalidInputError
-from export import common
+from common.files import sha256_file
+from common.ort import ort_session
+from export import graphs
 from models import data, real_data, spec
 
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
@@ -28,7 +30,7 @@ def test_served_encoder_is_its_file_and_meets_the_gates_against_sentence_transfo
 ):
     """The served cpu file (model.cpu.onnx, chosen at export) answers what that file answers in-process on the same
     batch, and meets the accuracy gates against SentenceTransformer.encode (FP32 within 1e-4: the export checks)."""
-    from serving.repository import served_file
+    from repository.layout import served_file
 
     texts = texts_of(real_artifacts)
     want = reference.encode(texts, convert_to_numpy=True, show_progress_bar=False)
@@ -38,7 +40,7 @@ def test_served_encoder_is_its_file_and_meets_the_gates_against_sentence_transfo
         got = client.text_encoder(ids, mask).values
         one = np.concatenate([client.text_encoder(*real_data.tokenize(tokenizer, [t])).values for t in texts[:4]])
     path = served_file(real_repo, "text_encoder")
-    sess = common.ort_session(path)
+    sess = ort_session(path)
     same = sess.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
     alone = np.concatenate(
         [
@@ -49,13 +51,13 @@ def test_served_encoder_is_its_file_and_meets_the_gates_against_sentence_transfo
             for t in texts[:4]
         ]
     )
-    assert common.relative_error(got, same) <= 1e-5 and common.relative_error(one, alone) <= 1e-5
+    assert graphs.relative_error(got, same) <= 1e-5 and graphs.relative_error(one, alone) <= 1e-5
     cos = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.mean() >= 0.99 and cos.min() >= 0.98, (path.name, cos.min())
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     candidate = json.loads(path.with_name(path.name + ".json").read_text()).get("candidate", "fp32")
     if candidate.endswith("fp32"):
-        assert common.relative_error(got, want) <= FP32_BOUND
+        assert graphs.relative_error(got, want) <= FP32_BOUND
 
 
 def test_export_report_holds_the_sentence_transformers_check(real_artifacts):
@@ -118,7 +120,7 @@ def test_bad_token_rows_answer_nan_and_leave_batch_mates_alone(triton_real, real
         c.close()
     assert np.isnan(emb[[1, 3, 4]]).all()
     keep = [0, 2, 5]
-    assert common.relative_error(emb[keep], good[keep]) <= 1e-5
+    assert graphs.relative_error(emb[keep], good[keep]) <= 1e-5
 
 
 def test_the_cpu_file_is_the_fastest_candidate_that_meets_the_gates(real_artifacts, real_repo):
@@ -133,7 +135,7 @@ def test_the_cpu_file_is_the_fastest_candidate_that_meets_the_gates(real_artifac
             c["cosine_fp32_mean"] >= TEXT_COSINE_MEAN_GOAL
             and c["cosine_fp32_min"] >= TEXT_COSINE_MIN_GOAL
             and c["recall_at_k"] >= TEXT_RECALL_GOAL
-            and c["batch_effect_max_abs"] <= common.GUARD_BOUND
+            and c["batch_effect_max_abs"] <= graphs.GUARD_BOUND
         )
         assert c["meets_gates"] == met, name
     assert cpu["candidates"][cpu["chosen"]]["meets_gates"] and cpu["guard"]["passed"]
@@ -142,4 +144,4 @@ def test_the_cpu_file_is_the_fastest_candidate_that_meets_the_gates(real_artifac
     assert chosen["batch1_p50_ms"] + chosen["batch8_per_text_ms"] <= 1.05 * fastest
     path = spec.version_dir("text_encoder", real_repo) / spec.ONNX_CPU
     record = json.loads(path.with_name(path.name + ".json").read_text())
-    assert record["candidate"] == cpu["chosen"] and record["onnx_sha256"] == common.sha256_file(path)
+    assert record["candidate"] == cpu["chosen"] and record["onnx_sha256"] == sha256_file(path)

@@ -12,8 +12,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from clients import Client, InvalidInputError
+from common.triton import load_config
 from models import data, real_data, spec
-from serving.repository import load_config
 
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
 LONG = "space adventure with robots " * 200  # ~1,000 tokens: truncated to spec.MAX_TOKENS

@@ -17,11 +17,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from common.files import sha256_file
+from common.triton import ADMIN_HEADER, admin_headers
 from models import spec
 from reliability.load import Caller, Endpoint
 from reliability.reference import check
-from serving import integrity, procs
-from serving.server import ADMIN_HEADER, admin_headers
+from repository import integrity
+from serving import procs
 
 PROTOCOLS = ("http", "grpc")
 
@@ -300,7 +302,7 @@ def test_artifacts_hold_no_build_machine_path_and_no_key(triton, repo):
     assert integrity.scan_artifacts(repo, [triton.key]) == []
 
 
-# -- integrity: serving/integrity.py ----------------------------------------------------------------
+# -- integrity: repository/integrity.py ----------------------------------------------------------------
 @pytest.fixture()
 def repo_copy(repo, tmp_path) -> Path:
     dest = tmp_path / "repo"
@@ -385,7 +387,7 @@ def python_model_repo(tmp_path) -> Path:
     (onnx_model / "configs" / "cpu.pbtxt").write_text('name: "blend"\nbackend: "onnxruntime"\n')
     artifact = onnx_model / "1" / spec.ONNX_FP32
     artifact.write_bytes(b"onnx bytes")
-    integrity.record_path(artifact).write_text(json.dumps({"onnx_sha256": integrity.sha256_file(artifact)}))
+    integrity.record_path(artifact).write_text(json.dumps({"onnx_sha256": sha256_file(artifact)}))
     integrity.write_manifest(repo)
     assert integrity.verify_repository(repo) == []
     return repo

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from models import spec
-from serving import repository
+from repository import layout
 
 REPO = spec.ROOT / "model_repository"
 
 
-@pytest.mark.parametrize("path", repository.config_paths(REPO), ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("path", layout.config_paths(REPO), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_config_parses_with_the_model_config_protobuf(path: Path):
-    cfg = repository.load_config(path)
+    cfg = layout.load_config(path)
     assert cfg.name == path.relative_to(REPO).parts[0]
 
 
@@ -23,34 +23,34 @@ def test_a_typo_in_a_config_is_caught(tmp_path: Path):
     bad = tmp_path / "config.pbtxt"
     bad.write_text((REPO / "nhits" / "config.pbtxt").read_text().replace("max_batch_size", "max_batch_sise"))
     with pytest.raises(ValueError, match="max_batch_sise"):
-        repository.load_config(bad)
+        layout.load_config(bad)
 
 
 def test_configs_match_the_spec_for_both_targets():
-    assert repository.check_layout(REPO) == []
+    assert layout.check_layout(REPO) == []
 
 
 def test_ensemble_steps_name_existing_tensors_with_matching_types():
-    assert repository.check_ensembles(REPO) == []
+    assert layout.check_ensembles(REPO) == []
 
 
 def test_a_broken_ensemble_mapping_is_reported(tmp_path: Path):
-    repository.copy_configs(REPO, tmp_path)
+    layout.copy_configs(REPO, tmp_path)
     path = tmp_path / "forecast" / "config.pbtxt"
     path.write_text(path.read_text().replace('value: "reservoir_forecast" }\n    },', 'value: "other" }\n    },'))
-    problems = repository.check_ensembles(tmp_path)
+    problems = layout.check_ensembles(tmp_path)
     assert any("reservoir_forecast" in p for p in problems), problems
 
 
 @pytest.mark.parametrize("filename", [spec.ONNX_FP32, spec.ONNX_INT8])
 def test_configs_match_the_exported_onnx_files(repo: Path, filename: str):
-    assert repository.check_onnx(repo, filename) == []
+    assert layout.check_onnx(repo, filename) == []
 
 
 def test_gpu_configs_are_tensorrt_plans_and_cpu_configs_use_the_onnx_runtime_backend():
     for name in (*spec.EXPORTED, spec.STREAM.name):
-        gpu = repository.load_config(REPO / name / "config.pbtxt")
-        cpu = repository.load_config(REPO / name / "configs" / "cpu.pbtxt")
+        gpu = layout.load_config(REPO / name / "config.pbtxt")
+        cpu = layout.load_config(REPO / name / "configs" / "cpu.pbtxt")
         assert gpu.platform == "tensorrt_plan" and gpu.instance_group[0].kind == gpu.instance_group[0].KIND_GPU
         assert gpu.default_model_filename == spec.PLAN_FP16
         assert cpu.backend == "onnxruntime" and cpu.instance_group[0].kind == cpu.instance_group[0].KIND_CPU
@@ -59,26 +59,30 @@ def test_gpu_configs_are_tensorrt_plans_and_cpu_configs_use_the_onnx_runtime_bac
 
 
 def test_precision_variants_are_their_base_config_with_only_the_model_file_changed():
-    assert repository.check_variants(REPO) == []
+    assert layout.check_variants(REPO) == []
     for name in (*spec.EXPORTED, spec.STREAM.name):
-        for variant, (base_rel, filename) in repository.VARIANTS.items():
-            base = repository.load_config(REPO / name / base_rel)
-            other = repository.load_config(REPO / name / "configs" / f"{variant}.pbtxt")
-            assert other.default_model_filename == filename
+        for variant, (base_rel, filename) in layout.VARIANTS.items():
+            base = layout.load_config(REPO / name / base_rel)
+            other = layout.load_config(REPO / name / "configs" / f"{variant}.pbtxt")
+            assert other.default_model_filename == (filename or base.default_model_filename)  # None: as its base
             other.default_model_filename = base.default_model_filename
+            if variant == "cpu_lanes" and name in layout.LANES_MODELS:  # and its priority lanes
+                assert other.dynamic_batching.priority_levels == 3, f"{name}/cpu_lanes has no priority lanes"
+                for field in ("priority_levels", "default_priority_level", "priority_queue_policy"):
+                    other.dynamic_batching.ClearField(field)
             assert other == base, f"{name}/{variant} differs from {base_rel} in more than its model file"
 
 
 def test_a_hand_edited_variant_is_caught(tmp_path: Path):
-    repository.copy_configs(REPO, tmp_path)
+    layout.copy_configs(REPO, tmp_path)
     path = tmp_path / "nhits" / "configs" / "cpu_int8.pbtxt"
     path.write_text(path.read_text().replace("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 7"))
-    assert [p for p in repository.check_variants(tmp_path) if "nhits/configs/cpu_int8.pbtxt" in p]
+    assert [p for p in layout.check_variants(tmp_path) if "nhits/configs/cpu_int8.pbtxt" in p]
 
 
 def test_stateful_stream_uses_implicit_state_on_both_targets_with_no_control_tensors():
     for rel in ("config.pbtxt", "configs/cpu.pbtxt"):
-        seq = repository.load_config(REPO / spec.STREAM.name / rel).sequence_batching
+        seq = layout.load_config(REPO / spec.STREAM.name / rel).sequence_batching
         assert not seq.control_input, f"{rel}: control tensors the graph does not have"
         (state,) = seq.state
         assert (state.input_name, state.output_name, list(state.dims)) == ("state_in", "state_out", [1000])
@@ -89,21 +93,19 @@ def test_response_cache_is_on_for_similarity_and_recommend_on_both_targets():
     """Triton caches whatever the model answered; no backend here answers a value problem with an error (the graph
     answers a sentinel, tests/serving/test_server.py checks the cache repeats it), so both may cache."""
     cached = {
-        p.relative_to(REPO).as_posix()
-        for p in repository.config_paths(REPO)
-        if repository.load_config(p).response_cache.enable
+        p.relative_to(REPO).as_posix() for p in layout.config_paths(REPO) if layout.load_config(p).response_cache.enable
     }
     want = {"recommend/config.pbtxt", "similarity/config.pbtxt", "similarity/configs/cpu.pbtxt"}
-    want |= {f"similarity/configs/{v}.pbtxt" for v in repository.VARIANTS}
+    want |= {f"similarity/configs/{v}.pbtxt" for v in layout.VARIANTS}
     assert cached == want
 
 
 def test_set_dims_rewrites_fixed_dims_and_leaves_a_warm_up_of_the_dynamic_token_axis(tmp_path):
     """A user's dims rewrite window/forecast/embedding dims; the text encoder's warm-up keeps its 32 tokens."""
-    repository.copy_configs(spec.MODEL_REPOSITORY, tmp_path)
+    layout.copy_configs(spec.MODEL_REPOSITORY, tmp_path)
     try:
         spec.use_dims(spec.Dims(96, 12, 32))
-        repository.set_dims(tmp_path)
+        layout.set_dims(tmp_path)
         nhits = (tmp_path / "nhits" / "config.pbtxt").read_text()
         assert "dims: [ 96 ]" in nhits and "dims: [ 12 ]" in nhits
         encoder = (tmp_path / "text_encoder" / "config.pbtxt").read_text()

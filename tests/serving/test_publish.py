@@ -1,4 +1,4 @@
-"""serving.publish: a stage beside the repository, verified, moved in folder by folder; a commit cut between two
+"""repository.publish: a stage beside the repository, verified, moved in folder by folder; a commit cut between two
 renames is finished by the next writer; make export writes nothing into REPO but through the last step."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from common.files import sha256_file
 from models import spec
-from serving import integrity, publish
+from repository import integrity, publish
 
 
 def _model(repo: Path, name: str, payload: bytes) -> None:
@@ -25,7 +26,7 @@ def _model(repo: Path, name: str, payload: bytes) -> None:
     (repo / name / "config.pbtxt").write_text(f'name: "{name}"\n')
     onnx = version / spec.ONNX_FP32
     onnx.write_bytes(payload)
-    record = {"onnx_sha256": integrity.sha256_file(onnx)}
+    record = {"onnx_sha256": sha256_file(onnx)}
     integrity.record_path(onnx).write_text(json.dumps(record))
 
 
@@ -114,9 +115,9 @@ def test_make_export_writes_the_repository_only_through_the_commit():
     stage = "build/x/.repo.stage"
     writers = [line for line in lines if re.search(r"-m (export|calibration|serving\.integrity)", line)]
     assert writers and all(f"--repo {stage}" in line for line in writers), writers
-    checks = [line for line in lines if "serving.repository --repo build/x/repo --check-layout" in line]  # reads
+    checks = [line for line in lines if "repository.layout --repo build/x/repo --check-layout" in line]  # reads
     touching = [line for line in lines if "--repo build/x/repo" in line and line not in checks]
-    assert [re.search(r"-m (\S+)", line).group(1) for line in touching] == ["serving.publish"] * 3
+    assert [re.search(r"-m (\S+)", line).group(1) for line in touching] == ["repository.publish"] * 3
     # the stage steps run inside `--hold`: the writer lock is held from the prepare to the commit
     assert "--hold -- " in touching[0] and "export-stage" in touching[0]
     assert lines.index(touching[0]) < lines.index(writers[0])
@@ -127,7 +128,7 @@ def test_make_export_writes_the_repository_only_through_the_commit():
 WRITER = """
 import shutil, sys, time
 from pathlib import Path
-from serving import publish
+from repository import publish
 from tests.serving.test_publish import _model
 repo, name, how, where = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 flags = repo.parent
@@ -140,7 +141,7 @@ def wait_for(flag, seconds):
 
 
 payload = f"new {name} ".encode() * 100000
-if how == "importer":  # serving.publish.Staging, as the BYOM importers and rollouts write: once the other is inside
+if how == "importer":  # repository.publish.Staging, as the BYOM importers and rollouts write: once the other is inside
     wait_for("export-inside", 30)
     with publish.Staging(repo) as stage:
         _model(stage.repo, name, payload)
@@ -192,7 +193,7 @@ def test_two_writers_at_once_never_lose_a_hash_and_never_replay_each_other(repo,
 def test_a_second_writer_waits_for_the_first(repo):
     with publish.writer_lock(repo):
         child = subprocess.run(
-            [sys.executable, "-c", "import sys; from serving import publish; "
+            [sys.executable, "-c", "import sys; from repository import publish; "
              "exec('with publish.writer_lock(sys.argv[1], wait=False): pass')", str(repo)],
             cwd=spec.ROOT, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
@@ -204,12 +205,25 @@ def test_a_second_writer_waits_for_the_first(repo):
 
 
 def test_commands_under_hold_find_the_lock_theirs_and_others_wait(repo):
-    script = "import sys; from serving import publish; exec('with publish.writer_lock(sys.argv[1], wait=False): pass')"
+    script = (
+        "import sys; from repository import publish; exec('with publish.writer_lock(sys.argv[1], wait=False): pass')"
+    )
     assert publish.hold(repo, [sys.executable, "-c", script, str(repo)]) == 0
     marker = repo.parent / "held"
     waiting = f"import time, pathlib; pathlib.Path({str(marker)!r}).touch(); time.sleep(3)"
     holder = subprocess.Popen(
-        [sys.executable, "-m", "serving.publish", "--repo", str(repo), "--hold", "--", sys.executable, "-c", waiting],
+        [
+            sys.executable,
+            "-m",
+            "repository.publish",
+            "--repo",
+            str(repo),
+            "--hold",
+            "--",
+            sys.executable,
+            "-c",
+            waiting,
+        ],
         cwd=spec.ROOT,
     )
     try:

@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 import torch
 
+from common.files import sha256_file
 from models import registry, spec
 from reliability.load import ERROR, OK, WRONG, Endpoint, Mix, run_load, summarize
 from reliability.reference import Case, Reference, Workload
-from serving import integrity, rollout
-from serving.repository import copy_configs, served_file
+from repository import integrity
+from repository.layout import copy_configs, served_file
+from serving import rollout
 from serving.server import TritonServer, free_port
 from tests.conftest import snapshot
 
@@ -90,7 +92,7 @@ def exports(tmp_path_factory, artifacts: Path) -> dict[str, Path]:
     onnx_path = broken / "nhits" / "1" / spec.ONNX_FP32
     onnx_path.write_bytes(onnx_path.read_bytes()[:4096])
     record = integrity.record_path(onnx_path)
-    record.write_text(json.dumps({**json.loads(record.read_text()), "onnx_sha256": integrity.sha256_file(onnx_path)}))
+    record.write_text(json.dumps({**json.loads(record.read_text()), "onnx_sha256": sha256_file(onnx_path)}))
     out["unloadable"] = broken
     return out
 

@@ -17,9 +17,9 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from calibration.calibrate import TEXT_COSINE_MEAN_GOAL, TEXT_COSINE_MIN_GOAL
+from common.triton import admin_headers
 from models import registry, spec
-from serving.repository import served_file
-from serving.server import admin_headers
+from repository.layout import served_file
 
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
 RTOL_SERVED = 1e-5  # same ONNX file, same ONNX Runtime: only batch composition may differ
@@ -305,7 +305,7 @@ def batching(repo, tmp_path_factory):
     import re
 
     from reliability.faults import copy_repo, make_server
-    from serving import integrity
+    from repository import integrity
 
     models = ("nhits", "similarity", "user_embedding", "recommend")
     copy = copy_repo(repo, tmp_path_factory.mktemp("batching") / "repo", models)

@@ -1,6 +1,6 @@
 """Import a trained neuralforecast NHITS and serve it like the project's nhits.
 
-    python -m export.import_neuralforecast --model saved_nf_dir --out-repo R --artifacts A [--name nhits]
+    python -m byom.import_neuralforecast --model saved_nf_dir --out-repo R --artifacts A [--name nhits]
         [--alias NHITS] [--df series.csv]
 
 The model is a directory written by `NeuralForecast.save(path)` (neuralforecast 3.x: safetensors + JSON;
@@ -26,13 +26,13 @@ Checks: ONNX (FP32) against `nf.predict()` for every series, max|onnx - nf| / ma
 bound, else exit 1. The default bound comes from the model itself: the same weights in float32 and in float64
 (the project's module, `.double()`) differ by some e32 on these windows; both ONNX and neuralforecast compute in
 float32, so they differ by about that much; the bound is 4 x e32 within [1e-5, 1e-4]
-(export.byom.common.derive_bound). A model with e32 above 1e-4 cannot be served in float32 and is refused
+(byom.importer.derive_bound). A model with e32 above 1e-4 cannot be served in float32 and is refused
 before anything is exported; `--bound` overrides. The series come from the dataset saved with the model
 (`save_dataset=True`, the default) or from `--df` (long format: unique_id, ds, y). INT8 reuses the
 project's calibration (nhits policy) on windows that end before each series' last window and falls back
 to an FP32 copy when INT8 moves a forecast by more than 1 %.
 
-Atomic: the entry is built in a stage beside --out-repo (serving.publish) and moved in only after every check
+Atomic: the entry is built in a stage beside --out-repo (repository.publish) and moved in only after every check
 passed; a refused option, a failed bound or a killed run leaves --out-repo byte-identical. Report:
 `<artifacts>/byom/<name>/report.json` (written for failed imports too).
 """
@@ -51,16 +51,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from export import common
-from export.byom import common as byom
-from export.byom.common import Entry, Unsupported
-from export.common import CliError
+from byom import importer
+from byom.importer import Entry, Unsupported
+from common.cli import CliError, OneLineParser, run_main, setup_logging
+from common.files import sha256_file, write_json
 from models import spec
-from serving import publish
+from repository import publish
 
-log = logging.getLogger("export.import_neuralforecast")
+log = logging.getLogger("byom.import_neuralforecast")
 
-PROG = "export.import_neuralforecast"
+PROG = "byom.import_neuralforecast"
 EXTRA = "neuralforecast"
 SCALERS = ("identity", "standard", "robust", "minmax", "minmax1", "invariant")
 N_CALIB = 512
@@ -72,7 +72,7 @@ MAD_FROM_STD = 0.6744897501960817  # neuralforecast's robust scaler falls back t
 
 
 def load(path: Path) -> Any:
-    byom.require("neuralforecast", EXTRA)
+    importer.require("neuralforecast", EXTRA)
     from neuralforecast import NeuralForecast
 
     with warnings.catch_warnings():
@@ -315,15 +315,15 @@ def float32_error(module: nn.Module, windows: np.ndarray, h: int) -> tuple[float
     with torch.no_grad():
         f32 = module(torch.from_numpy(windows.astype(np.float32))).numpy()
         f64 = copy.deepcopy(module).double()(torch.from_numpy(windows.astype(np.float64))).numpy()
-    errs = byom.relative_errors(f32, f64, h)
+    errs = importer.relative_errors(f32, f64, h)
     return float(errs.max()), int(np.argmax(errs))
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> common.OneLineParser:
-    p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True, help="directory written by NeuralForecast.save")
     p.add_argument("--out-repo", type=Path, required=True, help="model repository to write <name>/ into")
     p.add_argument("--artifacts", type=Path, required=True, help="checkpoint, calibration set and report go here")
@@ -336,7 +336,7 @@ def build_parser() -> common.OneLineParser:
         type=float,
         help="ONNX vs nf.predict relative bound (default: derived from the model, see the docstring)",
     )
-    p.add_argument("--template-repo", type=Path, default=byom.TEMPLATE_REPOSITORY, help="configs to copy")
+    p.add_argument("--template-repo", type=Path, default=importer.TEMPLATE_REPOSITORY, help="configs to copy")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -351,8 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CliError("--calib-count must be at least 1")
     if args.bound is not None and not args.bound > 0:
         raise CliError("--bound must be positive")
-    byom.check_name(args.name)
-    common.setup_logging(args.verbose)
+    importer.check_name(args.name)
+    setup_logging(args.verbose)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime.quantization.shape_inference"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -389,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     windows = np.stack([series.values[i][-length:] for i in full])
     ref = np.stack([reference[u] for u in uids])
     f32_err, worst = float32_error(module, windows, h)
-    bound = byom.derive_bound(
+    bound = importer.derive_bound(
         f32_err,
         args.bound,
         f"the same weights run in float32 and in float64 (worst series {uids[worst]})",
@@ -397,13 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with scaler_type='standard' or 'robust', or on series whose windows are not nearly constant",
     )
     with publish.Staging(args.out_repo) as stage:  # nothing reaches --out-repo unless every check passed
-        byom.write_configs(entry, stage.repo, args.template_repo, PROG)
+        importer.write_configs(entry, stage.repo, args.template_repo, PROG)
         fp32 = entry.version_dir(stage.repo) / spec.ONNX_FP32
-        rec = byom.export_onnx(
-            entry, module, (torch.from_numpy(calib[:2]),), fp32, byom.file_meta(PROG, args.model, args.name)
+        rec = importer.export_onnx(
+            entry, module, (torch.from_numpy(calib[:2]),), fp32, importer.file_meta(PROG, args.model, args.name)
         )
-        ours = byom.run_onnx(fp32, {"window": windows})[0]
-        errs = byom.relative_errors(ours, ref, h)
+        ours = importer.run_onnx(fp32, {"window": windows})[0]
+        errs = importer.relative_errors(ours, ref, h)
         rec["verification"] = {
             "reference": "nf.predict(), one row per series",
             "series": len(uids),
@@ -412,12 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "median_rel_err": float(np.median(errs)),
             "worst_series": uids[int(np.argmax(errs))],
         }
-        rec["int8"] = byom.make_int8(
+        rec["int8"] = importer.make_int8(
             entry,
             fp32,
             {"window": calib},
             out_dir / "calibration" / f"{entry.name}.npz",
-            lambda p: float(byom.relative_errors(byom.run_onnx(p, {"window": windows})[0], ours, h).max()),
+            lambda p: float(importer.relative_errors(importer.run_onnx(p, {"window": windows})[0], ours, h).max()),
         )
         report = {
             "importer": PROG,
@@ -427,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "served": {
                 entry.name: f"window [{length}] -> forecast [{h}]: nf.predict() for a series' last {length} values"
             },
-            "bound": {"onnx_vs_neuralforecast_rel_err": bound.as_dict(), "int8_vs_fp32_rel_err": byom.INT8_BOUND},
+            "bound": {"onnx_vs_neuralforecast_rel_err": bound.as_dict(), "int8_vs_fp32_rel_err": importer.INT8_BOUND},
             "models": {entry.name: rec},
             "seconds": round(time.perf_counter() - t0, 3),
         }
@@ -436,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if errs.max() <= bound.value
             else [f"ONNX vs nf.predict relative error {errs.max():.3g} > {bound.value:g}"]
         )
-        byom.settle(
+        importer.settle(
             report,
             bad,
             out_dir,
@@ -444,13 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"series {rec['verification']['worst_series']}; the same weights in float32 vs float64: {f32_err:.3g}; "
             f"bound {bound.source}",
         )
-        common.write_json(
-            fp32.with_name(fp32.name + ".json"), {"model": entry.name, "onnx_sha256": common.sha256_file(fp32), **rec}
-        )
+        write_json(fp32.with_name(fp32.name + ".json"), {"model": entry.name, "onnx_sha256": sha256_file(fp32), **rec})
         torch.save(
             {"config": module.core.config_dict(), "state_dict": module.core.state_dict()}, out_dir / "checkpoint.pt"
         )
-        byom.commit(stage, [entry.name])
+        importer.commit(stage, [entry.name])
     print(
         f"imported {hp['alias']} from {args.model} as {entry.name} (window {length} -> {h}, scaler {hp['scaler_type']}) "
         f"into {args.out_repo}; ONNX vs nf.predict: {errs.max():.2g} over {len(uids)} series (bound {bound.value:.2g}, "
@@ -461,4 +459,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.run_main(PROG, main)
+    run_main(PROG, main)

@@ -1,15 +1,15 @@
 """Atomic writes into a model repository: build beside it, verify, then move each model folder into place.
 
-    python -m serving.publish --repo model_repository --prepare STAGE [--models a,b]   # make export, first
-    python -m serving.publish --repo model_repository --commit STAGE                   # make export, last
-    python -m serving.publish --repo model_repository --recover                        # finish a cut commit
+    python -m repository.publish --repo model_repository --prepare STAGE [--models a,b]   # make export, first
+    python -m repository.publish --repo model_repository --commit STAGE                   # make export, last
+    python -m repository.publish --repo model_repository --recover                        # finish a cut commit
 
 Every writer of a repository (make export, the BYOM importers, serving.rollout) builds whole model folders in
 a stage: a folder beside the repository (`<parent>/.<repo>.stage*`, never inside it, where Triton would take
 it for a model), on the same file system, so a move is a rename. Nothing in the repository changes until
 `commit`, which
 
-1. verifies every artifact of the stage against its recorded SHA-256 (serving.integrity; a file without a
+1. verifies every artifact of the stage against its recorded SHA-256 (repository.integrity; a file without a
    record fails) and runs the caller's own checks;
 2. writes a journal (`<stage>/.commit.json`: the folders to move, the inode of each staged folder);
 3. swaps each staged model folder with the repository's in one rename (renameat2 RENAME_EXCHANGE, so a
@@ -49,6 +49,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from common.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -240,11 +242,11 @@ def _move_in(staged: Path, target: Path, old: Path) -> None:
 
 
 def _artifact_entries(repo: Path, models: Iterable[str]) -> dict[str, dict]:
-    from serving import integrity
+    from repository import integrity
 
     wanted = set(models)
     return {
-        f.relative_to(repo).as_posix(): {"sha256": integrity.sha256_file(f), "bytes": f.stat().st_size}
+        f.relative_to(repo).as_posix(): {"sha256": sha256_file(f), "bytes": f.stat().st_size}
         for f in integrity.model_files(repo)
         if f.relative_to(repo).parts[0] in wanted
     }
@@ -252,7 +254,7 @@ def _artifact_entries(repo: Path, models: Iterable[str]) -> dict[str, dict]:
 
 def merge_manifest(repo: Path, models: Iterable[str], had_manifest: bool) -> None:
     """Replace the entries of `models` in `<repo>/integrity.json` with their files' hashes (the others stay)."""
-    from serving import integrity
+    from repository import integrity
 
     models = list(models)
     path = repo / integrity.MANIFEST
@@ -273,8 +275,8 @@ def model_folders(stage: Path) -> list[str]:
 
 
 def verify(stage: Path, models: Iterable[str]) -> list[str]:
-    """Artifact problems of the staged `models` (serving.integrity, restricted to those folders)."""
-    from serving import integrity
+    """Artifact problems of the staged `models` (repository.integrity, restricted to those folders)."""
+    from repository import integrity
 
     wanted = set(models)
     problems = []
@@ -314,7 +316,7 @@ def commit(
 
 
 def _commit(stage: Path, repo: Path, models: list[str]) -> list[str]:
-    from serving import integrity
+    from repository import integrity
 
     repo.mkdir(parents=True, exist_ok=True)
     if os.stat(stage).st_dev != os.stat(repo).st_dev:
@@ -469,7 +471,7 @@ def prepare(repo: Path, stage: Path, models: Iterable[str], configs_from: Path |
 
 
 def _prepare(repo: Path, stage: Path, models: Iterable[str], configs_from: Path | None) -> Path:
-    from serving.repository import CONFIG_FILES
+    from repository.layout import CONFIG_FILES
 
     recover(repo)
     if stage.exists():
@@ -511,9 +513,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _layout_check(stage: Path) -> list[str]:
-    from serving import repository
+    from repository import layout
 
-    return repository.check_layout(stage) + repository.check_ensembles(stage) + repository.check_variants(stage)
+    return layout.check_layout(stage) + layout.check_ensembles(stage) + layout.check_variants(stage)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -523,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv[: argv.index("--")] if "--" in argv else argv)
     if args.hold:
         if not cmd:
-            print("serving.publish: error: --hold needs a command after --", file=sys.stderr)
+            print("repository.publish: error: --hold needs a command after --", file=sys.stderr)
             return 2
         return hold(args.repo, cmd)
     try:
@@ -532,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
         elif args.prepare:
             from models import spec
-            from serving.repository import set_dims
+            from repository.layout import set_dims
 
             if args.artifacts is not None:
                 spec.use_dims_of(args.artifacts)
@@ -548,9 +550,9 @@ def main(argv: list[str] | None = None) -> int:
             moved = commit(args.commit, args.repo, check=_layout_check if args.check_layout else None)
             print(f"published {', '.join(moved)} into {args.repo}")
     except (PublishError, OSError) as exc:
-        print(f"serving.publish: error: {exc}", file=sys.stderr)
+        print(f"repository.publish: error: {exc}", file=sys.stderr)
         if args.commit and Path(args.commit).is_dir():
-            print(f"serving.publish: the stage is kept for inspection: {args.commit}", file=sys.stderr)
+            print(f"repository.publish: the stage is kept for inspection: {args.commit}", file=sys.stderr)
         return 1
     return 0
 

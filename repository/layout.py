@@ -1,10 +1,10 @@
 """The model repository: layout checks, copying configs for a second repository, and the
 agreement between each config, its ONNX file and the ensemble steps.
 
-    python -m serving.repository --repo model_repository --check-layout
-    python -m serving.repository --repo model_repository --copy-configs-to build/test/model_repository
-    python -m serving.repository --repo model_repository --check-onnx
-    python -m serving.repository --repo model_repository --write-variants
+    python -m repository.layout --repo model_repository --check-layout
+    python -m repository.layout --repo model_repository --copy-configs-to build/test/model_repository
+    python -m repository.layout --repo model_repository --check-onnx
+    python -m repository.layout --repo model_repository --write-variants
 
 Precision variants. `tritonserver --model-config-name=<variant>` serves `configs/<variant>.pbtxt` of each
 model that has one, and `config.pbtxt` (the gpu target) of each that has none; so every ONNX model carries
@@ -27,18 +27,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
-
+from common.triton import DTYPES, load_config
 from models import spec
 
-DTYPES = {
-    mc.TYPE_FP32: "float32",
-    mc.TYPE_INT64: "int64",
-    mc.TYPE_INT32: "int32",
-    mc.TYPE_UINT64: "uint64",
-    mc.TYPE_STRING: "object",
-}
 # variant name -> (the config it is written from, the model file it serves)
 VARIANTS = {
     "cpu_fp32": ("configs/cpu.pbtxt", spec.ONNX_FP32),
@@ -72,13 +63,6 @@ def config_files(model: str) -> tuple[str, ...]:
     """The config files a model folder holds: ensembles and python models have one for both targets."""
     m = spec.MODELS[model]
     return ("config.pbtxt",) if m.ensemble or m.python else CONFIG_FILES
-
-
-def load_config(path: Path) -> mc.ModelConfig:
-    try:
-        return text_format.Parse(path.read_text(), mc.ModelConfig())
-    except text_format.ParseError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
 
 
 def config_paths(repo: Path) -> list[Path]:
@@ -251,7 +235,7 @@ def variant_text(base: str, base_rel: str, filename: str | None, lanes: bool = F
         body = _FILENAME_LINE.sub(f'default_model_filename: "{filename}"', body, count=1)
     what = "with priority lanes" if lanes else f"serving {filename}" if filename else "as it is"
     header = (
-        f"# Written from {os.path.relpath(base_rel, 'configs')} by `python -m serving.repository --write-variants`: "
+        f"# Written from {os.path.relpath(base_rel, 'configs')} by `python -m repository.layout --write-variants`: "
         f"the same config {what}.\n# Do not edit: edit the base config and write the variants again.\n"
     )
     return header + body
@@ -282,7 +266,7 @@ def write_variants(repo: Path, models: list[str] | None = None) -> list[Path]:
 
 def check_variants(repo: Path) -> list[str]:
     return [
-        f"{path} differs from what its base config gives: run `python -m serving.repository --write-variants`"
+        f"{path} differs from what its base config gives: run `python -m repository.layout --write-variants`"
         for path, text in variants(repo).items()
         if not path.is_file() or path.read_text() != text
     ]

@@ -1,7 +1,7 @@
 """The reservoir's 168-step window as ONNX graphs of different shapes, timed in ONNX Runtime in one run.
 
-    python -m perf.reservoir_graphs                 # -> perf/results/reservoir_graphs.json and a table
-    python -m perf.reservoir_graphs --seconds 0.3 --repeats 1 --batches 1
+    python -m export.reservoir_graphs                 # -> build/reservoir_graphs.json and a table
+    python -m export.reservoir_graphs --seconds 0.3 --repeats 1 --batches 1
 
 Candidates (1000 units, 168 steps, the project's exporter and value guard unless said otherwise):
 
@@ -38,9 +38,9 @@ from onnx import helper as oh
 
 from models import spec
 
-log = logging.getLogger("perf.reservoir_graphs")
+log = logging.getLogger("export.reservoir_graphs")
 
-DEFAULT_OUT = spec.ROOT / "perf" / "results" / "reservoir_graphs.json"
+DEFAULT_OUT = spec.ROOT / "build" / "reservoir_graphs.json"
 CANDIDATES = ("former", "former_fused", "former_int8", "blocks_stepwise", "blocks", "blocks_folded", "blocks_loop")
 STATE_SCALE = 1.0 / 127.0  # |x| < 1 after tanh: INT8 steps of 1/127 cover it
 
@@ -306,7 +306,7 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m perf.reservoir_graphs", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m export.reservoir_graphs", description=__doc__.split("\n\n")[0])
     p.add_argument("--candidates", default=",".join(CANDIDATES), help=f"subset of {','.join(CANDIDATES)}")
     p.add_argument("--batches", default="1,16,64")
     p.add_argument("--threads", default="1,2")
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     result = run(names, ints(args.batches), ints(args.threads), args.seconds, args.repeats)
-    result["command"] = "python -m perf.reservoir_graphs " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["command"] = "python -m export.reservoir_graphs " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))

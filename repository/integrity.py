@@ -1,8 +1,8 @@
 """Artifact integrity: every served model file matches a recorded SHA-256 before the server starts.
 
-    python -m serving.integrity --repo model_repository --write     # after export: record the hashes
-    python -m serving.integrity --repo model_repository             # verify (exit 1 and name each bad file)
-    python -m serving.integrity --repo model_repository --scan      # also look for leaked paths / secrets
+    python -m repository.integrity --repo model_repository --write     # after export: record the hashes
+    python -m repository.integrity --repo model_repository             # verify (exit 1 and name each bad file)
+    python -m repository.integrity --repo model_repository --scan      # also look for leaked paths / secrets
 
 What is covered: every file a model loads, i.e. every file of a model folder: its configs (`config.pbtxt`,
 `configs/*.pbtxt`) and everything in its version folders (`*.onnx`, `*.plan`, a python model's `model.py`,
@@ -49,12 +49,10 @@ ARTIFACT_SUFFIXES = (".onnx", ".plan")
 LEAK_PATTERN = re.compile(rb"(?<![A-Za-z0-9_.])/(?:work|root|home|tmp|Users|builds?)/[A-Za-z0-9_.\-]+")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def _sha256(path: Path) -> str:
+    # common.files.sha256_file, inlined: the serving image runs this file alone, with the standard library only
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def model_dirs(repo: Path) -> list[Path]:
@@ -93,7 +91,7 @@ def _rel(repo: Path, path: Path) -> str:
 def write_manifest(repo: Path) -> Path:
     """Record the SHA-256 and size of every file a model of `repo` loads in `<repo>/integrity.json`."""
     repo = Path(repo)
-    files = {_rel(repo, f): {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in model_files(repo)}
+    files = {_rel(repo, f): {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in model_files(repo)}
     path = repo / MANIFEST
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
@@ -156,15 +154,15 @@ def verify_repository(repo: Path) -> list[str]:
             if artifact:
                 problems.append(
                     f"{f}: no recorded hash (not in {MANIFEST}, no {record_path(f).name}); "
-                    f"re-run `make export` or `python -m serving.integrity --repo {repo} --write`"
+                    f"re-run `make export` or `python -m repository.integrity --repo {repo} --write`"
                 )
             elif manifest is not None:
                 problems.append(
                     f"{f}: not in {MANIFEST}: a file the model loads was added or replaced after export; "
-                    f"re-run `make export` or `python -m serving.integrity --repo {repo} --write`"
+                    f"re-run `make export` or `python -m repository.integrity --repo {repo} --write`"
                 )
             continue
-        actual = sha256_file(f)
+        actual = _sha256(f)
         for source, want in expected.items():
             if actual != want:
                 problems.append(

@@ -1,6 +1,6 @@
 """Import a trained ReservoirPy 0.4 echo state network and serve it like the project's reservoir.
 
-    python -m export.import_reservoirpy --model esn.npz --out-repo R --artifacts A [--name reservoir]
+    python -m byom.import_reservoirpy --model esn.npz --out-repo R --artifacts A [--name reservoir]
         [--window 168] [--series heldout.npy]
 
 The model file holds the trained ESN's weights as arrays (`.npz`, read with `allow_pickle=False`: nothing in it
@@ -31,14 +31,14 @@ Checks: ONNX (FP32) against `esn.run` on held-out data, windowed and tick by tic
 per window or tick within the bound, else exit 1. The default bound comes from the model itself: the same
 weights run in numpy float32 differ from `esn.run` (float64) by some e32, the rounding this ESN amplifies
 (a readout with large weights, i.e. a small ridge, amplifies more); the bound is 4 x e32 within [1e-5, 1e-4]
-(export.byom.common.derive_bound). An ESN with e32 above 1e-4 cannot be served in float32 and is refused
+(byom.importer.derive_bound). An ESN with e32 above 1e-4 cannot be served in float32 and is refused
 before anything is exported, with its largest readout weight and ridge named; `--bound` overrides.
 `--series` gives the data (.npy, or .csv / .txt first column): its first half feeds INT8 calibration, its
 second half the checks; without it a seeded synthetic signal is used and a warning says so. INT8 reuses the
 project's calibration (the recurrent GEMMs stay FP32, only the readout may be INT8) and falls back to an FP32
 copy when INT8 moves the output by more than 1 %.
 
-Atomic: both entries are built in a stage beside --out-repo (serving.publish) and moved in only after every
+Atomic: both entries are built in a stage beside --out-repo (repository.publish) and moved in only after every
 check passed; a refused option, a failed bound or a killed run leaves --out-repo byte-identical. Report:
 `<artifacts>/byom/<name>/report.json` (written for failed imports too).
 """
@@ -55,16 +55,17 @@ from typing import Any
 
 import numpy as np
 
-from export import common
-from export.byom import common as byom
-from export.byom.common import Entry, Unsupported
-from export.common import CliError
+from byom import importer
+from byom.importer import Entry, Unsupported
+from common.cli import CliError, OneLineParser, run_main, setup_logging
+from common.files import sha256_file, write_json
+from export import graphs
 from models import spec
-from serving import publish
+from repository import publish
 
-log = logging.getLogger("export.import_reservoirpy")
+log = logging.getLogger("byom.import_reservoirpy")
 
-PROG = "export.import_reservoirpy"
+PROG = "byom.import_reservoirpy"
 EXTRA = "reservoirpy"
 N_VERIFY_WINDOWS = 64
 N_STREAMS = 4  # held-out ticks are cut into this many sequences
@@ -103,12 +104,12 @@ def load(path: Path, trust_pickle: bool = False) -> tuple[Any, dict[str, Any]]:
     """The ESN as a ReservoirPy model and the hyper-parameters its file records ({} for a pickle). A weights file
     is read with allow_pickle=False; a pickle (.rpy, .pkl, .pickle, .joblib) is refused unless `trust_pickle`.
     reservoirpy is imported first so a missing install is one clear line."""
-    byom.require("reservoirpy", EXTRA)
+    importer.require("reservoirpy", EXTRA)
     if path.suffix in PICKLE_SUFFIXES:
         if not trust_pickle:
             raise CliError(
                 f"{path} is a pickle: loading it runs any code it holds, with this process's rights, so it is not "
-                f'loaded; write the weights with `export.import_reservoirpy.save_weights(esn, "esn.npz")` where the '
+                f'loaded; write the weights with `byom.import_reservoirpy.save_weights(esn, "esn.npz")` where the '
                 "model was trained (export/README.md, Bring your own model) and import that, or pass --trust-pickle if "
                 "you made this file or trust who did"
             )
@@ -317,8 +318,8 @@ def entries(name: str, window: int, esn: EsnWeights) -> tuple[Entry, Entry]:
         f"{name}_stream",
         spec.STREAM.name,
         spec.STREAM.name,
-        (spec.STREAM.inputs[0], spec.Tensor(common.STREAM_STATE_IN, "float32", state)),
-        (forecast, spec.Tensor(common.STREAM_STATE_OUT, "float32", state)),
+        (spec.STREAM.inputs[0], spec.Tensor(graphs.STREAM_STATE_IN, "float32", state)),
+        (forecast, spec.Tensor(graphs.STREAM_STATE_OUT, "float32", state)),
     )
     return windowed, stream
 
@@ -429,8 +430,8 @@ def references(model: Any, esn: EsnWeights, data: Data) -> References:
     windows, streams = esn_windows(model, data.verify_windows), esn_streams(model, data.streams)
     d = esn.out_dim
     err = max(
-        float(byom.relative_errors(float32_run(esn, data.verify_windows)[:, -1], windows, d).max()),
-        float(byom.relative_errors(float32_run(esn, data.streams), streams, d).max()),
+        float(importer.relative_errors(float32_run(esn, data.verify_windows)[:, -1], windows, d).max()),
+        float(importer.relative_errors(float32_run(esn, data.streams), streams, d).max()),
     )
     return References(windows, streams, err)
 
@@ -444,22 +445,22 @@ def import_windowed(
     import torch
 
     fp32 = entry.version_dir(paths["repo"]) / spec.ONNX_FP32
-    rec = byom.export_onnx(entry, module, (torch.from_numpy(data.calib_windows[:2]),), fp32, meta)
-    ours = byom.run_onnx(fp32, {"window": data.verify_windows})[0]
-    errs = byom.relative_errors(ours, ref.windows, esn.out_dim)
+    rec = importer.export_onnx(entry, module, (torch.from_numpy(data.calib_windows[:2]),), fp32, meta)
+    ours = importer.run_onnx(fp32, {"window": data.verify_windows})[0]
+    errs = importer.relative_errors(ours, ref.windows, esn.out_dim)
     rec["verification"] = {
         "reference": "esn.reset(); esn.run(window)[-1], float64",
         "windows": len(errs),
         "max_rel_err": float(errs.max()),
         "median_rel_err": float(np.median(errs)),
     }
-    rec["int8"] = byom.make_int8(
+    rec["int8"] = importer.make_int8(
         entry,
         fp32,
         {"window": data.calib_windows},
         paths["calibration"] / f"{entry.name}.npz",
         lambda p: float(
-            byom.relative_errors(byom.run_onnx(p, {"window": data.verify_windows})[0], ours, esn.out_dim).max()
+            importer.relative_errors(importer.run_onnx(p, {"window": data.verify_windows})[0], ours, esn.out_dim).max()
         ),
     )
     return rec
@@ -480,9 +481,9 @@ def import_stream(
             states = torch.zeros(len(calib), esn.units)
     ticks = calib[:, -1:].contiguous()
     fp32 = entry.version_dir(paths["repo"]) / spec.ONNX_FP32
-    rec = byom.export_onnx(entry, ReservoirStream(module).eval(), (ticks[:2], states[:2]), fp32, meta)
-    ours = byom.run_stream(fp32, data.streams, esn.units)
-    errs = byom.relative_errors(ours, ref.streams, esn.out_dim)
+    rec = importer.export_onnx(entry, ReservoirStream(module).eval(), (ticks[:2], states[:2]), fp32, meta)
+    ours = importer.run_stream(fp32, data.streams, esn.units)
+    errs = importer.relative_errors(ours, ref.streams, esn.out_dim)
     rec["verification"] = {
         "reference": "esn.reset(); esn.run(sequence), every tick, float64",
         "sequences": int(data.streams.shape[0]),
@@ -490,12 +491,14 @@ def import_stream(
         "max_rel_err": float(errs.max()),
         "median_rel_err": float(np.median(errs)),
     }
-    rec["int8"] = byom.make_int8(
+    rec["int8"] = importer.make_int8(
         entry,
         fp32,
         {"tick": ticks.numpy(), "state_in": states.numpy()},
         paths["calibration"] / f"{entry.name}.npz",
-        lambda p: float(byom.relative_errors(byom.run_stream(p, data.streams, esn.units), ours, esn.out_dim).max()),
+        lambda p: float(
+            importer.relative_errors(importer.run_stream(p, data.streams, esn.units), ours, esn.out_dim).max()
+        ),
     )
     return rec
 
@@ -503,8 +506,8 @@ def import_stream(
 # ----------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> common.OneLineParser:
-    p = common.OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True, help="the ESN's weights (.npz of save_weights)")
     p.add_argument(
         "--trust-pickle",
@@ -523,7 +526,7 @@ def build_parser() -> common.OneLineParser:
         type=float,
         help="ONNX vs esn.run relative bound (default: derived from the model, see the docstring)",
     )
-    p.add_argument("--template-repo", type=Path, default=byom.TEMPLATE_REPOSITORY, help="configs to copy")
+    p.add_argument("--template-repo", type=Path, default=importer.TEMPLATE_REPOSITORY, help="configs to copy")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -540,8 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CliError("--window and --calib-count must be at least 1")
     if args.bound is not None and not args.bound > 0:
         raise CliError("--bound must be positive")
-    byom.check_name(args.name)
-    common.setup_logging(args.verbose)
+    importer.check_name(args.name)
+    setup_logging(args.verbose)
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime.quantization.shape_inference"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -556,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = split(synthetic_series(4 * (args.window + MAX_STREAM_TICKS)), args.window, "synthetic", args.calib_count)
     ref = references(model, esn, data)
     max_weight = float(np.abs(np.column_stack([esn.w_x, esn.w_u])).max())
-    bound = byom.derive_bound(
+    bound = importer.derive_bound(
         ref.float32_err,
         args.bound,
         "esn.run (float64) and the same weights run in float32",
@@ -569,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)  # shared 2-core machines (see export.onnx_export)
     windowed, stream = entries(args.name, args.window, esn)
     out_dir = args.artifacts / "byom" / args.name
-    meta = byom.file_meta(PROG, args.model, args.name)
+    meta = importer.file_meta(PROG, args.model, args.name)
     report: dict[str, Any] = {
         "importer": PROG,
         "source": str(args.model),
@@ -580,12 +583,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             windowed.name: f"window [{args.window}] -> forecast [{esn.out_dim}]: esn.run(window)[-1] from the zero state",
             stream.name: f"tick [1] -> forecast [{esn.out_dim}] after every tick; state [{esn.units}] per sequence",
         },
-        "bound": {"onnx_vs_reservoirpy_rel_err": bound.as_dict(), "int8_vs_fp32_rel_err": byom.INT8_BOUND},
+        "bound": {"onnx_vs_reservoirpy_rel_err": bound.as_dict(), "int8_vs_fp32_rel_err": importer.INT8_BOUND},
     }
     with publish.Staging(args.out_repo) as stage:  # nothing reaches --out-repo unless every check passed
         paths = {"repo": stage.repo, "calibration": out_dir / "calibration"}
         for entry in (windowed, stream):
-            byom.write_configs(entry, stage.repo, args.template_repo, PROG)
+            importer.write_configs(entry, stage.repo, args.template_repo, PROG)
         for graph in GRAPHS:  # the fused graph where it holds the bound, else the equations node by node
             module = build(esn, args.window, graph)
             report["models"] = {
@@ -603,13 +606,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("%s graph misses the bound (%s); exporting the stepwise graph", graph, bad[0])
         report["seconds"] = round(time.perf_counter() - t0, 3)
         detail = f"the same weights in float32: {ref.float32_err:.3g}; bound {bound.source}"
-        byom.settle(report, bad, out_dir, args.out_repo, detail)
+        importer.settle(report, bad, out_dir, args.out_repo, detail)
         for entry in (windowed, stream):
             onnx_path = entry.version_dir(stage.repo) / spec.ONNX_FP32
-            record = {"model": entry.name, "onnx_sha256": common.sha256_file(onnx_path), **report["models"][entry.name]}
-            common.write_json(onnx_path.with_name(onnx_path.name + ".json"), record)
+            record = {"model": entry.name, "onnx_sha256": sha256_file(onnx_path), **report["models"][entry.name]}
+            write_json(onnx_path.with_name(onnx_path.name + ".json"), record)
         torch.save({"config": module.config_dict(), "state_dict": module.state_dict()}, out_dir / "checkpoint.pt")
-        byom.commit(stage, [windowed.name, stream.name])
+        importer.commit(stage, [windowed.name, stream.name])
     errs = [report["models"][e.name]["verification"]["max_rel_err"] for e in (windowed, stream)]
     int8 = [e.name for e in (windowed, stream) if report["models"][e.name]["int8"]["quantized"]]
     print(
@@ -623,4 +626,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.run_main(PROG, main)
+    run_main(PROG, main)

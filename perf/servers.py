@@ -11,12 +11,13 @@ import shutil
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.repository import load_config
+from common.triton import load_config
 from serving.server import ServerError, TritonServer, free_port
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,14 @@ def serve(
             server.stop()
         return
     raise ServerError(f"tritonserver did not start in {tries} tries: {last}")
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A server this run did not start (`perf.run --url`): measured where it is, never stopped."""
+
+    grpc_url: str
+    http_url: str
 
 
 def server_version(http_url: str) -> str:

@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from export import common
-from export.common import CliError
+from common.cli import CliError
+from common.files import sha256_file, sha256_files, write_json
+from common.ort import ort_session
+from export import graphs
 from models import spec
 
-log = logging.getLogger("export.byom")
+log = logging.getLogger("byom")
 
 TEMPLATE_REPOSITORY = spec.ROOT / "model_repository"  # the committed configs
 INT8_BOUND = 1e-2  # INT8 vs FP32 relative error on held-out inputs; above it model.int8.onnx is an FP32 copy
@@ -128,7 +130,7 @@ def settle(report: dict[str, Any], bad: list[str], out_dir: Path, out_repo: Path
     """Record the outcome in `<out_dir>/report.json` (a refused import too); CliError when a bound failed,
     before anything reached `out_repo`."""
     report["passed"], report["failures"] = not bad, bad
-    common.write_json(out_dir / "report.json", report)
+    write_json(out_dir / "report.json", report)
     if bad:
         raise CliError(
             f"verification failed, {out_repo} is unchanged: {bad[0]} ({detail}); details in {out_dir / 'report.json'}"
@@ -136,8 +138,8 @@ def settle(report: dict[str, Any], bad: list[str], out_dir: Path, out_repo: Path
 
 
 def commit(stage: Any, names: list[str]) -> None:
-    """Move the verified entries from a serving.publish.Staging into the repository, or one CliError."""
-    from serving.publish import PublishError
+    """Move the verified entries from a repository.publish.Staging into the repository, or one CliError."""
+    from repository.publish import PublishError
 
     try:
         stage.commit(names)
@@ -186,7 +188,7 @@ def export_onnx(entry: Entry, model: Any, example: tuple, path: Path, meta: dict
     if problems:
         raise CliError(f"{entry.name}: exported graph does not match the served tensors: {'; '.join(problems)}")
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **meta})
-    proto.producer_name = "export.byom"
+    proto.producer_name = "byom"
     onnx.save(proto, str(path), save_as_external_data=False)
     del proto
     onnx.checker.check_model(str(path), full_check=True)
@@ -194,7 +196,7 @@ def export_onnx(entry: Entry, model: Any, example: tuple, path: Path, meta: dict
     onnx.shape_inference.infer_shapes_path(str(path), str(inferred), strict_mode=True)  # proves the pinned dims
     inferred.unlink()
     feeds = {n: np.concatenate([t.detach().numpy()] * 4) for n, t in zip(entry.input_names, example, strict=True)}
-    guard = common.guard_check(common.ort_session(path), feeds, {})
+    guard = graphs.guard_check(ort_session(path), feeds, {})
     if not guard["passed"]:
         raise CliError(f"{entry.name}: the exported value guard failed: {guard['problems'][0]}")
     return {"exporter": exporter, "opset": opset, "export_s": round(time.perf_counter() - t0, 3), "guard": guard}
@@ -202,7 +204,7 @@ def export_onnx(entry: Entry, model: Any, example: tuple, path: Path, meta: dict
 
 def run_onnx(path: Path, feeds: dict[str, np.ndarray], batch: int = 256) -> list[np.ndarray]:
     """All outputs of an ONNX file over feeds, in batches."""
-    sess = common.ort_session(path)
+    sess = ort_session(path)
     n = len(next(iter(feeds.values())))
     parts = [sess.run(None, {k: v[i : i + batch] for k, v in feeds.items()}) for i in range(0, n, batch)]
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
@@ -210,7 +212,7 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], batch: int = 256) -> list
 
 def run_stream(path: Path, ticks: np.ndarray, state_dim: int) -> np.ndarray:
     """ticks (S, T) fed one per call from the zero state (what the server does per sequence) -> (S, T, H)."""
-    sess = common.ort_session(path)
+    sess = ort_session(path)
     state = np.zeros((ticks.shape[0], state_dim), np.float32)
     out = []
     for t in range(ticks.shape[1]):
@@ -238,9 +240,9 @@ def make_int8(
     calib_info = {
         "file": str(calib_path),
         "count": int(len(next(iter(calib.values())))),
-        "sha256": common.sha256_file(calib_path),
+        "sha256": sha256_file(calib_path),
     }
-    source_sha = common.sha256_file(fp32)
+    source_sha = sha256_file(fp32)
     policy = calibrate.POLICIES[entry.policy]
     attempt: dict[str, Any] = {"policy": entry.policy, "why": policy.why, "calibration_set": calib_info}
     try:
@@ -275,7 +277,7 @@ def write_configs(entry: Entry, out_repo: Path, template_repo: Path, prog: str) 
     """Both configs of `entry` from the template model's configs: name and tensor dims replaced."""
     from google.protobuf import text_format
 
-    from serving.repository import load_config
+    from common.triton import load_config
 
     dims = entry.dims()
     written = []
@@ -327,7 +329,7 @@ def relative_errors(actual: np.ndarray, reference: np.ndarray, dim: int) -> np.n
     r = np.asarray(reference, np.float64).reshape(-1, dim)
     if a.shape != r.shape:
         return np.array([float("inf")])
-    return np.array([common.relative_error(x, y) for x, y in zip(a, r, strict=True)])
+    return np.array([graphs.relative_error(x, y) for x, y in zip(a, r, strict=True)])
 
 
 def file_meta(prog: str, source: Path, name: str) -> dict[str, str]:
@@ -335,7 +337,7 @@ def file_meta(prog: str, source: Path, name: str) -> dict[str, str]:
         "model_name": name,
         "byom.importer": prog,
         "byom.source": source.name,
-        "byom.source_sha256": common.sha256_file(source)
+        "byom.source_sha256": sha256_file(source)
         if source.is_file()
-        else common.sha256_files(p for p in source.rglob("*") if p.is_file()),
+        else sha256_files(p for p in source.rglob("*") if p.is_file()),
     }

@@ -1,23 +1,16 @@
-"""Plumbing shared by the export, calibration, engine and report stages.
-
-Everything here is about files and command lines: tensor names per model, hashes,
-JSON reports, the one-line CLI error convention. No stage logic lives here.
-"""
+"""The ONNX graphs the export writes, as later stages check them: each model's tensor names, the
+relative error between two answers, the in-graph value guard's check and metadata stripping."""
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import logging
-import os
-import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
+from common.cli import CliError
 from models import spec
 
 log = logging.getLogger(__name__)
@@ -29,17 +22,6 @@ ALL_MODELS: tuple[str, ...] = (*spec.EXPORTED, spec.STREAM.name)
 STREAM_STATE_IN = "state_in"
 STREAM_STATE_OUT = "state_out"
 TINY = 1e-12  # denominator floor of the relative error
-
-
-class CliError(Exception):
-    """A problem with the user's input or environment: printed as one line, never as a traceback."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line on stderr (exit 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def io_names(model: str) -> tuple[list[str], list[str]]:
@@ -75,26 +57,12 @@ def parse_models(text: str | None, allowed: Sequence[str] = ALL_MODELS) -> list[
     return names
 
 
-def require_dir(path: Path, what: str, hint: str = "") -> Path:
-    if not path.is_dir():
-        raise CliError(f"{what} {path} is not a directory{'; ' + hint if hint else ''}")
-    return path
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def strip_node_metadata(model: Any) -> int:
     """Drop each node's doc_string and metadata_props in the graph, its subgraphs and its functions.
 
     The dynamo exporter writes `pkg.torch.onnx.stack_trace` (source paths of the build machine) and the
     TorchScript one writes doc strings per node: neither is needed to run the model and neither may travel
-    with an artifact (serving.integrity.scan_artifacts checks). Returns how many nodes carried any."""
+    with an artifact (repository.integrity.scan_artifacts checks). Returns how many nodes carried any."""
     import onnx
 
     stripped = 0
@@ -109,15 +77,6 @@ def strip_node_metadata(model: Any) -> int:
             graphs.extend(a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
             graphs.extend(a.graphs[i] for a in node.attribute for i in range(len(a.graphs)))
     return stripped
-
-
-def sha256_files(paths: Iterable[Path]) -> str:
-    """One hash over several files (names and contents), in sorted order."""
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()
 
 
 def relative_error(actual: np.ndarray, reference: np.ndarray) -> float:
@@ -204,57 +163,3 @@ def reports_dir(artifacts: Path) -> Path:
     d = artifacts / "reports"
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically so a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def ort_session(path: Path, threads: int = 1) -> Any:
-    """A CPU ONNX Runtime session. One thread by default: the 2-core machines are shared, and under load a
-    second thread was measured slower than one (ORT and PyTorch alike)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
-def run_main(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> NoReturn:
-    """Run a stage's main(); a CliError becomes one line on stderr and exit status 1."""
-    try:
-        code = main(argv)
-    except CliError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)

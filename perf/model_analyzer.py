@@ -1,7 +1,7 @@
 """`make perf-search`: Triton Model Analyzer searches the cpu configs under a p99 budget; `--apply` writes the winners.
 
-    python -m perf.search --models nhits,similarity            # profile, change nothing
-    python -m perf.search --models nhits --apply               # ... and write the winner into configs/cpu.pbtxt
+    python -m perf.model_analyzer --models nhits,similarity            # profile, change nothing
+    python -m perf.model_analyzer --models nhits --apply               # ... and write the winner into configs/cpu.pbtxt
 
 `model-analyzer profile` (its own virtualenv `.venv-ma`, perf/model-analyzer.txt says why) in local launch mode
 starts the wheel's tritonserver with this project's backends over a copy of the repository whose config.pbtxt is
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import yaml
 
+from common.triton import load_config
 from models import spec
-from perf import analysis, analyzer, inputs
-from serving.repository import load_config
+from perf import goals, inputs, perf_analyzer
 
-log = logging.getLogger("perf.search")
+log = logging.getLogger("perf.model_analyzer")
 
 DEFAULT_OUT = spec.ROOT / "perf" / "results" / "search"
 SPACE = Path(__file__).resolve().parent / "search.yaml"
@@ -66,7 +66,7 @@ def model_config_parameters(m: dict) -> dict:
 
 def input_repository(repo: Path, dst: Path, models: list[str]) -> Path:
     """Each model's committed cpu config as its config.pbtxt (what Model Analyzer varies), cache off, files linked."""
-    from perf.repo import copy_repository
+    from perf.servers import copy_repository
 
     copy_repository(repo, dst, models, edit=lambda _name, cfg: cfg.ClearField("response_cache"))
     for name in models:
@@ -80,7 +80,7 @@ def ma_config(args, space: dict, work: Path, data: dict[str, Path], ports: list[
     from serving.server import assemble_backends, pytriton_dir, server_env
 
     env = server_env()
-    cudart = analyzer.cuda_runtime_dir()  # perf_analyzer 2.51 links libcudart.so.12; MA hands it this environment
+    cudart = perf_analyzer.cuda_runtime_dir()  # perf_analyzer 2.51 links libcudart.so.12; MA hands it this environment
     library_path = os.pathsep.join(p for p in (str(cudart or ""), env["LD_LIBRARY_PATH"]) if p)
     loopback = {f"{kind}_address": "127.0.0.1" for kind in ("http", "grpc", "metrics")}
     return {
@@ -211,7 +211,7 @@ def render_config(text: str, s: dict, comment: str) -> str:
 
 def apply(repo: Path, model: str, s: dict, comment: str) -> Path:
     """Write `s` into <repo>/<model>/configs/cpu.pbtxt (checked by reading it back), then its variants."""
-    from serving.repository import write_variants
+    from repository.layout import write_variants
 
     path = repo / model / "configs" / "cpu.pbtxt"
     tmp = path.with_suffix(".pbtxt.tmp")
@@ -254,12 +254,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--space", type=Path, default=SPACE)
     space = read_space(pre.parse_known_args(argv)[0].space)
-    p = argparse.ArgumentParser(prog="python -m perf.search", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m perf.model_analyzer", description=__doc__.split("\n\n")[0])
     p.add_argument("--space", type=Path, default=SPACE, help="search space YAML (default perf/search.yaml)")
     p.add_argument("--repo", type=Path, default=spec.MODEL_REPOSITORY)
     p.add_argument("--artifacts", type=Path, default=spec.ARTIFACTS)
     p.add_argument("--models", default=",".join(space["models"]), help="comma-separated models of perf/search.yaml")
-    p.add_argument("--budget-ms", type=float, default=analysis.BUDGET_MS, help="p99 budget (default %(default)s ms)")
+    p.add_argument("--budget-ms", type=float, default=goals.BUDGET_MS, help="p99 budget (default %(default)s ms)")
     p.add_argument("--concurrency", default=",".join(map(str, space["concurrency"])), help="e.g. 1,4,16")
     p.add_argument("--apply", action="store_true", help="write each winner into <repo>/<model>/configs/cpu.pbtxt")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = time.strftime("%Y%m%d-%H%M%S")
     work = (args.out / run_id).resolve()
     work.mkdir(parents=True)
-    command = "python -m perf.search " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m perf.model_analyzer " + " ".join(argv if argv is not None else sys.argv[1:])
     input_repository(args.repo, work / "input_repository", args.models)
     data = {
         m: inputs.write(args.space["models"][m]["input"], args.artifacts, args.repo, work / "inputs" / f"{m}.json")
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ma_config(args, args.space, work, data, [free_port(), free_port(), free_port()])
     (work / "ma").mkdir()
     (work / "ma" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    env = analyzer.environment()
+    env = perf_analyzer.environment()
     cmd = [str(MA_VENV / "bin" / "model-analyzer"), "profile", "-f", str(work / "ma" / "config.yaml")]
     log.info("%s (log %s)", " ".join(cmd), work / "ma.log")
     t0 = time.monotonic()

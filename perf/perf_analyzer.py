@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -78,12 +79,16 @@ class Point:
         return f"{self.label}-{self.protocol}-b{self.batch_size}-{x}"
 
 
-def binary() -> Path:
+def binary() -> list[str]:
+    """The perf_analyzer command: $PERF_ANALYZER where set (e.g. `docker run ... <NGC SDK image> perf_analyzer`,
+    docs/gpu.md), else the one of the tritonclient wheel."""
+    if command := os.environ.get("PERF_ANALYZER"):
+        return shlex.split(command)
     found = Path(sys.executable).parent / "perf_analyzer"
     if found.is_file():
-        return found
+        return [str(found)]
     if other := shutil.which("perf_analyzer"):
-        return Path(other)
+        return [other]
     raise AnalyzerError("perf_analyzer is not installed: `pip install tritonclient[all]==2.51.0` ships it")
 
 
@@ -106,9 +111,7 @@ def environment() -> dict[str, str]:
 def version() -> str:
     """'2.51.0', or AnalyzerError naming the missing library and how to install it."""
     try:
-        out = subprocess.run(
-            [str(binary()), "--version"], env=environment(), capture_output=True, text=True, timeout=30
-        )
+        out = subprocess.run([*binary(), "--version"], env=environment(), capture_output=True, text=True, timeout=30)
     except OSError as exc:
         raise AnalyzerError(f"cannot run perf_analyzer: {exc}") from exc
     text = out.stdout + out.stderr
@@ -146,7 +149,7 @@ def command(point: Point, url: str, csv_path: Path, key: str | None = None, stab
     if point.sequence_id_range:
         cmd += ["--sequence-id-range", "{}:{}".format(*point.sequence_id_range)]
     if point.shared_memory != "none":
-        from serving.server import admin_headers
+        from common.triton import admin_headers
 
         if not key:
             raise AnalyzerError("shared memory needs the server's admin key (the shared-memory API is restricted)")
@@ -200,7 +203,7 @@ def warmup(point: Point, urls: dict[str, str], requests: int = 64) -> None:
     """Unrecorded requests before a model's first point: the first executions of a freshly loaded model
     (ONNX Runtime allocations, python backend start-up) are slow and would land in the first window."""
     cmd = f"-m {point.model} -u {urls[point.protocol]} -i {point.protocol} --concurrency-range 1 --request-count"
-    cmd = [str(binary()), *cmd.split(), str(requests), *_contents(point)]
+    cmd = [*binary(), *cmd.split(), str(requests), *_contents(point)]
     try:
         proc = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
@@ -226,7 +229,7 @@ def run_point(
     longer = replace(point, measurement=replace(m, interval_ms=3 * m.interval_ms))
     attempts = ((point, None), (point, 1000), (longer, 1000))
     for attempt, (p, stability) in enumerate(attempts, 1):
-        cmd = [str(binary()), *command(p, urls[point.protocol], csv_path, key, stability)]
+        cmd = [*binary(), *command(p, urls[point.protocol], csv_path, key, stability)]
         csv_path.unlink(missing_ok=True)
         try:
             proc = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=limit)
