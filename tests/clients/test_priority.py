@@ -2,7 +2,7 @@
 `priority_levels: 3`; the forecast ensemble passes a request's priority and timeout to its steps).
 
 The instance is kept busy with bulk requests of 256 windows in the default lane: each is one execution of the
-reservoir (~100 ms on two cores), so requests queued behind them wait for each other, which the tests observe
+reservoir (~100 ms or more), so requests queued behind them wait for each other, which the tests observe
 by the order in which answers come back and by what the server refuses. Nothing is mocked.
 """
 
@@ -42,6 +42,15 @@ def lanes(repo: Path, tmp_path_factory):
     server.stop()
 
 
+def critical_call(call):
+    """A critical request behind bulk work: answered, or refused once queued past its lane's 10 ms (None);
+    either way not behind the queue."""
+    try:
+        return call()
+    except QueueTimeoutError:
+        return None
+
+
 def windows(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (100 + np.cumsum(rng.standard_normal((n, spec.INPUT_SIZE)), axis=1)).astype(np.float32)
@@ -74,13 +83,13 @@ def test_a_critical_request_overtakes_queued_bulk_requests(lanes):
     with Client(lanes.grpc_url, timeout=60) as client, ThreadPoolExecutor(12) as pool:
         bulk = flood(pool, client, 12, done)
         sent = time.monotonic()
-        got = client.reservoir(windows(1, seed=99), priority=Priority.CRITICAL, timeout=5)
+        got = critical_call(lambda: client.reservoir(windows(1, seed=99), priority=Priority.CRITICAL, timeout=5))
         critical = time.monotonic()
         for f in bulk:
             f.result()
-    assert got.values.shape == (1, spec.HORIZON)
-    before = sorted(i for i, t in done.items() if t < critical)
-    # FIFO would answer it after all 12 (~1.2 s); the lane puts it next, behind what was executing
+    assert got is None or got.values.shape == (1, spec.HORIZON)
+    before = sorted(i for i, t in done.items() if sent <= t < critical)  # answered while it was in the server
+    # FIFO would answer it after every queued one; the lane puts it next, behind what the instances were executing
     assert len(before) <= 3, (
         f"{len(before)} bulk requests queued before it were answered first ({critical - sent:.2f} s)"
     )
@@ -90,26 +99,36 @@ def test_a_critical_forecast_overtakes_bulk_reservoir_work_through_the_ensemble(
     done: dict = {}
     with Client(lanes.grpc_url, timeout=60) as client, ThreadPoolExecutor(12) as pool:
         bulk = flood(pool, client, 12, done)
-        got = client.forecast(windows(1, seed=98), priority=Priority.CRITICAL, timeout=5)
+        sent = time.monotonic()
+        got = critical_call(lambda: client.forecast(windows(1, seed=98), priority=Priority.CRITICAL, timeout=5))
         critical = time.monotonic()
         for f in bulk:
             f.result()
-    assert got.values.shape == (1, spec.HORIZON)
-    before = [i for i, t in done.items() if t < critical]
+    assert got is None or got.values.shape == (1, spec.HORIZON)
+    before = [i for i, t in done.items() if sent <= t < critical]
     assert len(before) <= 3, f"the ensemble's reservoir step waited behind {len(before)} bulk requests"
 
 
 def test_a_critical_request_queued_past_its_lane_timeout_is_refused_not_answered_late(lanes):
-    done: dict = {}
-    with Client(lanes.grpc_url, timeout=60) as client, ThreadPoolExecutor(4) as pool:
-        bulk = flood(pool, client, 4, done)
-        start = time.monotonic()
-        # 10 ms is the critical lane's queue timeout; the instance is busy for ~100 ms with a bulk request
-        with pytest.raises(QueueTimeoutError, match="Request timeout expired"):
-            client.reservoir(windows(1, seed=97), priority=Priority.CRITICAL, timeout=5)
-        refused_after = time.monotonic() - start
-        for f in bulk:
-            f.result()
+    """10 ms is the critical lane's queue timeout and a bulk execution takes far longer, so a critical request
+    that finds every instance busy is refused. One that arrives as an instance frees is answered at once, which
+    is right too: the test sends again (at most 5 times) until one had to queue."""
+    refused_after = None
+    for attempt in range(5):
+        done: dict = {}
+        with Client(lanes.grpc_url, timeout=60) as client, ThreadPoolExecutor(16) as pool:
+            bulk = flood(pool, client, 16, done)
+            start = time.monotonic()
+            try:
+                client.reservoir(windows(1, seed=97 + attempt), priority=Priority.CRITICAL, timeout=5)
+            except QueueTimeoutError as exc:
+                assert "Request timeout expired" in str(exc)
+                refused_after = time.monotonic() - start
+            for f in bulk:
+                f.result()
+        if refused_after is not None:
+            break
+    assert refused_after is not None, "5 critical requests behind 16 bulk ones were all answered: none queued"
     assert refused_after < 1.0, f"refused only after {refused_after:.2f} s"
 
 
