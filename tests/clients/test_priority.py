@@ -78,12 +78,13 @@ def test_queue_refusals_map_to_named_errors_that_are_never_retried():
     assert "Exceeds maximum queue size" in str(full) and "request id" not in str(full)
 
 
-def test_a_critical_request_overtakes_queued_bulk_requests(lanes):
+@pytest.mark.parametrize("model", ["reservoir", "forecast"])  # forecast: through the ensemble's reservoir step
+def test_a_critical_request_overtakes_queued_bulk_reservoir_requests(lanes, model):
     done: dict = {}
     with Client(lanes.grpc_url, timeout=60) as client, ThreadPoolExecutor(12) as pool:
         bulk = flood(pool, client, 12, done)
         sent = time.monotonic()
-        got = critical_call(lambda: client.reservoir(windows(1, seed=99), priority=Priority.CRITICAL, timeout=5))
+        got = critical_call(lambda: client.call(model, windows(1, seed=99), priority=Priority.CRITICAL, timeout=5))
         critical = time.monotonic()
         for f in bulk:
             f.result()
@@ -91,22 +92,8 @@ def test_a_critical_request_overtakes_queued_bulk_requests(lanes):
     before = sorted(i for i, t in done.items() if sent <= t < critical)  # answered while it was in the server
     # FIFO would answer it after every queued one; the lane puts it next, behind what the instances were executing
     assert len(before) <= 3, (
-        f"{len(before)} bulk requests queued before it were answered first ({critical - sent:.2f} s)"
+        f"{model}: {len(before)} bulk requests queued before it were answered first ({critical - sent:.2f} s)"
     )
-
-
-def test_a_critical_forecast_overtakes_bulk_reservoir_work_through_the_ensemble(lanes):
-    done: dict = {}
-    with Client(lanes.grpc_url, timeout=60) as client, ThreadPoolExecutor(12) as pool:
-        bulk = flood(pool, client, 12, done)
-        sent = time.monotonic()
-        got = critical_call(lambda: client.forecast(windows(1, seed=98), priority=Priority.CRITICAL, timeout=5))
-        critical = time.monotonic()
-        for f in bulk:
-            f.result()
-    assert got is None or got.values.shape == (1, spec.HORIZON)
-    before = [i for i, t in done.items() if sent <= t < critical]
-    assert len(before) <= 3, f"the ensemble's reservoir step waited behind {len(before)} bulk requests"
 
 
 def test_a_critical_request_queued_past_its_lane_timeout_is_refused_not_answered_late(lanes):
